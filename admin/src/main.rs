@@ -1,0 +1,88 @@
+//! `tambo`, the administration command: users, configuration, and a small
+//! Maildir delivery agent.
+
+mod maildir;
+mod users;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// tambo administration.
+#[derive(Parser, Debug)]
+#[command(name = "tambo", version, about = "tambo mail server administration")]
+struct Cli {
+    /// Configuration directory.
+    #[arg(short = 'C', long = "config_dir", default_value = "/etc/tambo", global = true)]
+    config_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Add a user (or change their password).
+    #[command(name = "user-add")]
+    UserAdd {
+        /// user@domain
+        address: String,
+        /// The password (prompted for when absent).
+        #[arg(long)]
+        password: Option<String>,
+        /// The user may receive mail but never authenticate.
+        #[arg(long = "receive_only")]
+        receive_only: bool,
+    },
+    /// Remove a user.
+    #[command(name = "user-remove")]
+    UserRemove {
+        /// user@domain
+        address: String,
+    },
+    /// Check a user's password.
+    Authenticate {
+        /// user@domain
+        address: String,
+        /// The password (prompted for when absent).
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Check that every users file parses.
+    #[command(name = "check-userdb")]
+    CheckUserdb,
+    /// Print the effective configuration.
+    #[command(name = "print-config")]
+    PrintConfig,
+    /// Delivery agent: write the message on stdin into DIR/ADDRESS/new/ as
+    /// a Maildir file (used by the development setup).
+    #[command(name = "maildir-deliver")]
+    MaildirDeliver {
+        /// The base directory.
+        dir: PathBuf,
+        /// The recipient address (already sanitised by deliverd).
+        address: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::UserAdd {
+            address,
+            password,
+            receive_only,
+        } => users::add(&cli.config_dir, &address, password, receive_only),
+        Command::UserRemove { address } => users::remove(&cli.config_dir, &address),
+        Command::Authenticate { address, password } => users::authenticate(&cli.config_dir, &address, password),
+        Command::CheckUserdb => users::check(&cli.config_dir),
+        Command::PrintConfig => tambo_common::config::load_config(&cli.config_dir, None)
+            .map(|c| print!("{}", tambo_common::config::print_config(&c)))
+            .map_err(|e| anyhow::anyhow!("{e}")),
+        Command::MaildirDeliver { dir, address } => maildir::deliver(&dir, &address),
+    };
+    if let Err(e) = result {
+        eprintln!("tambo: {e:#}");
+        // EX_TEMPFAIL for delivery problems is decided inside maildir.
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,84 @@
+//! `tambo-authd`: the only process that reads the users databases (and,
+//! later, private keys). It answers yes/no questions and never reveals a
+//! hash or a key.
+
+mod service;
+mod throttle;
+
+use std::sync::Arc;
+
+use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg};
+use tambo_ipc::worker::{ControlLink, bootstrap, single_stream};
+
+use crate::service::AuthService;
+
+fn main() {
+    let (control, _plan) = match bootstrap(WorkerKind::Authd) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("tambo-authd: {e}");
+            std::process::exit(1);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = rt.block_on(async move {
+        match run(control).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                1
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
+    let (mut link, start) = ControlLink::start(control).await?;
+    let service = Arc::new(AuthService::load(&start)?);
+    tracing::info!("authd ready: {} domain(s)", start.local_domains.len());
+    link.send(WorkerMsg::Ready).await?;
+    loop {
+        let (msg, fds) = match link.recv().await {
+            Ok(m) => m,
+            Err(tambo_ipc::IpcError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        match msg {
+            ControlMsg::Peer(ch @ (PeerChannel::SmtpdAuthd | PeerChannel::QueuedAuthd)) => {
+                let Some(stream) = single_stream(fds) else {
+                    tracing::warn!("{}: expected one fd", ch.name());
+                    continue;
+                };
+                let svc = service.clone();
+                tokio::spawn(async move {
+                    let handler = move |req, _fds| {
+                        let svc = svc.clone();
+                        async move { (svc.handle(req).await, Vec::new()) }
+                    };
+                    if let Err(e) = tambo_ipc::rpc::serve(stream, ch.name(), handler).await {
+                        tracing::warn!("{}: {e}", ch.name());
+                    }
+                });
+            }
+            ControlMsg::Peer(ch @ (PeerChannel::SmtpdQueued | PeerChannel::QueuedDeliverd)) => {
+                tracing::warn!("authd was handed {}, which is not its channel", ch.name());
+            }
+            ControlMsg::Reload(start) => {
+                let (ok, message) = match service.reload(&start) {
+                    Ok(()) => (true, String::new()),
+                    Err(e) => (false, format!("{e:#}")),
+                };
+                link.send(WorkerMsg::Reloaded { ok, message }).await?;
+            }
+            ControlMsg::Shutdown { .. } => return Ok(()),
+            ControlMsg::Start(_) | ControlMsg::Listener { .. } => {
+                tracing::warn!("authd: unexpected control message ignored");
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The users databases and the answers authd gives from them.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::Rng;
+use tambo_common::userdb::UserDb;
+use tambo_ipc::proto::{AuthOutcome, AuthReply, AuthRequest, WorkerStart};
+
+use crate::throttle::Throttle;
+
+/// Every password check takes at least this long, plus jitter, whatever
+/// its result, so timing tells an attacker nothing.
+const MIN_AUTH_TIME: Duration = Duration::from_millis(100);
+const AUTH_JITTER_MS: u64 = 50;
+
+/// authd's state.
+pub struct AuthService {
+    dbs: RwLock<Arc<HashMap<String, UserDb>>>,
+    throttle: Throttle,
+}
+
+/// Load `domains/<d>/users` for every local domain. A domain without a
+/// users file has no users (its aliases may still receive mail).
+pub fn load_dbs(config_dir: &Path, domains: &[String]) -> anyhow::Result<HashMap<String, UserDb>> {
+    let mut out = HashMap::new();
+    for d in domains {
+        let path = config_dir.join("domains").join(d).join("users");
+        let db = match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => UserDb::default(),
+            _ => UserDb::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?,
+        };
+        out.insert(d.clone(), db);
+    }
+    Ok(out)
+}
+
+impl AuthService {
+    /// Load the databases named by the start message.
+    pub fn load(start: &WorkerStart) -> anyhow::Result<AuthService> {
+        let dbs = load_dbs(Path::new(&start.config_dir), &start.local_domains).context("loading users")?;
+        Ok(AuthService {
+            dbs: RwLock::new(Arc::new(dbs)),
+            throttle: Throttle::default(),
+        })
+    }
+
+    /// Load again; on error the old databases stay.
+    pub fn reload(&self, start: &WorkerStart) -> anyhow::Result<()> {
+        let dbs = load_dbs(Path::new(&start.config_dir), &start.local_domains).context("reloading users")?;
+        *self.dbs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dbs);
+        tracing::info!("users reloaded");
+        Ok(())
+    }
+
+    fn dbs(&self) -> Arc<HashMap<String, UserDb>> {
+        self.dbs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Answer one request.
+    pub async fn handle(self: &Arc<Self>, req: AuthRequest) -> AuthReply {
+        match req {
+            AuthRequest::UserExists { user, domain } => {
+                AuthReply::Exists(self.dbs().get(&domain).is_some_and(|db| db.exists(&user)))
+            }
+            AuthRequest::Authenticate {
+                user,
+                domain,
+                password,
+                client_ip,
+            } => {
+                let started = Instant::now();
+                let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..AUTH_JITTER_MS));
+                let outcome = self.authenticate(user, domain, password, client_ip).await;
+                tokio::time::sleep_until((started + MIN_AUTH_TIME + jitter).into()).await;
+                AuthReply::Auth(outcome)
+            }
+        }
+    }
+
+    async fn authenticate(self: &Arc<Self>, user: String, domain: String, password: String, ip: String) -> AuthOutcome {
+        let key = format!("{user}@{domain}");
+        if self.throttle.is_blocked(&ip, &key) {
+            tracing::info!(ip, user = key, "authentication throttled");
+            return AuthOutcome::Throttled;
+        }
+        let dbs = self.dbs();
+        let ok = tokio::task::spawn_blocking(move || match dbs.get(&domain) {
+            Some(db) => db.authenticate(&user, &password),
+            None => {
+                // Same work for an unknown domain as for an unknown user.
+                UserDb::default().authenticate(&user, &password)
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            AuthOutcome::Success
+        } else {
+            self.throttle.record_failure(&ip, &key);
+            AuthOutcome::Failure
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start_with(dir: &Path) -> WorkerStart {
+        WorkerStart {
+            config: Default::default(),
+            config_dir: dir.to_string_lossy().into_owned(),
+            local_domains: vec!["example.com".into(), "empty.org".into()],
+            verbosity: 0,
+            unprivileged: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_from_the_users_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("domains/example.com")).unwrap();
+        std::fs::create_dir_all(dir.path().join("domains/empty.org")).unwrap();
+        let mut db = UserDb::default();
+        db.add_user("alice", "secret").unwrap();
+        db.write_atomic(&dir.path().join("domains/example.com/users")).unwrap();
+        let svc = Arc::new(AuthService::load(&start_with(dir.path())).unwrap());
+        let exists = |u: &str, d: &str| AuthRequest::UserExists {
+            user: u.into(),
+            domain: d.into(),
+        };
+        assert_eq!(
+            svc.handle(exists("alice", "example.com")).await,
+            AuthReply::Exists(true)
+        );
+        assert_eq!(svc.handle(exists("bob", "example.com")).await, AuthReply::Exists(false));
+        assert_eq!(svc.handle(exists("alice", "empty.org")).await, AuthReply::Exists(false));
+        let auth = |p: &str| AuthRequest::Authenticate {
+            user: "alice".into(),
+            domain: "example.com".into(),
+            password: p.into(),
+            client_ip: "192.0.2.1".into(),
+        };
+        let t = Instant::now();
+        assert_eq!(svc.handle(auth("secret")).await, AuthReply::Auth(AuthOutcome::Success));
+        assert!(t.elapsed() >= MIN_AUTH_TIME);
+        assert_eq!(svc.handle(auth("wrong")).await, AuthReply::Auth(AuthOutcome::Failure));
+    }
+
+    #[test]
+    fn broken_users_file_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("domains/example.com")).unwrap();
+        std::fs::create_dir_all(dir.path().join("domains/empty.org")).unwrap();
+        std::fs::write(
+            dir.path().join("domains/example.com/users"),
+            "users: {\n  nonsense: 1\n}\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", AuthService::load(&start_with(dir.path())).err().unwrap());
+        assert!(err.contains("users:2"), "{err}");
+    }
+}

@@ -1,0 +1,7 @@
+//! Shared code for tambo: configuration (chasquid.conf), the user
+//! database, name normalisation and the protobuf text-format parser.
+
+pub mod config;
+pub mod names;
+pub mod textproto;
+pub mod userdb;

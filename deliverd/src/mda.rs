@@ -1,0 +1,235 @@
+//! Local delivery through a command: the configured mail delivery agent
+//! (with `%from%`-style placeholders) or a pipe alias. No shell is ever
+//! involved; every value that comes from mail is sanitised before it
+//! reaches an argument.
+
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tambo_common::names::{sanitize_for_argv, split_address};
+use tambo_ipc::proto::DeliveryOutcome;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long a delivery command may run.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Exit code meaning "temporary failure, try again later" (EX_TEMPFAIL).
+pub const EXIT_TEMPFAIL: i32 = 75;
+/// How much of the command's output is kept for the error message.
+const OUTPUT_LIMIT: usize = 4096;
+
+/// The values placeholders stand for.
+pub struct Placeholders<'a> {
+    /// Envelope sender (empty for `<>`).
+    pub from: &'a str,
+    /// Final recipient address.
+    pub to: &'a str,
+}
+
+/// Substitute `%from% %from_user% %from_domain% %to% %to_user% %to_domain%`
+/// in each argument, sanitising every substituted value.
+pub fn expand_args(args: &[String], p: &Placeholders<'_>) -> Vec<String> {
+    let (from_user, from_domain) = split_address(p.from);
+    let (to_user, to_domain) = split_address(p.to);
+    let values = [
+        ("%from_user%", from_user),
+        ("%from_domain%", from_domain),
+        ("%from%", p.from),
+        ("%to_user%", to_user),
+        ("%to_domain%", to_domain),
+        ("%to%", p.to),
+    ];
+    args.iter()
+        .map(|arg| {
+            let mut out = String::new();
+            let mut rest = arg.as_str();
+            'outer: while !rest.is_empty() {
+                for (name, value) in &values {
+                    if let Some(after) = rest.strip_prefix(name) {
+                        out.push_str(&sanitize_value(value));
+                        rest = after;
+                        continue 'outer;
+                    }
+                }
+                let c = rest.chars().next().expect("non-empty");
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+            out
+        })
+        .collect()
+}
+
+/// Sanitised, and never empty (an empty argument would shift meanings).
+fn sanitize_value(v: &str) -> String {
+    let s = sanitize_for_argv(v);
+    if s.is_empty() { "_".to_string() } else { s }
+}
+
+/// Run `argv` with the message on stdin and map the result to an outcome.
+pub async fn run_command(argv: &[String], header_prefix: &[u8], data: Arc<OwnedFd>) -> DeliveryOutcome {
+    let Some((bin, args)) = argv.split_first() else {
+        return DeliveryOutcome::PermFail("empty delivery command".into());
+    };
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        );
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return DeliveryOutcome::PermFail(format!("cannot run {bin}: {e}")),
+    };
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let prefix = header_prefix.to_vec();
+    let feed = async move {
+        let Some(mut stdin) = stdin else { return };
+        if stdin.write_all(&prefix).await.is_err() {
+            return;
+        }
+        let file = match data.try_clone() {
+            Ok(fd) => std::fs::File::from(fd),
+            Err(_) => return,
+        };
+        let mut pos = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let (n, b) = match read_at(&file, buf, pos).await {
+                Ok(v) => v,
+                Err(_) => return,
+            };
+            buf = b;
+            if n == 0 || stdin.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            pos += n as u64;
+        }
+    };
+    let collect = async move {
+        let mut out = Vec::new();
+        if let Some(mut s) = stdout {
+            let _ = (&mut s).take(OUTPUT_LIMIT as u64).read_to_end(&mut out).await;
+            let _ = tokio::io::copy(&mut s, &mut tokio::io::sink()).await;
+        }
+        let mut err = Vec::new();
+        if let Some(mut s) = stderr {
+            let _ = (&mut s).take(OUTPUT_LIMIT as u64).read_to_end(&mut err).await;
+            let _ = tokio::io::copy(&mut s, &mut tokio::io::sink()).await;
+        }
+        out.extend_from_slice(&err);
+        out
+    };
+    let run = async {
+        let (_, output, status) = tokio::join!(feed, collect, child.wait());
+        (output, status)
+    };
+    let (output, status) = match tokio::time::timeout(COMMAND_TIMEOUT, run).await {
+        Ok(v) => v,
+        Err(_) => {
+            return DeliveryOutcome::TempFail(format!("{bin} timed out after {}s", COMMAND_TIMEOUT.as_secs()));
+        }
+    };
+    let text = summarize(&output);
+    match status {
+        Ok(s) if s.success() => DeliveryOutcome::Delivered,
+        Ok(s) if s.code() == Some(EXIT_TEMPFAIL) => {
+            DeliveryOutcome::TempFail(format!("{bin} exited with 75 (temporary failure): {text}"))
+        }
+        Ok(s) => DeliveryOutcome::PermFail(format!("{bin} failed ({s}): {text}")),
+        Err(e) => DeliveryOutcome::TempFail(format!("waiting for {bin}: {e}")),
+    }
+}
+
+/// Read at an offset without moving a shared file position.
+async fn read_at(file: &std::fs::File, mut buf: Vec<u8>, pos: u64) -> std::io::Result<(usize, Vec<u8>)> {
+    let file = file.try_clone()?;
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let n = file.read_at(&mut buf, pos)?;
+        Ok((n, buf))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// One line of printable text from a command's output, for logs and DSNs.
+fn summarize(output: &[u8]) -> String {
+    let text = String::from_utf8_lossy(output);
+    let line: String = text
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(300)
+        .collect();
+    if line.is_empty() { "no output".into() } else { line }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn placeholders_are_substituted_and_sanitised() {
+        let p = Placeholders {
+            from: "a b@x.org",
+            to: "-rf$(id)@local.test",
+        };
+        let out = expand_args(&args(&["-f", "%from%", "-d", "%to_user%", "x%to_domain%y", "%to%"]), &p);
+        assert_eq!(
+            out,
+            args(&["-f", "a_b@x.org", "-d", "rf__id_", "xlocal.testy", "rf__id_@local.test"])
+        );
+        let empty = expand_args(&args(&["%from%"]), &Placeholders { from: "", to: "u@d" });
+        assert_eq!(empty, args(&["_"]));
+    }
+
+    fn data_fd(content: &[u8]) -> Arc<OwnedFd> {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(content).unwrap();
+        Arc::new(OwnedFd::from(f))
+    }
+
+    #[tokio::test]
+    async fn outcomes_by_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let ok = run_command(
+            &args(&["/bin/sh", "-c", &format!("cat > {}", out.display())]),
+            b"X-Pre: 1\r\n",
+            data_fd(b"Subject: t\r\n\r\nbody\r\n"),
+        )
+        .await;
+        assert_eq!(ok, DeliveryOutcome::Delivered);
+        assert_eq!(std::fs::read(&out).unwrap(), b"X-Pre: 1\r\nSubject: t\r\n\r\nbody\r\n");
+        let temp = run_command(&args(&["/bin/sh", "-c", "echo busy; exit 75"]), b"", data_fd(b"")).await;
+        assert!(
+            matches!(temp, DeliveryOutcome::TempFail(ref m) if m.contains("busy")),
+            "{temp:?}"
+        );
+        let perm = run_command(&args(&["/bin/sh", "-c", "echo nope >&2; exit 1"]), b"", data_fd(b"")).await;
+        assert!(
+            matches!(perm, DeliveryOutcome::PermFail(ref m) if m.contains("nope")),
+            "{perm:?}"
+        );
+        let missing = run_command(&args(&["/nonexistent/mda"]), b"", data_fd(b"")).await;
+        assert!(matches!(missing, DeliveryOutcome::PermFail(_)));
+    }
+}

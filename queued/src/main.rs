@@ -1,0 +1,103 @@
+//! `tambo-queued`: the queue manager. Owns `data_dir/queue`; makes every
+//! accepted message durable before smtpd acknowledges it and drives its
+//! delivery through deliverd.
+
+mod entry;
+mod manager;
+mod received;
+mod resolve;
+mod store;
+
+use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg};
+use tambo_ipc::worker::{ControlLink, bootstrap, single_stream};
+
+use crate::manager::Queue;
+
+fn main() {
+    let (control, _plan) = match bootstrap(WorkerKind::Queued) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("tambo-queued: {e}");
+            std::process::exit(1);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = rt.block_on(async move {
+        match run(control).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                1
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
+    let (mut link, start) = ControlLink::start(control).await?;
+    let queue = Queue::start(&start)?;
+    link.send(WorkerMsg::Ready).await?;
+    loop {
+        let (msg, fds) = match link.recv().await {
+            Ok(m) => m,
+            Err(tambo_ipc::IpcError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        match msg {
+            ControlMsg::Peer(ch) => {
+                let Some(stream) = single_stream(fds) else {
+                    tracing::warn!("{}: expected one fd", ch.name());
+                    continue;
+                };
+                match ch {
+                    PeerChannel::SmtpdQueued => {
+                        let q = queue.clone();
+                        tokio::spawn(async move {
+                            let handler = move |req, _fds| {
+                                let q = q.clone();
+                                async move { q.handle(req).await }
+                            };
+                            if let Err(e) = tambo_ipc::rpc::serve(stream, ch.name(), handler).await {
+                                tracing::warn!("{}: {e}", ch.name());
+                            }
+                        });
+                    }
+                    PeerChannel::QueuedDeliverd => {
+                        let slot = queue.deliverd.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = slot.install(stream).await {
+                                tracing::warn!("{}: {e}", ch.name());
+                            }
+                        });
+                    }
+                    PeerChannel::QueuedAuthd => {
+                        let slot = queue.authd.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = slot.install(stream).await {
+                                tracing::warn!("{}: {e}", ch.name());
+                            }
+                        });
+                    }
+                    PeerChannel::SmtpdAuthd => tracing::warn!("queued was handed {}, not its channel", ch.name()),
+                }
+            }
+            ControlMsg::Reload(start) => {
+                queue.reload(&start);
+                link.send(WorkerMsg::Reloaded {
+                    ok: true,
+                    message: String::new(),
+                })
+                .await?;
+            }
+            ControlMsg::Shutdown { .. } => return Ok(()),
+            ControlMsg::Start(_) | ControlMsg::Listener { .. } => {
+                tracing::warn!("queued: unexpected control message ignored");
+            }
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! The queue manager: accepts messages from smtpd, keeps each queued
+//! message's delivery going (per recipient, with back-off) and removes it
+//! when every recipient is done.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use tambo_common::config::Config;
+use tambo_common::names::normalize_address;
+use tambo_ipc::proto::{
+    AuthReply, AuthRequest, DeliverReply, DeliverRequest, DeliveryJob, DeliveryOutcome, IncomingEnvelope, JobRcpt,
+    QueueReply, QueueRequest, RcptVerdict, SmtpReply, WorkerStart,
+};
+use tambo_ipc::worker::PeerSlot;
+use tokio::sync::Notify;
+
+use crate::entry::{ENTRY_VERSION, QueueEntry, RcptEntry, RcptState};
+use crate::received::received_header;
+use crate::resolve::{ResolveError, ResolverContext};
+use crate::store::{Store, valid_id};
+
+/// Unix time now, in seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The retry schedule: 1, 5, 10 and then every 20 minutes (scaled so the
+/// first step is `first`), each with ±10% jitter so a burst of failures
+/// does not retry in lock-step.
+pub fn retry_delay(attempts: u32, first: Duration) -> Duration {
+    let factor = match attempts {
+        0 | 1 => 1,
+        2 => 5,
+        3 => 10,
+        _ => 20,
+    };
+    let base = first * factor;
+    let jitter = rand::thread_rng().gen_range(0.9..1.1);
+    base.mul_f64(jitter)
+}
+
+/// How long to wait before retrying after deliverd itself went away (the
+/// attempt did not happen, or its result was lost).
+const DELIVERD_LOST_RETRY: Duration = Duration::from_secs(2);
+/// How long to wait for deliverd when it is restarting.
+const DELIVERD_WAIT: Duration = Duration::from_secs(10);
+/// An uncommitted data file older than this is abandoned (smtpd died).
+const INCOMING_MAX_AGE: Duration = Duration::from_secs(4 * 3600);
+
+/// Configuration that reloads replace.
+pub struct Settings {
+    /// The configuration.
+    pub config: Config,
+    /// Local domains.
+    pub local_domains: Vec<String>,
+}
+
+/// A message in the queue, shared between its delivery task and the
+/// admin commands.
+pub struct Message {
+    entry: Mutex<QueueEntry>,
+    wake: Notify,
+}
+
+/// A data file handed to smtpd and not yet committed.
+struct Incoming {
+    file: File,
+    created: Instant,
+}
+
+/// The queue manager.
+pub struct Queue {
+    store: Store,
+    settings: RwLock<Arc<Settings>>,
+    incoming: Mutex<HashMap<String, Incoming>>,
+    messages: Mutex<HashMap<String, Arc<Message>>>,
+    /// Client of deliverd.
+    pub deliverd: Arc<PeerSlot<DeliverRequest, DeliverReply>>,
+    /// Client of authd.
+    pub authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
+}
+
+fn reply(code: u16, enhanced: &str, text: impl Into<String>) -> QueueReply {
+    QueueReply::Refused(SmtpReply {
+        code,
+        enhanced: enhanced.into(),
+        text: text.into(),
+    })
+}
+
+impl Queue {
+    /// Open the queue and start delivering what it holds.
+    pub fn start(start: &WorkerStart) -> anyhow::Result<Arc<Queue>> {
+        let dir = PathBuf::from(&start.config.data_dir).join("queue");
+        let (store, entries) = Store::open(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        if store.corrupt_count() > 0 {
+            tracing::warn!("{} corrupt queue entries moved aside", store.corrupt_count());
+        }
+        let queue = Arc::new(Queue {
+            store,
+            settings: RwLock::new(Arc::new(Settings {
+                config: start.config.clone(),
+                local_domains: start.local_domains.clone(),
+            })),
+            incoming: Mutex::new(HashMap::new()),
+            messages: Mutex::new(HashMap::new()),
+            deliverd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedDeliverd.name()),
+            authd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedAuthd.name()),
+        });
+        tracing::info!("queue loaded: {} message(s)", entries.len());
+        for e in entries {
+            queue.launch(e);
+        }
+        let q = queue.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                q.sweep_incoming();
+            }
+        });
+        Ok(queue)
+    }
+
+    /// Replace the settings (on reload).
+    pub fn reload(&self, start: &WorkerStart) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Settings {
+            config: start.config.clone(),
+            local_domains: start.local_domains.clone(),
+        });
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        self.settings.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Number of messages in the queue.
+    pub fn len(&self) -> usize {
+        self.messages.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Answer smtpd.
+    pub async fn handle(self: &Arc<Self>, req: QueueRequest) -> (QueueReply, Vec<OwnedFd>) {
+        match req {
+            QueueRequest::CheckRecipient { address } => {
+                (QueueReply::Recipient(self.check_recipient(&address).await), vec![])
+            }
+            QueueRequest::NewMessage => self.new_message(),
+            QueueRequest::Commit { id, envelope } => (self.commit(&id, *envelope).await, vec![]),
+            QueueRequest::Abort { id } => {
+                if self
+                    .incoming
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id)
+                    .is_some()
+                {
+                    self.store.discard_data(&id);
+                }
+                (QueueReply::Done, vec![])
+            }
+        }
+    }
+
+    async fn check_recipient(&self, address: &str) -> RcptVerdict {
+        let Ok(address) = normalize_address(address) else {
+            return RcptVerdict::Unknown;
+        };
+        let s = self.settings();
+        let ctx = self.resolver(&s);
+        match ctx.resolve(&address).await {
+            Ok(_) => RcptVerdict::Accept,
+            Err(ResolveError::Unknown(_)) => RcptVerdict::Unknown,
+            Err(e @ ResolveError::Temporary(..)) => RcptVerdict::TempFail(e.to_string()),
+        }
+    }
+
+    fn resolver<'a>(&'a self, s: &'a Settings) -> ResolverContext<'a> {
+        ResolverContext {
+            local_domains: &s.local_domains,
+            drop_characters: &s.config.drop_characters,
+            suffix_separators: &s.config.suffix_separators,
+            authd: &self.authd,
+        }
+    }
+
+    fn new_message(&self) -> (QueueReply, Vec<OwnedFd>) {
+        let full = self.len() as i64 >= self.settings().config.max_queue_items;
+        if full {
+            return (reply(451, "4.3.0", "Queue full, try again later"), vec![]);
+        }
+        let created = self.store.create_data().and_then(|(id, f)| Ok((id, f.try_clone()?, f)));
+        match created {
+            Ok((id, ours, theirs)) => {
+                self.incoming.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                    id.clone(),
+                    Incoming {
+                        file: ours,
+                        created: Instant::now(),
+                    },
+                );
+                (QueueReply::MessageSlot { id }, vec![OwnedFd::from(theirs)])
+            }
+            Err(e) => {
+                tracing::error!("cannot create a data file: {e}");
+                (
+                    reply(451, "4.3.0", "Cannot queue the message now, try again later"),
+                    vec![],
+                )
+            }
+        }
+    }
+
+    fn sweep_incoming(&self) {
+        let stale: Vec<String> = {
+            let mut inc = self.incoming.lock().unwrap_or_else(|p| p.into_inner());
+            let ids: Vec<String> = inc
+                .iter()
+                .filter(|(_, i)| i.created.elapsed() > INCOMING_MAX_AGE)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &ids {
+                inc.remove(id);
+            }
+            ids
+        };
+        for id in stale {
+            tracing::info!(id, "abandoned incoming message removed");
+            self.store.discard_data(&id);
+        }
+    }
+
+    async fn commit(self: &Arc<Self>, id: &str, env: IncomingEnvelope) -> QueueReply {
+        let incoming = self.incoming.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        let Some(incoming) = incoming.filter(|_| valid_id(id)) else {
+            return reply(451, "4.3.0", "Unknown message, try again");
+        };
+        match self.commit_inner(id, &env, &incoming.file).await {
+            Ok(reply) => reply,
+            Err(r) => {
+                self.store.discard_data(id);
+                r
+            }
+        }
+    }
+
+    async fn commit_inner(
+        self: &Arc<Self>,
+        id: &str,
+        env: &IncomingEnvelope,
+        file: &File,
+    ) -> Result<QueueReply, QueueReply> {
+        let size = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        if size != env.data_size {
+            tracing::error!(id, "data file has {size} bytes, smtpd says {}", env.data_size);
+            return Err(reply(451, "4.3.0", "Error writing the message, try again"));
+        }
+        let s = self.settings();
+        if self.len() as i64 >= s.config.max_queue_items {
+            return Err(reply(451, "4.3.0", "Queue full, try again later"));
+        }
+        let ctx = self.resolver(&s);
+        let now = unix_now();
+        let mut rcpts = Vec::new();
+        for original in &env.rcpts {
+            let resolved = match ctx.resolve(original).await {
+                Ok(r) => r,
+                Err(ResolveError::Unknown(a)) => return Err(reply(550, "5.1.1", format!("Unknown recipient {a}"))),
+                Err(e @ ResolveError::Temporary(..)) => {
+                    tracing::warn!(id, "{e}");
+                    return Err(reply(451, "4.4.3", "Cannot resolve recipients now, try again later"));
+                }
+            };
+            for r in resolved {
+                if rcpts
+                    .iter()
+                    .any(|x: &RcptEntry| x.address == r.address && x.route == r.route)
+                {
+                    continue;
+                }
+                rcpts.push(RcptEntry {
+                    address: r.address,
+                    original: original.clone(),
+                    route: r.route,
+                    state: RcptState::Pending,
+                    attempts: 0,
+                    last_error: String::new(),
+                    next_attempt: now,
+                });
+            }
+        }
+        if rcpts.is_empty() {
+            return Err(reply(554, "5.1.1", "No valid recipients"));
+        }
+        let entry = QueueEntry {
+            version: ENTRY_VERSION,
+            id: id.to_string(),
+            from: env.mail_from.clone(),
+            created: now,
+            header_prefix: received_header(env, &s.config.hostname, id, now),
+            rcpts,
+            remote_ip: env.remote_ip.clone(),
+            helo: env.helo.clone(),
+            auth_user: env.auth_user.clone(),
+            data_size: size,
+            held: false,
+            is_dsn: false,
+        };
+        if let Err(e) = self.store.write(entry.clone()).await {
+            tracing::error!(id, "cannot commit: {e}");
+            return Err(reply(451, "4.3.0", "Cannot queue the message now, try again later"));
+        }
+        tracing::info!(
+            id,
+            from = entry.from,
+            to = ?env.rcpts,
+            ip = entry.remote_ip,
+            "queued"
+        );
+        self.launch(entry);
+        Ok(QueueReply::Committed { id: id.to_string() })
+    }
+
+    /// Start the delivery task of a queued message.
+    fn launch(self: &Arc<Self>, entry: QueueEntry) {
+        let id = entry.id.clone();
+        let msg = Arc::new(Message {
+            entry: Mutex::new(entry),
+            wake: Notify::new(),
+        });
+        self.messages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), msg.clone());
+        let q = self.clone();
+        tokio::spawn(async move {
+            q.deliver_loop(&msg).await;
+            q.messages.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        });
+    }
+
+    /// Deliver a message until no recipient is pending, then remove it.
+    async fn deliver_loop(&self, msg: &Message) {
+        loop {
+            let (job_entry, wait) = {
+                let e = msg.entry.lock().unwrap_or_else(|p| p.into_inner());
+                if !e.has_pending() {
+                    break;
+                }
+                let now = unix_now();
+                let next = e
+                    .rcpts
+                    .iter()
+                    .filter(|r| r.state == RcptState::Pending)
+                    .map(|r| r.next_attempt)
+                    .min()
+                    .unwrap_or(now);
+                if e.held {
+                    (None, None)
+                } else if next <= now {
+                    (Some(e.clone()), None)
+                } else {
+                    (None, Some(Duration::from_secs(next - now)))
+                }
+            };
+            let Some(entry) = job_entry else {
+                match wait {
+                    Some(d) => {
+                        let _ = tokio::time::timeout(d, msg.wake.notified()).await;
+                    }
+                    None => msg.wake.notified().await,
+                }
+                continue;
+            };
+            let updated = self.attempt(entry).await;
+            let changed = {
+                let mut e = msg.entry.lock().unwrap_or_else(|p| p.into_inner());
+                let changed = *e != updated;
+                // Keep an operator's hold that arrived meanwhile.
+                let held = e.held;
+                *e = updated;
+                e.held = held;
+                changed
+            };
+            if changed && msg.entry.lock().unwrap_or_else(|p| p.into_inner()).has_pending() {
+                let snapshot = msg.entry.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Err(err) = self.store.write(snapshot).await {
+                    tracing::error!("cannot record delivery results: {err}");
+                }
+            }
+        }
+        let entry = msg.entry.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let failed: Vec<&RcptEntry> = entry.rcpts.iter().filter(|r| r.state == RcptState::Failed).collect();
+        if !failed.is_empty() {
+            tracing::info!(id = entry.id, "{} recipient(s) failed", failed.len());
+        }
+        if let Err(e) = self.store.remove(&entry.id).await {
+            tracing::error!(id = entry.id, "cannot remove: {e}");
+        } else {
+            tracing::info!(id = entry.id, "all done");
+        }
+    }
+
+    /// One delivery attempt for every due recipient; returns the updated
+    /// entry (not yet stored).
+    async fn attempt(&self, mut entry: QueueEntry) -> QueueEntry {
+        let now = unix_now();
+        let due: Vec<JobRcpt> = entry
+            .rcpts
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.state == RcptState::Pending && r.next_attempt <= now)
+            .map(|(i, r)| JobRcpt {
+                index: i as u32,
+                address: r.address.clone(),
+                route: r.route.clone(),
+            })
+            .collect();
+        let data = match self.store.open_data(&entry.id) {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) => {
+                tracing::error!(id = entry.id, "cannot open data file: {e}");
+                for r in entry.rcpts.iter_mut().filter(|r| r.state == RcptState::Pending) {
+                    r.next_attempt = now + 60;
+                    r.last_error = format!("cannot open data file: {e}");
+                }
+                return entry;
+            }
+        };
+        let job = DeliveryJob {
+            id: entry.id.clone(),
+            from: entry.from.clone(),
+            rcpts: due.clone(),
+            header_prefix: entry.header_prefix.as_bytes().to_vec(),
+        };
+        let results = match self
+            .deliverd
+            .call(DeliverRequest::Deliver(job), vec![data], DELIVERD_WAIT)
+            .await
+        {
+            Ok((DeliverReply::Results(r), _)) => r,
+            Err(e) => {
+                tracing::warn!(id = entry.id, "deliverd unreachable ({e}); retrying soon");
+                let at = now + DELIVERD_LOST_RETRY.as_secs();
+                for j in &due {
+                    entry.rcpts[j.index as usize].next_attempt = at;
+                }
+                return entry;
+            }
+        };
+        let s = self.settings();
+        let give_up = s.config.give_up_send_after_duration();
+        let first_retry = s.config.min_retry_delay_duration();
+        for (index, outcome) in results {
+            let Some(r) = entry.rcpts.get_mut(index as usize) else {
+                continue;
+            };
+            if r.state != RcptState::Pending {
+                continue;
+            }
+            r.attempts += 1;
+            match outcome {
+                DeliveryOutcome::Delivered => {
+                    r.state = RcptState::Delivered;
+                    r.last_error.clear();
+                }
+                DeliveryOutcome::PermFail(e) => {
+                    r.state = RcptState::Failed;
+                    r.last_error = e;
+                }
+                DeliveryOutcome::TempFail(e) => {
+                    let age = Duration::from_secs(unix_now().saturating_sub(entry.created));
+                    if age >= give_up {
+                        r.state = RcptState::Failed;
+                        r.last_error = format!("gave up after {}s in the queue; last error: {e}", age.as_secs());
+                    } else {
+                        r.last_error = e;
+                        r.next_attempt = unix_now() + retry_delay(r.attempts, first_retry).as_secs().max(1);
+                    }
+                }
+            }
+        }
+        entry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_schedule_grows() {
+        let m = Duration::from_secs(60);
+        let d1 = retry_delay(1, m).as_secs_f64();
+        let d2 = retry_delay(2, m).as_secs_f64();
+        let d4 = retry_delay(4, m).as_secs_f64();
+        let d9 = retry_delay(9, m).as_secs_f64();
+        assert!((54.0..=66.0).contains(&d1));
+        assert!((270.0..=330.0).contains(&d2));
+        assert!((1080.0..=1320.0).contains(&d4));
+        assert!((1080.0..=1320.0).contains(&d9));
+    }
+}

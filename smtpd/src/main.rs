@@ -1,0 +1,101 @@
+//! `tambo-smtpd`: the network front end. Runs chrooted in an empty
+//! directory as its own user; it opens no file after start-up (message
+//! data goes into fds queued hands over) and holds no secret.
+
+mod address;
+mod backend;
+mod conn;
+mod data;
+mod listen;
+mod session;
+
+use std::sync::Arc;
+
+use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg};
+use tambo_ipc::worker::{ControlLink, bootstrap, single_stream};
+
+use crate::backend::{Backend, Settings};
+
+fn main() {
+    let (control, _plan) = match bootstrap(WorkerKind::Smtpd) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("tambo-smtpd: {e}");
+            std::process::exit(1);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = rt.block_on(async move {
+        match run(control).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                1
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
+    let (mut link, start) = ControlLink::start(control).await?;
+    let backend = Backend::new(Settings::from_start(&start));
+    let listeners = listen::Listeners::new(backend.clone());
+    link.send(WorkerMsg::Ready).await?;
+    loop {
+        let (msg, fds) = match link.recv().await {
+            Ok(m) => m,
+            Err(tambo_ipc::IpcError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        match msg {
+            ControlMsg::Listener { kind, addr } => {
+                let mut fds = fds.into_iter();
+                match (fds.next(), fds.next()) {
+                    (Some(fd), None) => listeners.add(kind, &addr, fd)?,
+                    _ => tracing::warn!("listener {addr}: expected one fd"),
+                }
+            }
+            ControlMsg::Peer(ch @ (PeerChannel::SmtpdQueued | PeerChannel::SmtpdAuthd)) => {
+                let Some(stream) = single_stream(fds) else {
+                    tracing::warn!("{}: expected one fd", ch.name());
+                    continue;
+                };
+                let b = backend.clone();
+                tokio::spawn(async move {
+                    let r = match ch {
+                        PeerChannel::SmtpdQueued => b.queued.install(stream).await,
+                        _ => b.authd.install(stream).await,
+                    };
+                    if let Err(e) = r {
+                        tracing::warn!("{}: {e}", ch.name());
+                    }
+                });
+            }
+            ControlMsg::Peer(ch @ (PeerChannel::QueuedDeliverd | PeerChannel::QueuedAuthd)) => {
+                tracing::warn!("smtpd was handed {}, which is not its channel", ch.name());
+            }
+            ControlMsg::Reload(start) => {
+                backend.set_settings(Settings::from_start(&start));
+                link.send(WorkerMsg::Reloaded {
+                    ok: true,
+                    message: String::new(),
+                })
+                .await?;
+            }
+            ControlMsg::Shutdown { grace_secs } => {
+                listeners.stop_accepting();
+                listeners.drain(std::time::Duration::from_secs(grace_secs.into())).await;
+                return Ok(());
+            }
+            ControlMsg::Start(_) => tracing::warn!("smtpd: unexpected Start ignored"),
+        }
+    }
+}
+
+/// Used by tests and the listener module.
+pub type SharedBackend = Arc<Backend>;

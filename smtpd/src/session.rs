@@ -1,0 +1,460 @@
+//! One SMTP session, from greeting to QUIT.
+
+use std::net::IpAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tambo_ipc::proto::{IncomingEnvelope, ListenerKind, QueueReply, QueueRequest, RcptVerdict, TlsInfo};
+
+use crate::address::{PathError, parse_path_arg};
+use crate::backend::{Backend, Settings};
+use crate::conn::{Conn, ConnError, LineRead};
+use crate::data::{DataDecoder, DataError, Progress};
+
+/// Recipients accepted per transaction at most.
+pub const MAX_RCPTS: usize = 100;
+/// Errors tolerated per session before it is closed.
+pub const MAX_ERRORS: u32 = 10;
+/// Flush the decoded body to the data file in pieces of this size.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Facts about the connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address (after a PROXY header, when there is one).
+    pub ip: IpAddr,
+    /// The listener it came in on.
+    pub listener: ListenerKind,
+}
+
+/// How a command handler wants the session to go on.
+enum Next {
+    Continue,
+    Close,
+}
+
+/// The state of one session.
+pub struct Session {
+    conn: Conn,
+    peer: Peer,
+    backend: Arc<Backend>,
+    settings: Arc<Settings>,
+    helo: Option<String>,
+    esmtp: bool,
+    mail_from: Option<String>,
+    rcpts: Vec<String>,
+    auth_user: Option<String>,
+    tls: Option<TlsInfo>,
+    errors: u32,
+}
+
+impl Session {
+    /// A session over `conn`.
+    pub fn new(conn: Conn, peer: Peer, backend: Arc<Backend>) -> Session {
+        let settings = backend.settings();
+        Session {
+            conn,
+            peer,
+            backend,
+            settings,
+            helo: None,
+            esmtp: false,
+            mail_from: None,
+            rcpts: Vec::new(),
+            auth_user: None,
+            tls: None,
+            errors: 0,
+        }
+    }
+
+    /// Run the session to its end.
+    pub async fn run(mut self) {
+        let limit = Duration::from_secs(self.settings.connection_timeout_secs);
+        let ip = self.peer.ip;
+        match tokio::time::timeout(limit, self.dialog()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(ConnError::Timeout)) => {
+                self.conn.reply("421 4.4.2 Timeout, closing connection");
+                tracing::debug!(%ip, "command timeout");
+            }
+            Ok(Err(ConnError::Io(e))) => tracing::debug!(%ip, "connection error: {e}"),
+            Err(_) => {
+                self.conn.reply("421 4.4.2 Connection time limit reached");
+                tracing::debug!(%ip, "connection time limit");
+            }
+        }
+        self.conn.close().await;
+    }
+
+    async fn dialog(&mut self) -> Result<(), ConnError> {
+        self.conn.reply(&format!("220 {} ESMTP tambo", self.settings.hostname));
+        loop {
+            let line = match self.conn.read_line().await? {
+                LineRead::Line(l) => l,
+                LineRead::TooLong => {
+                    self.conn.reply("500 5.5.2 Line too long");
+                    return Ok(());
+                }
+                LineRead::Eof => return Ok(()),
+            };
+            let Ok(line) = String::from_utf8(line) else {
+                if self.error("500 5.5.2 Invalid UTF-8 in command") {
+                    return Ok(());
+                }
+                continue;
+            };
+            let (verb, args) = match line.split_once(' ') {
+                Some((v, a)) => (v.to_ascii_uppercase(), a.to_string()),
+                None => (line.to_ascii_uppercase(), String::new()),
+            };
+            let next = match verb.as_str() {
+                "EHLO" => self.cmd_helo(&args, true),
+                "HELO" => self.cmd_helo(&args, false),
+                "MAIL" => self.cmd_mail(&args),
+                "RCPT" => self.cmd_rcpt(&args).await,
+                "DATA" => self.cmd_data(&args).await?,
+                "RSET" => {
+                    self.reset();
+                    self.conn.reply("250 2.0.0 Ok");
+                    Next::Continue
+                }
+                "NOOP" => {
+                    self.conn.reply("250 2.0.0 Ok");
+                    Next::Continue
+                }
+                "HELP" => {
+                    self.conn
+                        .reply("214-2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP HELP VRFY QUIT");
+                    self.conn.reply("214 2.0.0 See RFC 5321");
+                    Next::Continue
+                }
+                "VRFY" => {
+                    self.conn
+                        .reply("252 2.5.0 Cannot VRFY user, but will accept the message");
+                    Next::Continue
+                }
+                "EXPN" => self.fail("502 5.5.1 EXPN not supported"),
+                "QUIT" => {
+                    self.conn.reply("221 2.0.0 Bye");
+                    Next::Close
+                }
+                // Another protocol talking to us (cross-protocol attacks).
+                "GET" | "POST" | "PUT" | "HEAD" | "CONNECT" | "OPTIONS" | "DELETE" | "USER" | "PASS" => {
+                    self.conn.reply("502 5.7.0 This is an SMTP server");
+                    Next::Close
+                }
+                _ => self.fail("500 5.5.1 Unknown command"),
+            };
+            if let Next::Close = next {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Count an error and queue its reply; true when the session must end.
+    fn error(&mut self, reply: &str) -> bool {
+        self.errors += 1;
+        if self.errors >= MAX_ERRORS {
+            self.conn.reply("421 4.7.0 Too many errors, bye");
+            return true;
+        }
+        self.conn.reply(reply);
+        false
+    }
+
+    fn fail(&mut self, reply: &str) -> Next {
+        if self.error(reply) { Next::Close } else { Next::Continue }
+    }
+
+    fn reset(&mut self) {
+        self.mail_from = None;
+        self.rcpts.clear();
+    }
+
+    fn cmd_helo(&mut self, args: &str, esmtp: bool) -> Next {
+        let name = args.trim();
+        if name.is_empty() || name.contains(' ') {
+            return self.fail("501 5.5.4 Syntax: EHLO hostname");
+        }
+        self.reset();
+        self.helo = Some(name.to_string());
+        self.esmtp = esmtp;
+        let host = self.settings.hostname.clone();
+        if !esmtp {
+            self.conn.reply(&format!("250 {host}"));
+            return Next::Continue;
+        }
+        let mut lines = vec![
+            host,
+            "8BITMIME".to_string(),
+            "PIPELINING".to_string(),
+            "SMTPUTF8".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+            format!("SIZE {}", self.settings.max_data_size),
+            "HELP".to_string(),
+        ];
+        let last = lines.pop().unwrap_or_default();
+        for l in lines {
+            self.conn.reply(&format!("250-{l}"));
+        }
+        self.conn.reply(&format!("250 {last}"));
+        Next::Continue
+    }
+
+    fn cmd_mail(&mut self, args: &str) -> Next {
+        if self.helo.is_none() {
+            return self.fail("503 5.5.1 Send HELO/EHLO first");
+        }
+        if self.mail_from.is_some() {
+            return self.fail("503 5.5.1 Sender already specified");
+        }
+        let Some(rest) = strip_keyword(args, "FROM:") else {
+            return self.fail("501 5.5.4 Syntax: MAIL FROM:<address>");
+        };
+        let parsed = match parse_path_arg(rest) {
+            Ok(p) => p,
+            Err(e) => return self.fail(&path_error_reply(&e, "5.1.7")),
+        };
+        for (name, value) in &parsed.params {
+            match (name.as_str(), value.as_deref()) {
+                ("SIZE", Some(v)) => match v.parse::<u64>() {
+                    Ok(n) if n > self.settings.max_data_size => {
+                        return self.fail("552 5.3.4 Message too big");
+                    }
+                    Ok(_) => {}
+                    Err(_) => return self.fail("501 5.5.4 Bad SIZE parameter"),
+                },
+                ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") || v.eq_ignore_ascii_case("7BIT") => {}
+                ("SMTPUTF8", None) | ("AUTH", Some(_)) => {}
+                _ => return self.fail("555 5.5.4 Unsupported MAIL parameter"),
+            }
+        }
+        self.mail_from = Some(parsed.address.map(|a| a.full()).unwrap_or_default());
+        self.conn.reply("250 2.1.0 Ok");
+        Next::Continue
+    }
+
+    async fn cmd_rcpt(&mut self, args: &str) -> Next {
+        if self.mail_from.is_none() {
+            return self.fail("503 5.5.1 Need MAIL first");
+        }
+        let Some(rest) = strip_keyword(args, "TO:") else {
+            return self.fail("501 5.5.4 Syntax: RCPT TO:<address>");
+        };
+        let parsed = match parse_path_arg(rest) {
+            Ok(p) => p,
+            Err(e) => return self.fail(&path_error_reply(&e, "5.1.3")),
+        };
+        for (name, _) in &parsed.params {
+            if !matches!(name.as_str(), "NOTIFY" | "ORCPT") {
+                return self.fail("555 5.5.4 Unsupported RCPT parameter");
+            }
+        }
+        let Some(addr) = parsed.address else {
+            return self.fail("501 5.1.3 The null address is not a recipient");
+        };
+        if self.rcpts.len() >= MAX_RCPTS {
+            self.conn.reply("452 4.5.3 Too many recipients");
+            return Next::Continue;
+        }
+        let full = addr.full();
+        if self.settings.is_local(&addr.domain) {
+            match self.backend.check_recipient(&full).await {
+                RcptVerdict::Accept => {}
+                RcptVerdict::Unknown => return self.fail("550 5.1.1 User unknown"),
+                RcptVerdict::TempFail(why) => {
+                    tracing::warn!("recipient check failed: {why}");
+                    self.conn
+                        .reply("451 4.4.3 Temporary error checking the recipient, try again later");
+                    return Next::Continue;
+                }
+            }
+        } else if self.auth_user.is_none() {
+            return self.fail("550 5.7.1 Relaying not allowed");
+        }
+        self.rcpts.push(full);
+        self.conn.reply("250 2.1.5 Ok");
+        Next::Continue
+    }
+
+    async fn cmd_data(&mut self, args: &str) -> Result<Next, ConnError> {
+        if !args.trim().is_empty() {
+            return Ok(self.fail("501 5.5.4 DATA takes no arguments"));
+        }
+        if self.mail_from.is_none() {
+            return Ok(self.fail("503 5.5.1 Need MAIL first"));
+        }
+        if self.rcpts.is_empty() {
+            return Ok(self.fail("503 5.5.1 Need RCPT first"));
+        }
+        let (id, fd) = match self.backend.new_message().await {
+            Ok(v) => v,
+            Err(reply) => {
+                self.conn.reply(&reply);
+                return Ok(Next::Continue);
+            }
+        };
+        self.conn.reply("354 Go ahead, end with <CRLF>.<CRLF>");
+        let mut file = std::fs::File::from(fd);
+        let mut decoder = DataDecoder::new(self.settings.max_data_size);
+        let mut out = Vec::with_capacity(WRITE_CHUNK);
+        let mut write_error = None;
+        loop {
+            let chunk = match self.conn.read_chunk().await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.backend.abort(&id).await;
+                    return Err(e);
+                }
+            };
+            if chunk.is_empty() {
+                self.backend.abort(&id).await;
+                return Ok(Next::Close);
+            }
+            let progress = match decoder.feed(&chunk, &mut out) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.backend.abort(&id).await;
+                    let what = match e {
+                        DataError::BareCr => "bare CR",
+                        DataError::BareLf => "bare LF",
+                        DataError::Nul => "NUL byte",
+                    };
+                    tracing::info!(ip = %self.peer.ip, "DATA with a {what}: closing");
+                    self.conn
+                        .reply(&format!("521 5.5.2 Message contains a {what}; lines must end in CRLF"));
+                    return Ok(Next::Close);
+                }
+            };
+            if out.len() >= WRITE_CHUNK || matches!(progress, Progress::End(_)) {
+                if write_error.is_none()
+                    && let Err(e) = std::io::Write::write_all(&mut file, &out)
+                {
+                    write_error = Some(e);
+                }
+                out.clear();
+            }
+            if let Progress::End(used) = progress {
+                self.conn.unread(&chunk[used..]);
+                break;
+            }
+        }
+        drop(file);
+        if decoder.overflow() {
+            self.backend.abort(&id).await;
+            self.reset();
+            self.conn.reply("552 5.3.4 Message too big");
+            return Ok(Next::Continue);
+        }
+        if decoder.looping() {
+            self.backend.abort(&id).await;
+            self.reset();
+            self.conn.reply("554 5.4.6 Too many Received headers: mail loop?");
+            return Ok(Next::Continue);
+        }
+        if let Some(e) = write_error {
+            tracing::error!("writing the data file: {e}");
+            self.backend.abort(&id).await;
+            self.reset();
+            self.conn.reply("451 4.3.0 Error storing the message, try again later");
+            return Ok(Next::Continue);
+        }
+        let envelope = IncomingEnvelope {
+            mail_from: self.mail_from.clone().unwrap_or_default(),
+            rcpts: self.rcpts.clone(),
+            helo: self.helo.clone().unwrap_or_default(),
+            remote_ip: self.peer.ip.to_string(),
+            auth_user: self.auth_user.clone(),
+            tls: self.tls.clone(),
+            protocol: self.protocol().to_string(),
+            data_size: decoder.size(),
+            listener: self.peer.listener,
+        };
+        let reply = self.backend.commit(&id, envelope).await;
+        self.conn.reply(&reply);
+        self.reset();
+        Ok(Next::Continue)
+    }
+
+    /// The protocol name for the Received header (RFC 3848).
+    fn protocol(&self) -> &'static str {
+        match (self.esmtp, self.tls.is_some(), self.auth_user.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        }
+    }
+}
+
+/// `FROM:<x>` with the keyword matched case-insensitively.
+fn strip_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
+    let head = args.get(..keyword.len())?;
+    head.eq_ignore_ascii_case(keyword).then(|| &args[keyword.len()..])
+}
+
+fn path_error_reply(e: &PathError, syntax_code: &str) -> String {
+    match e {
+        PathError::TooLong => "501 5.1.3 Path too long".to_string(),
+        PathError::Domain(d) => format!("501 5.1.2 Bad destination domain: {d}"),
+        PathError::Syntax(s) => format!("501 {syntax_code} Bad address syntax: {s}"),
+    }
+}
+
+/// Helpers on the backend replies used by the session.
+impl Backend {
+    async fn new_message(&self) -> Result<(String, OwnedFd), String> {
+        match self.queue_call(QueueRequest::NewMessage).await {
+            Ok((QueueReply::MessageSlot { id }, mut fds)) if fds.len() == 1 => Ok((id, fds.remove(0))),
+            Ok((QueueReply::Refused(r), _)) => Err(format!("{} {} {}", r.code, r.enhanced, r.text)),
+            Ok(_) => Err("451 4.3.0 Internal error, try again later".into()),
+            Err(()) => Err("451 4.3.0 Queue unavailable, try again later".into()),
+        }
+    }
+
+    async fn commit(&self, id: &str, envelope: IncomingEnvelope) -> String {
+        match self
+            .queue_call(QueueRequest::Commit {
+                id: id.to_string(),
+                envelope: Box::new(envelope),
+            })
+            .await
+        {
+            Ok((QueueReply::Committed { id }, _)) => format!("250 2.0.0 Ok: queued as {id}"),
+            Ok((QueueReply::Refused(r), _)) => format!("{} {} {}", r.code, r.enhanced, r.text),
+            Ok(_) | Err(()) => "451 4.3.0 Queue unavailable, try again later".into(),
+        }
+    }
+
+    async fn abort(&self, id: &str) {
+        let _ = self.queue_call(QueueRequest::Abort { id: id.to_string() }).await;
+    }
+
+    async fn check_recipient(&self, address: &str) -> RcptVerdict {
+        match self
+            .queue_call(QueueRequest::CheckRecipient {
+                address: address.to_string(),
+            })
+            .await
+        {
+            Ok((QueueReply::Recipient(v), _)) => v,
+            Ok(_) => RcptVerdict::TempFail("unexpected reply from queued".into()),
+            Err(()) => RcptVerdict::TempFail("queued unavailable".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keywords() {
+        assert_eq!(strip_keyword("from:<a@b>", "FROM:"), Some("<a@b>"));
+        assert_eq!(strip_keyword("FROM: <a@b>", "FROM:"), Some(" <a@b>"));
+        assert_eq!(strip_keyword("FRO", "FROM:"), None);
+        assert_eq!(strip_keyword("TO:<x>", "FROM:"), None);
+    }
+}

@@ -1,0 +1,145 @@
+//! `tambod`, the root supervisor: reads the configuration, binds the
+//! listening ports, starts the four unprivileged workers and looks after
+//! them. See DESIGN.md §1.
+
+mod args;
+mod dev;
+mod listeners;
+mod setup;
+mod spawn;
+mod supervise;
+
+use std::path::{Path, PathBuf};
+
+use tambo_ipc::proto::WorkerStart;
+
+use crate::supervise::{Reloader, Supervisor};
+
+fn main() {
+    let args = match args::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tambod: {e}\n{}", args::USAGE);
+            std::process::exit(2);
+        }
+    };
+    if args.help {
+        print!("{}", args::USAGE);
+        return;
+    }
+    if args.version {
+        println!("tambod {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    std::process::exit(match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("tambod: {e}");
+            1
+        }
+    });
+}
+
+fn log_filter(verbosity: u8) -> &'static str {
+    match verbosity {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    }
+}
+
+fn init_logging(args: &args::Args) -> Result<(), String> {
+    if let Some(path) = &args.logfile {
+        setup::redirect_stderr(path)?;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(log_filter(args.verbosity)))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+    Ok(())
+}
+
+/// Reads the configuration again on SIGHUP.
+struct ConfigReloader {
+    config_dir: PathBuf,
+    overrides: Option<String>,
+    template: WorkerStart,
+    logfile: Option<PathBuf>,
+}
+
+impl Reloader for ConfigReloader {
+    fn reload(&mut self) -> Result<WorkerStart, String> {
+        if let Some(path) = &self.logfile {
+            setup::redirect_stderr(path)?;
+        }
+        let (config, domains) = setup::load(&self.config_dir, self.overrides.as_deref())?;
+        let mut start = self.template.clone();
+        // Listener addresses, users and directories cannot change without a
+        // restart; everything the workers reload can.
+        start.config = setup::keep_fixed_fields(&self.template.config, config);
+        start.local_domains = domains;
+        Ok(start)
+    }
+}
+
+fn run(mut args: args::Args) -> Result<i32, String> {
+    init_logging(&args)?;
+    let workers_dir = spawn::find_workers_dir(args.workers_dir.as_deref())?;
+    let mut force_unprivileged = false;
+    if let Some(dir) = args.dev.clone() {
+        args.config_dir = dev::prepare(&dir, &workers_dir)?;
+        force_unprivileged = true;
+    }
+    let config_dir =
+        std::fs::canonicalize(&args.config_dir).map_err(|e| format!("{}: {e}", args.config_dir.display()))?;
+    let (config, local_domains) = setup::load(&config_dir, args.config_overrides.as_deref())?;
+    let privileged = nix::unistd::geteuid().is_root() && !force_unprivileged;
+    let identities = if privileged {
+        setup::resolve_identities(&config)?
+    } else {
+        if force_unprivileged {
+            tracing::warn!("development mode: every worker runs as the invoking user, without chroot");
+        } else {
+            tracing::warn!(
+                "not started as root: every worker runs as the invoking user (uid {}), without chroot",
+                nix::unistd::getuid()
+            );
+        }
+        Vec::new()
+    };
+    let dirs = setup::prepare_dirs(&config, &identities)?;
+    let mut systemd = listeners::SystemdFds::take();
+    let listeners = listeners::bind_all(&config, &mut systemd)?;
+    for l in &listeners {
+        let local = l.socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!("listening on {} ({:?}, {local})", l.addr, l.kind);
+    }
+    let plan = spawn::SpawnPlan {
+        workers_dir,
+        identities,
+        smtpd_chroot: if privileged { Some(dirs.smtpd_chroot) } else { None },
+        log_filter: log_filter(args.verbosity).to_string(),
+    };
+    let start = WorkerStart {
+        config,
+        config_dir: path_string(&config_dir),
+        local_domains,
+        verbosity: args.verbosity,
+        unprivileged: !privileged,
+    };
+    let reloader = ConfigReloader {
+        config_dir,
+        overrides: args.config_overrides.clone(),
+        template: start.clone(),
+        logfile: args.logfile.clone(),
+    };
+    tracing::info!("tambod {} starting", env!("CARGO_PKG_VERSION"));
+    Ok(Supervisor::new(plan, start, listeners, reloader).run())
+}
+
+fn path_string(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}

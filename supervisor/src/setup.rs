@@ -1,0 +1,139 @@
+//! Start-up chores of the supervisor: loading and checking the
+//! configuration, finding the workers' users, creating directories.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{Gid, Uid, User, chown};
+use tambo_common::config::{self, Config};
+use tambo_ipc::proto::WorkerKind;
+
+use crate::spawn::Identity;
+
+/// Load `chasquid.conf` (with overrides) and check the directory layout;
+/// returns the configuration and the local domains.
+pub fn load(config_dir: &Path, overrides: Option<&str>) -> Result<(Config, Vec<String>), String> {
+    let config = config::load_config(config_dir, overrides).map_err(|e| e.to_string())?;
+    let domains = config::check_layout(config_dir).map_err(|e| e.to_string())?;
+    Ok((config, domains))
+}
+
+/// Fields that need a restart to change: a reload keeps the old values.
+pub fn keep_fixed_fields(old: &Config, mut new: Config) -> Config {
+    new.smtp_address = old.smtp_address.clone();
+    new.submission_address = old.submission_address.clone();
+    new.submission_over_tls_address = old.submission_over_tls_address.clone();
+    new.data_dir = old.data_dir.clone();
+    new.run_dir = old.run_dir.clone();
+    new.smtpd_user = old.smtpd_user.clone();
+    new.authd_user = old.authd_user.clone();
+    new.queued_user = old.queued_user.clone();
+    new.deliverd_user = old.deliverd_user.clone();
+    new
+}
+
+fn user_field(config: &Config, kind: WorkerKind) -> &str {
+    match kind {
+        WorkerKind::Smtpd => &config.smtpd_user,
+        WorkerKind::Authd => &config.authd_user,
+        WorkerKind::Queued => &config.queued_user,
+        WorkerKind::Deliverd => &config.deliverd_user,
+    }
+}
+
+/// Look up each worker's system user; a missing one is an error that says
+/// how to create it.
+pub fn resolve_identities(config: &Config) -> Result<Vec<(WorkerKind, Identity)>, String> {
+    let mut out = Vec::new();
+    for kind in WorkerKind::ALL {
+        let name = user_field(config, kind);
+        let user = User::from_name(name)
+            .map_err(|e| format!("looking up user {name}: {e}"))?
+            .ok_or_else(|| {
+                format!(
+                    "user {name} (for {}) does not exist; create the tambo users with \
+                     `packaging/create-users.sh`, or: useradd --system --user-group --no-create-home \
+                     --home-dir /nonexistent --shell /usr/sbin/nologin {name}",
+                    kind.name()
+                )
+            })?;
+        if user.uid.is_root() || user.gid.as_raw() == 0 {
+            return Err(format!("user {name} has uid or gid 0: workers never run as root"));
+        }
+        out.push((
+            kind,
+            Identity {
+                user: name.to_string(),
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Directories the supervisor prepared.
+pub struct Dirs {
+    /// smtpd's empty chroot.
+    pub smtpd_chroot: PathBuf,
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
+    if !path.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+            .map_err(|e| format!("{}: cannot create: {e}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: chmod: {e}", path.display()))
+}
+
+fn owned_by(path: &Path, id: Option<&Identity>) -> Result<(), String> {
+    if let Some(id) = id {
+        chown(path, Some(Uid::from_raw(id.uid)), Some(Gid::from_raw(id.gid)))
+            .map_err(|e| format!("{}: chown to {}: {e}", path.display(), id.user))?;
+    }
+    Ok(())
+}
+
+/// Create `data_dir` (queue, domaininfo, sts-cache owned by queued's user)
+/// and `run_dir` with smtpd's empty chroot.
+pub fn prepare_dirs(config: &Config, ids: &[(WorkerKind, Identity)]) -> Result<Dirs, String> {
+    let id_of = |k: WorkerKind| ids.iter().find(|(kind, _)| *kind == k).map(|(_, id)| id);
+    let data = PathBuf::from(&config.data_dir);
+    mkdir(&data, 0o755)?;
+    for sub in ["queue", "domaininfo", "sts-cache"] {
+        let p = data.join(sub);
+        mkdir(&p, 0o700)?;
+        owned_by(&p, id_of(WorkerKind::Queued))?;
+    }
+    let run = PathBuf::from(&config.run_dir);
+    mkdir(&run, 0o755)?;
+    let empty = run.join("smtpd-root");
+    mkdir(&empty, 0o555)?;
+    if std::fs::read_dir(&empty)
+        .map_err(|e| format!("{}: {e}", empty.display()))?
+        .next()
+        .is_some()
+    {
+        return Err(format!("{}: smtpd's chroot must be empty", empty.display()));
+    }
+    Ok(Dirs { smtpd_chroot: empty })
+}
+
+/// Point stderr (ours and the workers') at a log file, appending.
+pub fn redirect_stderr(path: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: cannot open log file: {e}", path.display()))?;
+    // SAFETY: dup2 onto fd 2 with a valid fd.
+    if unsafe { libc::dup2(f.as_raw_fd(), 2) } < 0 {
+        return Err(format!("{}: dup2: {}", path.display(), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}

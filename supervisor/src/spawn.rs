@@ -1,0 +1,147 @@
+//! Starting one worker: fork+exec its binary with exactly one inherited fd
+//! (the control socket, as fd 3) and the ids it must switch to.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tambo_ipc::privdrop::{ENV_CHROOT, ENV_GID, ENV_UID};
+use tambo_ipc::proto::WorkerKind;
+use tambo_ipc::sync_chan::SyncChannel;
+use tambo_ipc::worker::{ENV_CONTROL_FD, ENV_LOG};
+
+/// The identity a worker runs as, when tambod runs as root.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// User name (for messages).
+    pub user: String,
+    /// Numeric uid.
+    pub uid: u32,
+    /// Numeric gid (the user's primary group).
+    pub gid: u32,
+}
+
+/// How to start workers.
+#[derive(Debug, Clone)]
+pub struct SpawnPlan {
+    /// Directory holding `tambo-smtpd` and the others.
+    pub workers_dir: PathBuf,
+    /// Per worker identity; empty in unprivileged mode.
+    pub identities: Vec<(WorkerKind, Identity)>,
+    /// smtpd's empty chroot directory (privileged mode only).
+    pub smtpd_chroot: Option<PathBuf>,
+    /// Log filter passed to workers.
+    pub log_filter: String,
+}
+
+/// The binary name of a worker.
+pub fn binary_name(kind: WorkerKind) -> String {
+    format!("tambo-{}", kind.name())
+}
+
+/// Find the worker binaries: the explicit directory, else next to this
+/// executable, else `/usr/lib/tambo`.
+pub fn find_workers_dir(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    let probe = binary_name(WorkerKind::Smtpd);
+    if let Some(dir) = explicit {
+        return if dir.join(&probe).is_file() {
+            Ok(dir.to_path_buf())
+        } else {
+            Err(format!("{}: no {probe} there", dir.display()))
+        };
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        candidates.push(dir.to_path_buf());
+    }
+    candidates.push(PathBuf::from("/usr/lib/tambo"));
+    for dir in &candidates {
+        if dir.join(&probe).is_file() {
+            return Ok(dir.clone());
+        }
+    }
+    Err(format!(
+        "cannot find the worker binaries ({probe}) in {}; use --workers_dir",
+        candidates
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    ))
+}
+
+/// A started worker and the supervisor's end of its control channel.
+pub struct Started {
+    /// The child process.
+    pub child: Child,
+    /// The control channel, handshake done.
+    pub control: SyncChannel,
+}
+
+/// fork+exec one worker and complete the control handshake.
+pub fn spawn(kind: WorkerKind, plan: &SpawnPlan) -> Result<Started, String> {
+    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let path = plan.workers_dir.join(binary_name(kind));
+    let mut cmd = Command::new(&path);
+    cmd.arg0(format!("tambo: {}", kind.name()));
+    cmd.env_clear();
+    cmd.env(ENV_CONTROL_FD, "3");
+    cmd.env(ENV_LOG, &plan.log_filter);
+    cmd.env(
+        "PATH",
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+    );
+    if let Some((_, id)) = plan.identities.iter().find(|(k, _)| *k == kind) {
+        cmd.env(ENV_UID, id.uid.to_string());
+        cmd.env(ENV_GID, id.gid.to_string());
+        if kind == WorkerKind::Smtpd
+            && let Some(dir) = &plan.smtpd_chroot
+        {
+            cmd.env(ENV_CHROOT, dir);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    let child_fd = theirs.as_raw_fd();
+    // SAFETY: only async-signal-safe calls (dup2, fcntl, sigprocmask) run
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if child_fd == 3 {
+                if libc::fcntl(3, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(child_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+    drop(theirs);
+    ours.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| format!("control socket: {e}"))?;
+    let mut control = SyncChannel::new(ours);
+    if let Err(e) = control.handshake(tambo_ipc::proto::CONTROL_CHANNEL) {
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{}: control handshake failed: {e}", kind.name()));
+    }
+    Ok(Started { child, control })
+}
+
+/// A fresh socket pair for a peer channel: (client end, server end).
+pub fn peer_pair() -> Result<(OwnedFd, OwnedFd), String> {
+    let (a, b) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    Ok((OwnedFd::from(a), OwnedFd::from(b)))
+}

@@ -1,0 +1,408 @@
+//! The supervisor's event loop: start the workers, wire their peer
+//! channels, restart the ones that die (with back-off, giving up on one that
+//! keeps dying), pass SIGHUP on as reload and stop everything on SIGTERM.
+//!
+//! The loop is single-threaded and synchronous (poll over a signalfd and
+//! the control sockets), so every fork happens in a process without threads.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg, WorkerStart};
+
+use crate::listeners::Listener;
+use crate::spawn::{self, SpawnPlan, Started};
+
+/// Deaths within [`DEATH_WINDOW`] after which a worker is given up on.
+const MAX_DEATHS: usize = 5;
+/// The window in which deaths are counted.
+const DEATH_WINDOW: Duration = Duration::from_secs(60);
+/// Time given to workers to finish on SIGTERM before they are killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+enum SlotState {
+    Running(Box<Started>, bool),
+    Waiting(Instant),
+    GivenUp,
+}
+
+struct Slot {
+    state: SlotState,
+    deaths: VecDeque<Instant>,
+}
+
+/// What the supervisor needs to reload.
+pub trait Reloader {
+    /// Read the configuration again; `Err` keeps the old one.
+    fn reload(&mut self) -> Result<WorkerStart, String>;
+}
+
+/// The running supervisor.
+pub struct Supervisor<R: Reloader> {
+    plan: SpawnPlan,
+    start: WorkerStart,
+    listeners: Vec<Listener>,
+    slots: HashMap<WorkerKind, Slot>,
+    reloader: R,
+}
+
+impl<R: Reloader> Supervisor<R> {
+    /// A supervisor with nothing started yet.
+    pub fn new(plan: SpawnPlan, start: WorkerStart, listeners: Vec<Listener>, reloader: R) -> Self {
+        let now = Instant::now();
+        let slots = WorkerKind::ALL
+            .into_iter()
+            .map(|k| {
+                (
+                    k,
+                    Slot {
+                        state: SlotState::Waiting(now),
+                        deaths: VecDeque::new(),
+                    },
+                )
+            })
+            .collect();
+        Supervisor {
+            plan,
+            start,
+            listeners,
+            slots,
+            reloader,
+        }
+    }
+
+    /// Run until SIGTERM/SIGINT; returns the process exit code.
+    pub fn run(mut self) -> i32 {
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            mask.add(s);
+        }
+        if let Err(e) = mask.thread_block() {
+            tracing::error!("cannot block signals: {e}");
+            return 1;
+        }
+        let mut sigfd = match SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!("signalfd: {e}");
+                return 1;
+            }
+        };
+        for kind in WorkerKind::ALL {
+            self.start_worker(kind);
+        }
+        loop {
+            self.start_due_workers();
+            let timeout = self.next_timeout();
+            let kinds: Vec<WorkerKind> = self.polled_kinds();
+            let mut fds: Vec<PollFd> = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+            for k in &kinds {
+                if let Some(fd) = self.control_fd(*k) {
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                }
+            }
+            let ready = match poll(&mut fds, timeout) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!("poll: {e}");
+                    return 1;
+                }
+            };
+            if ready == 0 {
+                continue;
+            }
+            let revents: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+            drop(fds);
+            for (i, k) in kinds.iter().enumerate() {
+                if revents[i + 1] {
+                    self.read_control(*k);
+                }
+            }
+            if revents[0] {
+                while let Ok(Some(info)) = sigfd.read_signal() {
+                    match Signal::try_from(info.ssi_signo as i32) {
+                        Ok(Signal::SIGCHLD) => self.reap(),
+                        Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => {
+                            tracing::info!("stopping on signal {}", info.ssi_signo);
+                            return self.shutdown(&mut sigfd);
+                        }
+                        Ok(Signal::SIGHUP) => self.reload(),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn polled_kinds(&self) -> Vec<WorkerKind> {
+        WorkerKind::ALL
+            .into_iter()
+            .filter(|k| matches!(self.slots[k].state, SlotState::Running(_, false)))
+            .collect()
+    }
+
+    fn control_fd(&self, kind: WorkerKind) -> Option<BorrowedFd<'_>> {
+        match &self.slots[&kind].state {
+            SlotState::Running(s, false) => Some(s.control.as_fd()),
+            _ => None,
+        }
+    }
+
+    fn next_timeout(&self) -> PollTimeout {
+        let now = Instant::now();
+        let next = self
+            .slots
+            .values()
+            .filter_map(|s| match s.state {
+                SlotState::Waiting(t) => Some(t.saturating_duration_since(now)),
+                _ => None,
+            })
+            .min();
+        match next {
+            Some(d) => PollTimeout::try_from(d.as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX),
+            None => PollTimeout::NONE,
+        }
+    }
+
+    fn start_due_workers(&mut self) {
+        let now = Instant::now();
+        let due: Vec<WorkerKind> = WorkerKind::ALL
+            .into_iter()
+            .filter(|k| matches!(self.slots[k].state, SlotState::Waiting(t) if t <= now))
+            .collect();
+        for kind in due {
+            self.start_worker(kind);
+        }
+    }
+
+    /// Start one worker, give it its configuration, its peer channels and
+    /// (smtpd) its listeners. A failure counts as a death.
+    fn start_worker(&mut self, kind: WorkerKind) {
+        let mut started = match spawn::spawn(kind, &self.plan) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e}");
+                self.record_death(kind);
+                return;
+            }
+        };
+        let sent = started
+            .control
+            .send(&ControlMsg::Start(Box::new(self.start.clone())), &[])
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                if kind != WorkerKind::Smtpd {
+                    return Ok(());
+                }
+                for l in &self.listeners {
+                    let msg = ControlMsg::Listener {
+                        kind: l.kind,
+                        addr: l.addr.clone(),
+                    };
+                    started
+                        .control
+                        .send(&msg, &[l.socket.as_fd()])
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            });
+        if let Err(e) = sent {
+            tracing::error!("{}: cannot send start-up configuration: {e}", kind.name());
+            let _ = started.child.kill();
+            let _ = started.child.wait();
+            self.record_death(kind);
+            return;
+        }
+        tracing::info!("started {} (pid {})", kind.name(), started.child.id());
+        self.slots.get_mut(&kind).expect("every kind has a slot").state = SlotState::Running(Box::new(started), false);
+        self.connect_peers(kind);
+    }
+
+    /// Give `kind` and each running peer a fresh socket pair.
+    fn connect_peers(&mut self, kind: WorkerKind) {
+        for ch in PeerChannel::ALL {
+            let (client, server) = ch.ends();
+            if client != kind && server != kind {
+                continue;
+            }
+            let other = if client == kind { server } else { client };
+            if !matches!(self.slots[&other].state, SlotState::Running(..)) {
+                continue;
+            }
+            let (cfd, sfd) = match spawn::peer_pair() {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!("{}: {e}", ch.name());
+                    continue;
+                }
+            };
+            for (k, fd) in [(server, sfd), (client, cfd)] {
+                if let SlotState::Running(s, _) = &mut self.slots.get_mut(&k).expect("slot").state
+                    && let Err(e) = s.control.send(&ControlMsg::Peer(ch), &[fd.as_fd()])
+                {
+                    tracing::warn!("{}: cannot hand over {}: {e}", k.name(), ch.name());
+                }
+            }
+        }
+    }
+
+    fn read_control(&mut self, kind: WorkerKind) {
+        let SlotState::Running(s, eof) = &mut self.slots.get_mut(&kind).expect("slot").state else {
+            return;
+        };
+        match s.control.fill() {
+            Ok(false) => {}
+            Ok(true) => {
+                *eof = true;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("{}: control channel: {e}", kind.name());
+                *eof = true;
+                let _ = s.child.kill();
+                return;
+            }
+        }
+        loop {
+            match s.control.try_next::<WorkerMsg>() {
+                Ok(Some((msg, _fds))) => match msg {
+                    WorkerMsg::Ready => tracing::debug!("{} ready", kind.name()),
+                    WorkerMsg::Reloaded { ok: true, .. } => tracing::info!("{} reloaded", kind.name()),
+                    WorkerMsg::Reloaded { ok: false, message } => {
+                        tracing::warn!("{} kept its old state on reload: {message}", kind.name())
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    // A worker that sends garbage is no longer trusted.
+                    tracing::error!("{}: bad control message, killing it: {e}", kind.name());
+                    let _ = s.child.kill();
+                    *eof = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Collect exited children and schedule their restart.
+    fn reap(&mut self) {
+        for kind in WorkerKind::ALL {
+            let exited = match &mut self.slots.get_mut(&kind).expect("slot").state {
+                SlotState::Running(s, _) => match s.child.try_wait() {
+                    Ok(Some(status)) => Some(status),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(status) = exited {
+                tracing::warn!("{} exited: {status}", kind.name());
+                self.record_death(kind);
+            }
+        }
+    }
+
+    fn record_death(&mut self, kind: WorkerKind) {
+        let now = Instant::now();
+        let slot = self.slots.get_mut(&kind).expect("slot");
+        slot.deaths.push_back(now);
+        while slot
+            .deaths
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > DEATH_WINDOW)
+        {
+            slot.deaths.pop_front();
+        }
+        let n = slot.deaths.len();
+        if n >= MAX_DEATHS {
+            tracing::error!(
+                "{} died {n} times within {}s: giving up on it (fix the cause, then restart tambod)",
+                kind.name(),
+                DEATH_WINDOW.as_secs()
+            );
+            slot.state = SlotState::GivenUp;
+            return;
+        }
+        let delay = Duration::from_millis(250u64 << (n.saturating_sub(1)).min(7));
+        tracing::info!("restarting {} in {} ms", kind.name(), delay.as_millis());
+        slot.state = SlotState::Waiting(now + delay);
+    }
+
+    fn reload(&mut self) {
+        match self.reloader.reload() {
+            Ok(start) => self.start = start,
+            Err(e) => {
+                tracing::error!("reload: keeping the old configuration: {e}");
+            }
+        }
+        tracing::info!("reloading workers");
+        for kind in WorkerKind::ALL {
+            if let SlotState::Running(s, false) = &mut self.slots.get_mut(&kind).expect("slot").state
+                && let Err(e) = s.control.send(&ControlMsg::Reload(Box::new(self.start.clone())), &[])
+            {
+                tracing::warn!("{}: cannot send reload: {e}", kind.name());
+            }
+        }
+    }
+
+    /// Ask every worker to stop, wait for them (killing the late ones) and
+    /// return the exit code.
+    fn shutdown(mut self, sigfd: &mut SignalFd) -> i32 {
+        let grace = SHUTDOWN_GRACE.as_secs() as u32;
+        // smtpd first, so no new mail arrives while queued finishes.
+        for kind in [
+            WorkerKind::Smtpd,
+            WorkerKind::Queued,
+            WorkerKind::Deliverd,
+            WorkerKind::Authd,
+        ] {
+            if let SlotState::Running(s, _) = &mut self.slots.get_mut(&kind).expect("slot").state {
+                let _ = s.control.send(&ControlMsg::Shutdown { grace_secs: grace }, &[]);
+            }
+        }
+        let deadline = Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(2);
+        loop {
+            let mut running = 0;
+            for kind in WorkerKind::ALL {
+                let slot = self.slots.get_mut(&kind).expect("slot");
+                if let SlotState::Running(s, _) = &mut slot.state {
+                    match s.child.try_wait() {
+                        Ok(Some(status)) => {
+                            if !status.success() {
+                                tracing::warn!("{} exited: {status}", kind.name());
+                            }
+                            slot.state = SlotState::GivenUp;
+                        }
+                        _ => running += 1,
+                    }
+                }
+            }
+            if running == 0 {
+                tracing::info!("all workers stopped");
+                return 0;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                for kind in WorkerKind::ALL {
+                    if let SlotState::Running(s, _) = &mut self.slots.get_mut(&kind).expect("slot").state {
+                        tracing::warn!("{} did not stop in time: killing it", kind.name());
+                        let _ = s.child.kill();
+                        let _ = s.child.wait();
+                    }
+                }
+                return 0;
+            }
+            let wait = deadline.duration_since(now).min(Duration::from_millis(100));
+            let mut fds = [PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(
+                &mut fds,
+                PollTimeout::try_from(wait.as_millis() as i32).unwrap_or(PollTimeout::NONE),
+            );
+            while let Ok(Some(_)) = sigfd.read_signal() {}
+        }
+    }
+}
