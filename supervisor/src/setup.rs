@@ -15,6 +15,13 @@ use crate::spawn::Identity;
 pub fn load(config_dir: &Path, overrides: Option<&str>) -> Result<(Config, Vec<String>), String> {
     let config = config::load_config(config_dir, overrides).map_err(|e| e.to_string())?;
     let domains = config::check_layout(config_dir).map_err(|e| e.to_string())?;
+    // authd loads the users files; checking them here too means a broken
+    // one stops tambod at start-up with file and line, instead of authd
+    // failing later.
+    for d in &domains {
+        let path = config_dir.join("domains").join(d).join("users");
+        tambo_common::userdb::UserDb::load_if_exists(&path).map_err(|e| e.to_string())?;
+    }
     Ok((config, domains))
 }
 

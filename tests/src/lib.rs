@@ -1,1 +1,486 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests: build and find the real
+//! binaries, lay out a configuration directory in chasquid's format in a
+//! temporary directory, start `tambod` on free loopback ports, and talk
+//! SMTP to it.
+//!
+//! When the tests run as root (as CI does), tambod runs privileged: the
+//! tambo users are created with `packaging/create-users.sh` and the test
+//! directories are made readable (and the mail output directory writable)
+//! for them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Directory holding the built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test> → target/debug
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+static BUILD: Once = Once::new();
+
+/// Path of a workspace binary, building every binary first (once per test
+/// process) so tests never run stale code.
+pub fn bin(name: &str) -> PathBuf {
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--workspace", "--bins"])
+            .current_dir(workspace_root());
+        if bin_dir().file_name().and_then(|n| n.to_str()) == Some("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+        if is_root() {
+            let status = Command::new(workspace_root().join("packaging/create-users.sh"))
+                .stdout(Stdio::null())
+                .status()
+                .expect("running packaging/create-users.sh");
+            assert!(status.success(), "packaging/create-users.sh failed");
+        }
+    });
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} does not exist", p.display());
+    p
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Wait until `f` returns true, or panic with `what` after `timeout`.
+pub fn wait_for<F: FnMut() -> bool>(timeout: Duration, what: &str, mut f: F) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Whether an external program is on PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A user in the generated configuration.
+pub const USER: &str = "alice@example.com";
+/// Her password.
+pub const PASSWORD: &str = "secret-pw";
+
+/// A configuration directory and data directory in a temp dir.
+pub struct TestEnv {
+    /// Keeps the temporary directory alive.
+    pub tmp: tempfile::TempDir,
+    /// `chasquid.conf`'s directory.
+    pub config_dir: PathBuf,
+    /// `data_dir`.
+    pub data_dir: PathBuf,
+    /// Where the test MDA writes one file per delivery: `<to>` (appended).
+    pub out_dir: PathBuf,
+    /// Port of the smtp listener.
+    pub smtp_port: u16,
+    /// Port of the submission listener.
+    pub submission_port: u16,
+    /// Port of the submission-over-TLS listener.
+    pub submission_tls_port: u16,
+}
+
+impl TestEnv {
+    /// A standard environment: domain `example.com` with users alice
+    /// (password [`PASSWORD`]) and bob (same password), a self-signed
+    /// certificate, and an MDA script that appends each message to
+    /// `out_dir/<to>`. `extra_conf` is appended to chasquid.conf.
+    pub fn new(extra_conf: &str) -> TestEnv {
+        let tmp = tempfile::Builder::new()
+            .prefix("tambo-test-")
+            .tempdir()
+            .expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        let config_dir = root.join("config");
+        let data_dir = root.join("data");
+        let out_dir = root.join("out");
+        for d in [&config_dir, &data_dir, &out_dir] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        let domain = config_dir.join("domains/example.com");
+        std::fs::create_dir_all(&domain).expect("mkdir domain");
+        let certs = config_dir.join("certs/mx.example.com");
+        std::fs::create_dir_all(&certs).expect("mkdir certs");
+        let cert = rcgen::generate_simple_self_signed(vec!["mx.example.com".to_string(), "localhost".to_string()])
+            .expect("rcgen");
+        std::fs::write(certs.join("fullchain.pem"), cert.cert.pem()).expect("write cert");
+        std::fs::write(certs.join("privkey.pem"), cert.key_pair.serialize_pem()).expect("write key");
+        std::fs::write(domain.join("aliases"), "").expect("write aliases");
+        let status = Command::new(bin("tambo"))
+            .args([
+                "-C",
+                config_dir.to_str().expect("utf8"),
+                "user-add",
+                USER,
+                "--password",
+                PASSWORD,
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("tambo user-add");
+        assert!(status.success());
+        let status = Command::new(bin("tambo"))
+            .args([
+                "-C",
+                config_dir.to_str().expect("utf8"),
+                "user-add",
+                "bob@example.com",
+                "--password",
+                PASSWORD,
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("tambo user-add");
+        assert!(status.success());
+        let mda = root.join("mda.sh");
+        std::fs::write(
+            &mda,
+            format!(
+                "#!/bin/sh\n# test MDA: append the message to out/<to>\ncat >> '{}'/\"$1\"\n",
+                out_dir.display()
+            ),
+        )
+        .expect("write mda");
+        std::fs::set_permissions(&mda, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let env = TestEnv {
+            tmp,
+            config_dir,
+            data_dir,
+            out_dir,
+            smtp_port: free_port(),
+            submission_port: free_port(),
+            submission_tls_port: free_port(),
+        };
+        env.write_conf(extra_conf);
+        env.fix_permissions();
+        env
+    }
+
+    /// (Re)write chasquid.conf with the standard fields and `extra`.
+    pub fn write_conf(&self, extra: &str) {
+        let conf = format!(
+            "hostname: \"mx.example.com\"\n\
+             smtp_address: \"127.0.0.1:{}\"\n\
+             submission_address: \"127.0.0.1:{}\"\n\
+             submission_over_tls_address: \"127.0.0.1:{}\"\n\
+             data_dir: \"{}\"\n\
+             run_dir: \"{}\"\n\
+             mail_delivery_agent_bin: \"{}\"\n\
+             mail_delivery_agent_args: \"%to%\"\n\
+             mail_log_path: \"<stderr>\"\n\
+             {extra}\n",
+            self.smtp_port,
+            self.submission_port,
+            self.submission_tls_port,
+            self.data_dir.display(),
+            self.tmp.path().join("run").display(),
+            self.tmp.path().join("mda.sh").display(),
+        );
+        std::fs::write(self.config_dir.join("chasquid.conf"), conf).expect("write conf");
+    }
+
+    /// When root: let the tambo users read the tree and write `out/`.
+    pub fn fix_permissions(&self) {
+        if !is_root() {
+            return;
+        }
+        let _ = Command::new("chmod").args(["-R", "a+rX"]).arg(self.tmp.path()).status();
+        let _ = std::fs::set_permissions(&self.out_dir, std::fs::Permissions::from_mode(0o1777));
+    }
+
+    /// Start tambod on this environment and wait until it accepts SMTP.
+    pub fn start(&self) -> Server {
+        self.start_with_args(&[])
+    }
+
+    /// Start tambod with extra arguments.
+    pub fn start_with_args(&self, args: &[&str]) -> Server {
+        let log_path = self
+            .tmp
+            .path()
+            .join(format!("tambod-{}.log", Instant::now().elapsed().as_nanos()));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        let child = Command::new(bin("tambod"))
+            .arg(format!("--config_dir={}", self.config_dir.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn tambod");
+        let mut server = Server {
+            child: Some(child),
+            log_path,
+            smtp_port: self.smtp_port,
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Paths of messages delivered to `addr` by the test MDA.
+    pub fn delivered(&self, addr: &str) -> Option<String> {
+        std::fs::read(self.out_dir.join(addr))
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// Wait until `addr` has received a message containing `needle`.
+    pub fn wait_delivered(&self, addr: &str, needle: &str) -> String {
+        let mut last = String::new();
+        wait_for(
+            Duration::from_secs(20),
+            &format!("delivery to {addr} containing {needle:?}"),
+            || {
+                last = self.delivered(addr).unwrap_or_default();
+                last.contains(needle)
+            },
+        );
+        last
+    }
+}
+
+/// A running tambod.
+pub struct Server {
+    child: Option<Child>,
+    /// Its log (stderr of tambod and every worker).
+    pub log_path: PathBuf,
+    smtp_port: u16,
+}
+
+impl Server {
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("tambod exited early ({status}); log:\n{}", self.log());
+            }
+            if let Ok(s) = TcpStream::connect(("127.0.0.1", self.smtp_port)) {
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                if r.read_line(&mut line).is_ok() && line.starts_with("220") {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("tambod did not become ready; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The supervisor's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Worker pids by name ("smtpd", ...), from /proc (children of tambod).
+    pub fn workers(&self) -> Vec<(String, u32)> {
+        let ppid = self.pid();
+        let mut out = Vec::new();
+        for de in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = de.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
+                continue;
+            };
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            if fields.get(1).and_then(|p| p.parse::<u32>().ok()) != Some(ppid) {
+                continue;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let argv0 = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
+            if let Some(name) = argv0.strip_prefix("tambo: ") {
+                out.push((name.to_string(), pid));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The pid of one worker, waiting for it to exist.
+    pub fn worker_pid(&self, name: &str) -> u32 {
+        let mut found = 0;
+        wait_for(Duration::from_secs(20), &format!("worker {name}"), || {
+            found = self
+                .workers()
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, p)| p)
+                .unwrap_or(0);
+            found != 0
+        });
+        found
+    }
+
+    /// Send a signal to the supervisor.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).expect("kill");
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tambod did not stop on SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A minimal SMTP client for dialog tests: send raw bytes, read replies.
+pub struct RawClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    /// Connect and read the greeting.
+    pub fn connect(port: u16) -> RawClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut c = RawClient {
+            stream,
+            buf: Vec::new(),
+        };
+        let greeting = c.reply();
+        assert!(greeting.starts_with("220"), "greeting: {greeting}");
+        c
+    }
+
+    /// Send raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Read one (possibly multi-line) reply; empty string at EOF.
+    pub fn reply(&mut self) -> String {
+        let mut out = String::new();
+        loop {
+            let line = match self.line() {
+                Some(l) => l,
+                None => return out,
+            };
+            out.push_str(&line);
+            out.push('\n');
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return out;
+            }
+        }
+    }
+
+    fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Some(String::from_utf8_lossy(&line).trim_end().to_string());
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Send a command line and return the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Whether the server closed the connection.
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// Run a command, returning (success, stdout+stderr).
+pub fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
