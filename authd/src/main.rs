@@ -2,12 +2,13 @@
 //! later, private keys). It answers yes/no questions and never reveals a
 //! hash or a key.
 
+mod dkim;
 mod service;
 mod throttle;
 
 use std::sync::Arc;
 
-use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg};
+use tambo_ipc::proto::{AuthReply, AuthRequest, ControlMsg, PeerChannel, WorkerKind, WorkerMsg};
 use tambo_ipc::worker::{ControlLink, bootstrap, single_stream};
 
 use crate::service::AuthService;
@@ -58,7 +59,16 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 tokio::spawn(async move {
                     let handler = move |req, _fds| {
                         let svc = svc.clone();
-                        async move { (svc.handle(req).await, Vec::new()) }
+                        async move {
+                            // Only queued may have messages signed: smtpd
+                            // faces the network and must not get a signing
+                            // oracle.
+                            if ch == PeerChannel::SmtpdAuthd && matches!(req, AuthRequest::DkimSign { .. }) {
+                                tracing::warn!("smtpd asked for a DKIM signature: refused");
+                                return (AuthReply::Error("not allowed on this channel".into()), Vec::new());
+                            }
+                            (svc.handle(req).await, Vec::new())
+                        }
                     };
                     if let Err(e) = tambo_ipc::rpc::serve(stream, ch.name(), handler).await {
                         tracing::warn!("{}: {e}", ch.name());

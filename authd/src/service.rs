@@ -10,6 +10,7 @@ use rand::Rng;
 use tambo_common::userdb::UserDb;
 use tambo_ipc::proto::{AuthOutcome, AuthReply, AuthRequest, WorkerStart};
 
+use crate::dkim::{DkimKeys, SignError};
 use crate::throttle::Throttle;
 
 /// Every password check takes at least this long, plus jitter, whatever
@@ -20,6 +21,7 @@ const AUTH_JITTER_MS: u64 = 50;
 /// authd's state.
 pub struct AuthService {
     dbs: RwLock<Arc<HashMap<String, UserDb>>>,
+    dkim: RwLock<Arc<DkimKeys>>,
     throttle: Throttle,
 }
 
@@ -42,8 +44,13 @@ impl AuthService {
     /// Load the databases named by the start message.
     pub fn load(start: &WorkerStart) -> anyhow::Result<AuthService> {
         let dbs = load_dbs(Path::new(&start.config_dir), &start.local_domains).context("loading users")?;
+        let dkim = DkimKeys::load(Path::new(&start.config_dir), &start.local_domains).context("loading DKIM keys")?;
+        if dkim.len() > 0 {
+            tracing::info!("{} DKIM key(s) loaded", dkim.len());
+        }
         Ok(AuthService {
             dbs: RwLock::new(Arc::new(dbs)),
+            dkim: RwLock::new(Arc::new(dkim)),
             throttle: Throttle::default(),
         })
     }
@@ -51,8 +58,10 @@ impl AuthService {
     /// Load again; on error the old databases stay.
     pub fn reload(&self, start: &WorkerStart) -> anyhow::Result<()> {
         let dbs = load_dbs(Path::new(&start.config_dir), &start.local_domains).context("reloading users")?;
+        let dkim = DkimKeys::load(Path::new(&start.config_dir), &start.local_domains).context("reloading DKIM keys")?;
         *self.dbs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dbs);
-        tracing::info!("users reloaded");
+        *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dkim);
+        tracing::info!("users and DKIM keys reloaded");
         Ok(())
     }
 
@@ -65,6 +74,29 @@ impl AuthService {
         match req {
             AuthRequest::UserExists { user, domain } => {
                 AuthReply::Exists(self.dbs().get(&domain).is_some_and(|db| db.exists(&user)))
+            }
+            AuthRequest::DkimSign {
+                domain,
+                headers,
+                body_hash,
+            } => {
+                let keys = self.dkim.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let res = tokio::task::spawn_blocking(move || keys.sign(&domain, &headers, &body_hash, now)).await;
+                match res {
+                    Ok(Ok(sigs)) => AuthReply::DkimSignatures(sigs),
+                    // The message cannot be signed as it stands: it goes
+                    // out unsigned rather than never.
+                    Ok(Err(e @ (SignError::From | SignError::TooLarge))) => {
+                        tracing::warn!("not DKIM-signing a message: {e}");
+                        AuthReply::DkimSignatures(Vec::new())
+                    }
+                    Ok(Err(e)) => AuthReply::Error(format!("DKIM: {e}")),
+                    Err(e) => AuthReply::Error(format!("DKIM: {e}")),
+                }
             }
             AuthRequest::Authenticate {
                 user,
@@ -117,6 +149,7 @@ mod tests {
             local_domains: vec!["example.com".into(), "empty.org".into()],
             verbosity: 0,
             unprivileged: true,
+            dns_servers: Vec::new(),
         }
     }
 

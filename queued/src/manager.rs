@@ -19,6 +19,7 @@ use tambo_ipc::proto::{
 use tambo_ipc::worker::PeerSlot;
 use tokio::sync::Notify;
 
+use crate::dkim_sign::SignFailure;
 use crate::entry::{ENTRY_VERSION, QueueEntry, RcptEntry, RcptState};
 use crate::received::received_header;
 use crate::resolve::{ResolveError, ResolverContext};
@@ -299,12 +300,19 @@ impl Queue {
         if rcpts.is_empty() {
             return Err(reply(554, "5.1.1", "No valid recipients"));
         }
+        let dkim_headers = self.dkim_sign(id, env, &s, file, size).await?;
         let entry = QueueEntry {
             version: ENTRY_VERSION,
             id: id.to_string(),
             from: env.mail_from.clone(),
             created: now,
-            header_prefix: received_header(env, &s.config.hostname, id, now),
+            // Signatures and authentication results go above our Received
+            // (RFC 8601 §5, RFC 7208 §9.1).
+            header_prefix: format!(
+                "{dkim_headers}{}{}",
+                env.auth_headers,
+                received_header(env, &s.config.hostname, id, now)
+            ),
             rcpts,
             remote_ip: env.remote_ip.clone(),
             helo: env.helo.clone(),
@@ -326,6 +334,42 @@ impl Queue {
         );
         self.launch(entry);
         Ok(QueueReply::Committed { id: id.to_string() })
+    }
+
+    /// DKIM-sign an authenticated submission with the keys of its user's
+    /// domain (through authd); the headers to prepend. authd being away
+    /// is a temporary failure: mail from a domain with keys is never queued
+    /// unsigned because of it.
+    async fn dkim_sign(
+        &self,
+        id: &str,
+        env: &IncomingEnvelope,
+        s: &Settings,
+        file: &File,
+        size: u64,
+    ) -> Result<String, QueueReply> {
+        let Some(domain) = env
+            .auth_user
+            .as_deref()
+            .and_then(|u| u.rsplit_once('@'))
+            .map(|(_, d)| d)
+        else {
+            return Ok(String::new());
+        };
+        if !s.local_domains.iter().any(|d| d == domain) {
+            return Ok(String::new());
+        }
+        match crate::dkim_sign::sign(&self.authd, domain, file, size).await {
+            Ok(h) => Ok(h),
+            Err(SignFailure::Skip(why)) => {
+                tracing::warn!(id, "not DKIM-signed: {why}");
+                Ok(String::new())
+            }
+            Err(SignFailure::Temporary(why)) => {
+                tracing::warn!(id, "DKIM signing failed: {why}");
+                Err(reply(451, "4.3.0", "Cannot sign the message now, try again later"))
+            }
+        }
     }
 
     /// Start the delivery task of a queued message.

@@ -99,6 +99,8 @@ mod tests {
             protocol: "ESMTPS".into(),
             data_size: 0,
             listener: ListenerKind::Smtp,
+            auth_headers: String::new(),
+            spf_result: String::new(),
         };
         let h = received_header(&env, "mx.l", "ID1", 0);
         assert!(

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tambo_ipc::proto::{AuthReply, AuthRequest, PeerChannel, QueueReply, QueueRequest, WorkerStart};
 use tambo_ipc::worker::PeerSlot;
 
+use crate::emailauth::EmailAuth;
+
 /// How long a session waits for queued or authd when they are restarting;
 /// past it, the client gets a 4xx.
 const PEER_WAIT: Duration = Duration::from_secs(5);
@@ -29,6 +31,10 @@ pub struct Settings {
     pub max_connections: usize,
     /// Concurrent connections per client IP at most.
     pub max_connections_per_ip: usize,
+    /// Refuse DMARC `p=reject` failures at DATA.
+    pub reject_dmarc_failures: bool,
+    /// DNS servers ("ip:port") for SPF, DKIM and DMARC.
+    pub dns_servers: Vec<String>,
 }
 
 impl Settings {
@@ -43,6 +49,8 @@ impl Settings {
             connection_timeout_secs: c.connection_timeout_secs.max(1) as u64,
             max_connections: c.max_connections.max(1) as usize,
             max_connections_per_ip: c.max_connections_per_ip.max(1) as usize,
+            reject_dmarc_failures: c.reject_dmarc_failures,
+            dns_servers: start.dns_servers.clone(),
         }
     }
 
@@ -59,12 +67,15 @@ pub struct Backend {
     pub queued: Arc<PeerSlot<QueueRequest, QueueReply>>,
     /// Client of authd.
     pub authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
+    /// SPF, DKIM and DMARC checks.
+    pub emailauth: EmailAuth,
 }
 
 impl Backend {
     /// A back end with no peers connected yet.
     pub fn new(settings: Settings) -> Arc<Backend> {
         Arc::new(Backend {
+            emailauth: EmailAuth::new(&settings.dns_servers),
             settings: RwLock::new(Arc::new(settings)),
             queued: PeerSlot::new(PeerChannel::SmtpdQueued.name()),
             authd: PeerSlot::new(PeerChannel::SmtpdAuthd.name()),
@@ -78,6 +89,9 @@ impl Backend {
 
     /// Replace the settings (reload); running sessions keep theirs.
     pub fn set_settings(&self, s: Settings) {
+        if s.dns_servers != self.settings().dns_servers {
+            self.emailauth.set_servers(&s.dns_servers);
+        }
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
     }
 

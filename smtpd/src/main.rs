@@ -6,6 +6,7 @@ mod address;
 mod backend;
 mod conn;
 mod data;
+mod emailauth;
 mod listen;
 mod session;
 

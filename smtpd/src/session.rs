@@ -11,6 +11,7 @@ use crate::address::{PathError, parse_path_arg};
 use crate::backend::{Backend, Settings};
 use crate::conn::{Conn, ConnError, LineRead};
 use crate::data::{DataDecoder, DataError, Progress};
+use crate::emailauth::SpfCheck;
 
 /// Recipients accepted per transaction at most.
 pub const MAX_RCPTS: usize = 100;
@@ -47,6 +48,8 @@ pub struct Session {
     auth_user: Option<String>,
     tls: Option<TlsInfo>,
     errors: u32,
+    /// SPF result of the transaction (unauthenticated sessions).
+    spf: Option<SpfCheck>,
 }
 
 impl Session {
@@ -65,6 +68,7 @@ impl Session {
             auth_user: None,
             tls: None,
             errors: 0,
+            spf: None,
         }
     }
 
@@ -111,7 +115,7 @@ impl Session {
             let next = match verb.as_str() {
                 "EHLO" => self.cmd_helo(&args, true),
                 "HELO" => self.cmd_helo(&args, false),
-                "MAIL" => self.cmd_mail(&args),
+                "MAIL" => self.cmd_mail(&args).await,
                 "RCPT" => self.cmd_rcpt(&args).await,
                 "DATA" => self.cmd_data(&args).await?,
                 "RSET" => {
@@ -170,6 +174,7 @@ impl Session {
     fn reset(&mut self) {
         self.mail_from = None;
         self.rcpts.clear();
+        self.spf = None;
     }
 
     fn cmd_helo(&mut self, args: &str, esmtp: bool) -> Next {
@@ -202,7 +207,7 @@ impl Session {
         Next::Continue
     }
 
-    fn cmd_mail(&mut self, args: &str) -> Next {
+    async fn cmd_mail(&mut self, args: &str) -> Next {
         if self.helo.is_none() {
             return self.fail("503 5.5.1 Send HELO/EHLO first");
         }
@@ -230,7 +235,21 @@ impl Session {
                 _ => return self.fail("555 5.5.4 Unsupported MAIL parameter"),
             }
         }
-        self.mail_from = Some(parsed.address.map(|a| a.full()).unwrap_or_default());
+        let mail_from = parsed.address.map(|a| a.full()).unwrap_or_default();
+        if self.auth_user.is_none() {
+            let helo = self.helo.clone().unwrap_or_default();
+            let check = self
+                .backend
+                .emailauth
+                .check_spf(self.peer.ip, &helo, &self.settings.hostname, &mail_from)
+                .await;
+            if let Some(reply) = check.rejection() {
+                tracing::info!(ip = %self.peer.ip, from = mail_from, "SPF fail: MAIL FROM refused");
+                return self.fail(&reply);
+            }
+            self.spf = Some(check);
+        }
+        self.mail_from = Some(mail_from);
         self.conn.reply("250 2.1.0 Ok");
         Next::Continue
     }
@@ -340,7 +359,6 @@ impl Session {
                 break;
             }
         }
-        drop(file);
         if decoder.overflow() {
             self.backend.abort(&id).await;
             self.reset();
@@ -360,6 +378,31 @@ impl Session {
             self.conn.reply("451 4.3.0 Error storing the message, try again later");
             return Ok(Next::Continue);
         }
+        let mut auth_headers = String::new();
+        if self.auth_user.is_none()
+            && let Some(spf) = &self.spf
+        {
+            let verdict = self
+                .backend
+                .emailauth
+                .check_data(
+                    &file,
+                    decoder.size(),
+                    spf,
+                    &self.settings.hostname,
+                    self.settings.reject_dmarc_failures,
+                )
+                .await;
+            if let Some(reply) = verdict.reject {
+                tracing::info!(ip = %self.peer.ip, "DMARC reject: message refused");
+                self.backend.abort(&id).await;
+                self.reset();
+                self.conn.reply(&reply);
+                return Ok(Next::Continue);
+            }
+            auth_headers = verdict.headers;
+        }
+        drop(file);
         let envelope = IncomingEnvelope {
             mail_from: self.mail_from.clone().unwrap_or_default(),
             rcpts: self.rcpts.clone(),
@@ -370,6 +413,8 @@ impl Session {
             protocol: self.protocol().to_string(),
             data_size: decoder.size(),
             listener: self.peer.listener,
+            auth_headers,
+            spf_result: self.spf.as_ref().map(|s| s.word()).unwrap_or_default().to_string(),
         };
         let reply = self.backend.commit(&id, envelope).await;
         self.conn.reply(&reply);
