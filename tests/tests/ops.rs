@@ -55,7 +55,10 @@ fn mail_log_metrics_restarts_and_rotation() {
     );
 
     let (ok, health) = curl(&format!("http://127.0.0.1:{mon}/healthz"));
-    assert!(ok && health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"), "{health}");
+    assert!(
+        ok && health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"),
+        "{health}"
+    );
     let (_, notfound) = curl(&format!("http://127.0.0.1:{mon}/nope"));
     assert!(notfound.starts_with("HTTP/1.1 404"), "{notfound}");
 
@@ -82,16 +85,32 @@ fn mail_log_metrics_restarts_and_rotation() {
         .find(|l| l.contains(" queued ip=127.0.0.1 to=[alice@example.com]"))
         .unwrap_or_else(|| panic!("no queued line: {log}"));
     let id = queued.split_whitespace().nth(2).expect("queue id");
-    assert!(log.contains(&format!("{id} from=sender@remote.test to=alice@example.com sent")), "{log}");
+    assert!(
+        log.contains(&format!("{id} from=sender@remote.test to=alice@example.com sent")),
+        "{log}"
+    );
     assert!(log.contains(&format!("{id} from=sender@remote.test all done")), "{log}");
 
     // Metrics, in the classic text format (curl does not ask for OpenMetrics).
     let (ok, text) = curl(&format!("http://127.0.0.1:{mon}/metrics"));
     assert!(ok && text.contains("Content-Type: text/plain; version=0.0.4"), "{text}");
-    assert!(sample(&text, "tambo_smtp_connections_total{listener=\"smtp\"}").unwrap_or(0.0) >= 1.0, "{text}");
-    assert!(sample(&text, "tambo_smtp_commands_total{command=\"RCPT\"}").unwrap_or(0.0) >= 2.0, "{text}");
-    assert!(sample(&text, "tambo_smtp_replies_total{class=\"5xx\"}").unwrap_or(0.0) >= 1.0, "{text}");
-    assert_eq!(sample(&text, "tambo_queue_accepted_messages_total"), Some(1.0), "{text}");
+    assert!(
+        sample(&text, "tambo_smtp_connections_total{listener=\"smtp\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "tambo_smtp_commands_total{command=\"RCPT\"}").unwrap_or(0.0) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "tambo_smtp_replies_total{class=\"5xx\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "tambo_queue_accepted_messages_total"),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(
         sample(&text, "tambo_deliveries_total{result=\"sent\",route=\"local\"}"),
         Some(1.0),
@@ -100,7 +119,11 @@ fn mail_log_metrics_restarts_and_rotation() {
     assert_eq!(sample(&text, "tambo_queue_messages"), Some(0.0), "{text}");
     assert_eq!(sample(&text, "tambo_worker_up{worker=\"smtpd\"}"), Some(1.0), "{text}");
     if have("promtool") {
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default().to_string();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+            .to_string();
         let mut child = Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(std::process::Stdio::piped())
@@ -127,7 +150,10 @@ fn mail_log_metrics_restarts_and_rotation() {
         "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
         &format!("http://127.0.0.1:{mon}/metrics"),
     ]));
-    assert!(ok && om.ends_with("# EOF\n") && om.contains("# TYPE tambo_deliveries counter"), "{om}");
+    assert!(
+        ok && om.ends_with("# EOF\n") && om.contains("# TYPE tambo_deliveries counter"),
+        "{om}"
+    );
 
     // A worker that dies is restarted and counted.
     let pid = server.worker_pid("deliverd");
@@ -150,9 +176,16 @@ fn mail_log_metrics_restarts_and_rotation() {
     wait_for(Duration::from_secs(10), "bob's delivery in the new mail log", || {
         mail_log().contains("to=bob@example.com sent")
     });
-    assert!(mail_log().contains("from=<> queued ip=127.0.0.1 to=[bob@example.com]"), "{}", mail_log());
+    assert!(
+        mail_log().contains("from=<> queued ip=127.0.0.1 to=[bob@example.com]"),
+        "{}",
+        mail_log()
+    );
     let old = std::fs::read_to_string(&rotated).unwrap();
-    assert!(!old.contains("bob@example.com") && old.contains("alice@example.com"), "{old}");
+    assert!(
+        !old.contains("bob@example.com") && old.contains("alice@example.com"),
+        "{old}"
+    );
 }
 
 #[test]
