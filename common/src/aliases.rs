@@ -284,7 +284,10 @@ mod tests {
     #[test]
     fn rhs_for_hooks() {
         assert_eq!(parse_rhs("", "d.org").unwrap(), vec![]);
-        assert_eq!(parse_rhs("  x, y@z.org\n", "d.org").unwrap(), vec![email("x@d.org"), email("y@z.org")]);
+        assert_eq!(
+            parse_rhs("  x, y@z.org\n", "d.org").unwrap(),
+            vec![email("x@d.org"), email("y@z.org")]
+        );
         assert!(parse_rhs("a b", "d.org").is_err());
     }
 

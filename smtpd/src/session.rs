@@ -263,6 +263,7 @@ impl Session {
             match self.backend.check_recipient(&full).await {
                 RcptVerdict::Accept => {}
                 RcptVerdict::Unknown => return self.fail("550 5.1.1 User unknown"),
+                RcptVerdict::Refused(r) => return self.fail(&format!("{} {} {}", r.code, r.enhanced, r.text)),
                 RcptVerdict::TempFail(why) => {
                     tracing::warn!("recipient check failed: {why}");
                     self.conn
@@ -370,6 +371,7 @@ impl Session {
             protocol: self.protocol().to_string(),
             data_size: decoder.size(),
             listener: self.peer.listener,
+            spf_pass: None,
         };
         let reply = self.backend.commit(&id, envelope).await;
         self.conn.reply(&reply);
