@@ -431,6 +431,9 @@ pub struct IncomingEnvelope {
     pub data_size: u64,
     /// The name of the listener kind, for the post-data hook.
     pub listener: ListenerKind,
+    /// The SPF verdict for the sender: `Some(true)` on pass, `None` when
+    /// no check was made (the post-data hook's SPF_PASS is then empty).
+    pub spf_pass: Option<bool>,
 }
 
 /// smtpd → queued.
@@ -466,6 +469,8 @@ pub enum RcptVerdict {
     Unknown,
     /// Cannot tell now; try later.
     TempFail(String),
+    /// Refuse the recipient with this reply (e.g. an alias loop).
+    Refused(SmtpReply),
 }
 
 /// An SMTP reply queued asks smtpd to give.

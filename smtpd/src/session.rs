@@ -269,6 +269,11 @@ impl Session {
                     self.rejected(vec![full], "550 5.1.1 User unknown");
                     return self.fail("550 5.1.1 User unknown");
                 }
+                RcptVerdict::Refused(r) => {
+                    let reply = format!("{} {} {}", r.code, r.enhanced, r.text);
+                    self.rejected(vec![full], &reply);
+                    return self.fail(&reply);
+                }
                 RcptVerdict::TempFail(why) => {
                     tracing::warn!("recipient check failed: {why}");
                     self.conn
@@ -380,6 +385,7 @@ impl Session {
             protocol: self.protocol().to_string(),
             data_size: decoder.size(),
             listener: self.peer.listener,
+            spf_pass: None,
         };
         let reply = self.backend.commit(&id, envelope).await;
         if !reply.starts_with('2') {
