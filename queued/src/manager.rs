@@ -518,6 +518,9 @@ impl Queue {
             // a crash in between sends the DSN again rather than never.
             self.queue_dsn(&entry).await;
         }
+        // Out of the count first, so a client that sees the envelope gone
+        // also finds room in the queue.
+        self.messages.lock().unwrap_or_else(|p| p.into_inner()).remove(&entry.id);
         if let Err(e) = self.store.remove(&entry.id).await {
             tracing::error!(id = entry.id, "cannot remove: {e}");
         } else {
