@@ -4,6 +4,7 @@
 
 mod address;
 mod backend;
+mod chunking;
 mod conn;
 mod data;
 mod listen;

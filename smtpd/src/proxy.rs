@@ -130,13 +130,16 @@ pub fn parse_v1(line: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
         return Err(ProxyError::Malformed("v1 line needs 4 address fields"));
     };
     let (src, dst): (IpAddr, IpAddr) = match proto {
-        "TCP4" => (
-            IpAddr::V4(parse_v4(src)?),
-            IpAddr::V4(parse_v4(dst)?),
-        ),
+        "TCP4" => (IpAddr::V4(parse_v4(src)?), IpAddr::V4(parse_v4(dst)?)),
         "TCP6" => (
-            IpAddr::V6(src.parse::<Ipv6Addr>().map_err(|_| ProxyError::Malformed("bad v1 IPv6 address"))?),
-            IpAddr::V6(dst.parse::<Ipv6Addr>().map_err(|_| ProxyError::Malformed("bad v1 IPv6 address"))?),
+            IpAddr::V6(
+                src.parse::<Ipv6Addr>()
+                    .map_err(|_| ProxyError::Malformed("bad v1 IPv6 address"))?,
+            ),
+            IpAddr::V6(
+                dst.parse::<Ipv6Addr>()
+                    .map_err(|_| ProxyError::Malformed("bad v1 IPv6 address"))?,
+            ),
         ),
         _ => return Err(ProxyError::Malformed("v1 protocol is not TCP4, TCP6 or UNKNOWN")),
     };
@@ -152,7 +155,8 @@ fn parse_v4(s: &str) -> Result<Ipv4Addr, ProxyError> {
 }
 
 fn parse_port(s: &str) -> Result<u16, ProxyError> {
-    let ok = !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    let ok =
+        !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     if !ok {
         return Err(ProxyError::Malformed("bad v1 port"));
     }
@@ -272,7 +276,11 @@ mod tests {
             b"PROXY TCP4 192.0.2.\xff 198.51.100.1 1 25\r\n",
         ] {
             let (r, _) = read(bad).await;
-            assert!(matches!(r, Err(ProxyError::Malformed(_))), "{:?}: {r:?}", String::from_utf8_lossy(bad));
+            assert!(
+                matches!(r, Err(ProxyError::Malformed(_))),
+                "{:?}: {r:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
