@@ -95,6 +95,8 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 .await?;
             }
             ControlMsg::Shutdown { .. } => return Ok(()),
+            // Answered by ControlLink::recv.
+            ControlMsg::CollectMetrics { .. } => {}
             ControlMsg::Start(_) | ControlMsg::Listener { .. } => {
                 tracing::warn!("queued: unexpected control message ignored");
             }

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use tambo_common::config::Config;
 use tambo_common::names::normalize_address;
+use tambo_ipc::metrics::{self, Metric, MetricSample};
 use tambo_ipc::proto::{
     AuthReply, AuthRequest, DeliverReply, DeliverRequest, DeliveryJob, DeliveryOutcome, IncomingEnvelope, JobRcpt,
-    QueueReply, QueueRequest, RcptVerdict, SmtpReply, WorkerStart,
+    MailLogEvent, QueueReply, QueueRequest, RcptRoute, RcptVerdict, SmtpReply, WorkerStart,
 };
-use tambo_ipc::worker::PeerSlot;
+use tambo_ipc::worker::{PeerSlot, mail_log};
 use tokio::sync::Notify;
 
 use crate::entry::{ENTRY_VERSION, QueueEntry, RcptEntry, RcptState};
@@ -116,6 +117,11 @@ impl Queue {
             authd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedAuthd.name()),
         });
         tracing::info!("queue loaded: {} message(s)", entries.len());
+        // Series that exist from the start, at 0.
+        metrics::global().add(Metric::QueueAccepted, &[], 0.0);
+        metrics::global().add(Metric::DsnsSent, &[], 0.0);
+        let weak = Arc::downgrade(&queue);
+        metrics::global().register_gauges(Box::new(move || weak.upgrade().map(|q| q.gauges()).unwrap_or_default()));
         for e in entries {
             queue.launch(e);
         }
@@ -139,6 +145,28 @@ impl Queue {
 
     fn settings(&self) -> Arc<Settings> {
         self.settings.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The queue's size and the age of its oldest message, for metrics.
+    fn gauges(&self) -> Vec<MetricSample> {
+        let messages = self.messages.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = messages
+            .values()
+            .map(|m| m.entry.lock().unwrap_or_else(|p| p.into_inner()).created)
+            .min();
+        let age = oldest.map(|c| unix_now().saturating_sub(c)).unwrap_or(0);
+        vec![
+            MetricSample {
+                metric: Metric::QueueMessages,
+                labels: Vec::new(),
+                value: messages.len() as f64,
+            },
+            MetricSample {
+                metric: Metric::QueueOldestAge,
+                labels: Vec::new(),
+                value: age as f64,
+            },
+        ]
     }
 
     /// Number of messages in the queue.
@@ -324,6 +352,13 @@ impl Queue {
             ip = entry.remote_ip,
             "queued"
         );
+        metrics::inc(Metric::QueueAccepted, &[]);
+        mail_log(MailLogEvent::Queued {
+            id: id.to_string(),
+            from: entry.from.clone(),
+            to: env.rcpts.clone(),
+            ip: entry.remote_ip.clone(),
+        });
         self.launch(entry);
         Ok(QueueReply::Committed { id: id.to_string() })
     }
@@ -405,6 +440,10 @@ impl Queue {
             tracing::error!(id = entry.id, "cannot remove: {e}");
         } else {
             tracing::info!(id = entry.id, "all done");
+            mail_log(MailLogEvent::AllDone {
+                id: entry.id.clone(),
+                from: entry.from.clone(),
+            });
         }
     }
 
@@ -466,10 +505,17 @@ impl Queue {
                 continue;
             }
             r.attempts += 1;
+            let route = route_label(&r.route);
             match outcome {
                 DeliveryOutcome::Delivered => {
                     r.state = RcptState::Delivered;
                     r.last_error.clear();
+                    metrics::inc(Metric::Deliveries, &[("result", "sent"), ("route", route)]);
+                    mail_log(MailLogEvent::Sent {
+                        id: entry.id.clone(),
+                        from: entry.from.clone(),
+                        to: r.address.clone(),
+                    });
                 }
                 DeliveryOutcome::PermFail(e) => {
                     r.state = RcptState::Failed;
@@ -483,11 +529,36 @@ impl Queue {
                     } else {
                         r.last_error = e;
                         r.next_attempt = unix_now() + retry_delay(r.attempts, first_retry).as_secs().max(1);
+                        metrics::inc(Metric::Deliveries, &[("result", "temporary"), ("route", route)]);
+                        mail_log(MailLogEvent::TempFail {
+                            id: entry.id.clone(),
+                            from: entry.from.clone(),
+                            to: r.address.clone(),
+                            err: r.last_error.clone(),
+                        });
                     }
                 }
             }
+            if r.state == RcptState::Failed {
+                metrics::inc(Metric::Deliveries, &[("result", "permanent"), ("route", route)]);
+                mail_log(MailLogEvent::PermFail {
+                    id: entry.id.clone(),
+                    from: entry.from.clone(),
+                    to: r.address.clone(),
+                    err: r.last_error.clone(),
+                });
+            }
         }
         entry
+    }
+}
+
+/// The metrics label of a route.
+fn route_label(route: &RcptRoute) -> &'static str {
+    match route {
+        RcptRoute::Local { .. } => "local",
+        RcptRoute::Pipe { .. } => "pipe",
+        RcptRoute::Remote { .. } => "remote",
     }
 }
 

@@ -7,6 +7,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tambo_ipc::metrics::{self, Metric};
 use tambo_ipc::proto::ListenerKind;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
@@ -116,6 +117,11 @@ impl Listeners {
                         })
                     }
                 };
+                if slot.is_some() {
+                    metrics::inc(Metric::SmtpConnections, &[("listener", kind.fd_name())]);
+                } else {
+                    metrics::inc(Metric::SmtpConnectionsRefused, &[("listener", kind.fd_name())]);
+                }
                 let backend = backend.clone();
                 tokio::spawn(async move {
                     let mut stream = stream;

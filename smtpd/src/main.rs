@@ -96,6 +96,8 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 return Ok(());
             }
             ControlMsg::Start(_) => tracing::warn!("smtpd: unexpected Start ignored"),
+            // Answered by ControlLink::recv.
+            ControlMsg::CollectMetrics { .. } => {}
         }
     }
 }

@@ -5,7 +5,9 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tambo_ipc::proto::{IncomingEnvelope, ListenerKind, QueueReply, QueueRequest, RcptVerdict, TlsInfo};
+use tambo_ipc::metrics::{self, Metric};
+use tambo_ipc::proto::{IncomingEnvelope, ListenerKind, MailLogEvent, QueueReply, QueueRequest, RcptVerdict, TlsInfo};
+use tambo_ipc::worker::mail_log;
 
 use crate::address::{PathError, parse_path_arg};
 use crate::backend::{Backend, Settings};
@@ -113,6 +115,7 @@ impl Session {
                 Some((v, a)) => (v.to_ascii_uppercase(), a.to_string()),
                 None => (line.to_ascii_uppercase(), String::new()),
             };
+            metrics::inc(Metric::SmtpCommands, &[("command", command_label(&verb))]);
             let next = match verb.as_str() {
                 "EHLO" => self.cmd_helo(&args, true),
                 "HELO" => self.cmd_helo(&args, false),
@@ -273,7 +276,10 @@ impl Session {
         if self.settings.is_local(&addr.domain) {
             match self.backend.check_recipient(&full).await {
                 RcptVerdict::Accept => {}
-                RcptVerdict::Unknown => return self.fail("550 5.1.1 User unknown"),
+                RcptVerdict::Unknown => {
+                    self.rejected(vec![full], "550 5.1.1 User unknown");
+                    return self.fail("550 5.1.1 User unknown");
+                }
                 RcptVerdict::TempFail(why) => {
                     tracing::warn!("recipient check failed: {why}");
                     self.conn
@@ -282,6 +288,7 @@ impl Session {
                 }
             }
         } else if self.auth_user.is_none() {
+            self.rejected(vec![full], "550 5.7.1 Relaying not allowed");
             return self.fail("550 5.7.1 Relaying not allowed");
         }
         self.rcpts.push(full);
@@ -336,8 +343,9 @@ impl Session {
                         DataError::Nul => "NUL byte",
                     };
                     tracing::info!(ip = %self.peer.ip, "DATA with a {what}: closing");
-                    self.conn
-                        .reply(&format!("521 5.5.2 Message contains a {what}; lines must end in CRLF"));
+                    let reply = format!("521 5.5.2 Message contains a {what}; lines must end in CRLF");
+                    self.rejected(self.rcpts.clone(), &reply);
+                    self.conn.reply(&reply);
                     return Ok(Next::Close);
                 }
             };
@@ -357,12 +365,14 @@ impl Session {
         drop(file);
         if decoder.overflow() {
             self.backend.abort(&id).await;
+            self.rejected(self.rcpts.clone(), "552 5.3.4 Message too big");
             self.reset();
             self.conn.reply("552 5.3.4 Message too big");
             return Ok(Next::Continue);
         }
         if decoder.looping() {
             self.backend.abort(&id).await;
+            self.rejected(self.rcpts.clone(), "554 5.4.6 Too many Received headers: mail loop?");
             self.reset();
             self.conn.reply("554 5.4.6 Too many Received headers: mail loop?");
             return Ok(Next::Continue);
@@ -386,9 +396,22 @@ impl Session {
             listener: self.peer.listener,
         };
         let reply = self.backend.commit(&id, envelope).await;
+        if !reply.starts_with('2') {
+            self.rejected(self.rcpts.clone(), &reply);
+        }
         self.conn.reply(&reply);
         self.reset();
         Ok(Next::Continue)
+    }
+
+    /// Write a rejection to the mail log.
+    fn rejected(&self, to: Vec<String>, reason: &str) {
+        mail_log(MailLogEvent::Rejected {
+            ip: self.peer.ip.to_string(),
+            from: self.mail_from.clone().unwrap_or_default(),
+            to,
+            reason: reason.to_string(),
+        });
     }
 
     /// The protocol name for the Received header (RFC 3848).
@@ -401,6 +424,16 @@ impl Session {
             (true, true, true) => "ESMTPSA",
         }
     }
+}
+
+/// The metrics label of a command verb: known verbs as they are, anything
+/// else `other` (so clients cannot create series at will).
+fn command_label(verb: &str) -> &'static str {
+    const KNOWN: [&str; 17] = [
+        "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "HELP", "VRFY", "EXPN", "QUIT", "STARTTLS",
+        "AUTH", "LHLO", "GET", "POST",
+    ];
+    KNOWN.iter().find(|k| **k == verb).copied().unwrap_or("other")
 }
 
 /// `FROM:<x>` with the keyword matched case-insensitively.
@@ -470,5 +503,11 @@ mod tests {
         assert_eq!(strip_keyword("FROM: <a@b>", "FROM:"), Some(" <a@b>"));
         assert_eq!(strip_keyword("FRO", "FROM:"), None);
         assert_eq!(strip_keyword("TO:<x>", "FROM:"), None);
+    }
+
+    #[test]
+    fn command_labels_are_bounded() {
+        assert_eq!(command_label("EHLO"), "EHLO");
+        assert_eq!(command_label("XYZZY"), "other");
     }
 }
