@@ -146,6 +146,7 @@ impl Listeners {
                     }
                     if !slot.claim_ip(ip, settings.max_connections_per_ip) {
                         tracing::info!(%ip, "too many connections from this IP: refused");
+                        metrics::inc(Metric::SmtpConnectionsRefused, &[("listener", kind.fd_name())]);
                         refuse(&mut stream).await;
                         return;
                     }

@@ -49,7 +49,13 @@ fn per_ip_and_total_limits_and_timeouts() {
         "max_connections: 5\nmax_connections_per_ip: 3\ncommand_timeout_secs: 2\nconnection_timeout_secs: 5",
     );
     let _server = env.start();
-    let a = Ipv4Addr::new(127, 0, 0, 1);
+    // The harness's readiness probe came from 127.0.0.1: end one session
+    // cleanly and give the server a moment, so no slot is still taken.
+    let mut c = RawClient::connect(env.smtp_port);
+    assert!(c.cmd("QUIT").starts_with("221"));
+    assert!(c.is_closed());
+    std::thread::sleep(Duration::from_millis(500));
+    let a = Ipv4Addr::new(127, 0, 0, 5);
     // Per IP: the 4th connection from one address is refused with 421.
     let held: Vec<TcpStream> = (0..3).map(|_| connect_from(a, env.smtp_port)).collect();
     for s in &held {

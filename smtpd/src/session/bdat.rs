@@ -155,8 +155,9 @@ impl Session {
                 DataError::Nul => "NUL byte",
             };
             tracing::info!(ip = %self.peer.ip, "BDAT with a {what}: closing");
-            self.conn
-                .reply(&format!("521 5.5.2 Message contains a {what}; lines must end in CRLF"));
+            let reply = format!("521 5.5.2 Message contains a {what}; lines must end in CRLF");
+            self.rejected(self.rcpts.clone(), &reply);
+            self.conn.reply(&reply);
             return Ok(Next::Close);
         }
         if let Some(reply) = bdat.failed.clone() {
@@ -183,6 +184,7 @@ impl Session {
         };
         if !reply.is_empty() {
             bdat.abort().await;
+            self.rejected(self.rcpts.clone(), &reply);
             self.reset();
             self.conn.reply(&reply);
             return Ok(Next::Continue);
@@ -204,6 +206,9 @@ impl Session {
             listener: self.peer.listener,
         };
         let reply = self.backend.commit(&id, envelope).await;
+        if !reply.starts_with('2') {
+            self.rejected(self.rcpts.clone(), &reply);
+        }
         self.conn.reply(&reply);
         self.reset();
         Ok(Next::Continue)
