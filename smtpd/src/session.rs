@@ -14,6 +14,8 @@ use crate::backend::{Backend, Settings};
 use crate::conn::{Conn, ConnError, LineRead};
 use crate::data::{DataDecoder, DataError, Progress};
 
+mod bdat;
+
 /// Recipients accepted per transaction at most.
 pub const MAX_RCPTS: usize = 100;
 /// Errors tolerated per session before it is closed.
@@ -49,6 +51,8 @@ pub struct Session {
     auth_user: Option<String>,
     tls: Option<TlsInfo>,
     errors: u32,
+    /// A BDAT transaction in progress (CHUNKING, `session/bdat.rs`).
+    bdat: Option<Box<bdat::Bdat>>,
 }
 
 impl Session {
@@ -67,6 +71,7 @@ impl Session {
             auth_user: None,
             tls: None,
             errors: 0,
+            bdat: None,
         }
     }
 
@@ -117,6 +122,7 @@ impl Session {
                 "MAIL" => self.cmd_mail(&args),
                 "RCPT" => self.cmd_rcpt(&args).await,
                 "DATA" => self.cmd_data(&args).await?,
+                "BDAT" => self.cmd_bdat(&args).await?,
                 "RSET" => {
                     self.reset();
                     self.conn.reply("250 2.0.0 Ok");
@@ -173,6 +179,7 @@ impl Session {
     fn reset(&mut self) {
         self.mail_from = None;
         self.rcpts.clear();
+        self.bdat = None;
     }
 
     fn cmd_helo(&mut self, args: &str, esmtp: bool) -> Next {
@@ -194,6 +201,7 @@ impl Session {
             "PIPELINING".to_string(),
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
+            "CHUNKING".to_string(),
             format!("SIZE {}", self.settings.max_data_size),
             "HELP".to_string(),
         ];
@@ -241,6 +249,9 @@ impl Session {
     async fn cmd_rcpt(&mut self, args: &str) -> Next {
         if self.mail_from.is_none() {
             return self.fail("503 5.5.1 Need MAIL first");
+        }
+        if self.bdat.is_some() {
+            return self.fail("503 5.5.1 RCPT is not allowed after BDAT");
         }
         let Some(rest) = strip_keyword(args, "TO:") else {
             return self.fail("501 5.5.4 Syntax: RCPT TO:<address>");
@@ -296,6 +307,9 @@ impl Session {
         }
         if self.mail_from.is_none() {
             return Ok(self.fail("503 5.5.1 Need MAIL first"));
+        }
+        if self.bdat.is_some() {
+            return Ok(self.fail("503 5.5.1 DATA is not allowed after BDAT"));
         }
         if self.rcpts.is_empty() {
             return Ok(self.fail("503 5.5.1 Need RCPT first"));
