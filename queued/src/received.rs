@@ -100,7 +100,7 @@ mod tests {
             data_size: 0,
             listener: ListenerKind::Smtp,
             auth_headers: String::new(),
-            spf_result: String::new(),
+            spf_pass: None,
         };
         let h = received_header(&env, "mx.l", "ID1", 0);
         assert!(

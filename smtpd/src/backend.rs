@@ -35,6 +35,8 @@ pub struct Settings {
     pub reject_dmarc_failures: bool,
     /// DNS servers ("ip:port") for SPF, DKIM and DMARC.
     pub dns_servers: Vec<String>,
+    /// A HAProxy PROXY header (v1 or v2) starts every connection.
+    pub haproxy_incoming: bool,
 }
 
 impl Settings {
@@ -51,6 +53,7 @@ impl Settings {
             max_connections_per_ip: c.max_connections_per_ip.max(1) as usize,
             reject_dmarc_failures: c.reject_dmarc_failures,
             dns_servers: start.dns_servers.clone(),
+            haproxy_incoming: c.haproxy_incoming,
         }
     }
 

@@ -401,8 +401,8 @@ mod tests {
         let p = dir.path().join("m");
         std::fs::write(&p, b"A: 1\r\nB: 2\r\n\r\nbody\r\n").unwrap();
         let f = File::open(&p).unwrap();
-        assert_eq!(read_message(&f, 21, true).unwrap(), b"A: 1\r\nB: 2\r\n\r\n");
-        assert_eq!(read_message(&f, 21, false).unwrap().len(), 21);
+        assert_eq!(read_message(&f, 20, true).unwrap(), b"A: 1\r\nB: 2\r\n\r\n");
+        assert_eq!(read_message(&f, 20, false).unwrap().len(), 20);
     }
 
     #[test]
