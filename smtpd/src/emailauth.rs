@@ -25,11 +25,15 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::hickory_resolver::TokioResolver;
 use mail_auth::hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput, DmarcResult,
@@ -143,7 +147,24 @@ pub fn build_resolver(servers: &[String]) -> Result<MessageAuthenticator, String
     opts.attempts = 2;
     opts.ndots = 0;
     opts.use_hosts_file = ResolveHosts::Never;
-    MessageAuthenticator::new(ResolverConfig::from_parts(None, vec![], ns), opts).map_err(|e| e.to_string())
+    // The resolver never uses DNS over TLS, but hickory builds a TLS
+    // configuration anyway and, by default, from the platform's
+    // certificate store, which does not exist in smtpd's empty chroot: an
+    // empty root store is given instead.
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let resolver = TokioResolver::builder_with_config(
+        ResolverConfig::from_parts(None, vec![], ns),
+        TokioRuntimeProvider::default(),
+    )
+    .with_options(opts)
+    .with_tls_config(tls)
+    .build()
+    .map_err(|e| e.to_string())?;
+    Ok(MessageAuthenticator(resolver))
 }
 
 impl EmailAuth {
@@ -260,8 +281,9 @@ impl EmailAuth {
                 } else if dkim.is_empty() {
                     results.push_str(";\r\n\tdkim=none");
                 } else {
-                    let part = AuthenticationResults::new(hostname).with_dkim_results(&dkim, msg.from());
-                    results.push_str(&strip_host(&part.to_string(), hostname));
+                    for o in &dkim {
+                        results.push_str(&dkim_result(o));
+                    }
                 }
                 let mail_from_domain = if spf.mail_from.is_empty() {
                     spf.helo.clone()
@@ -318,6 +340,56 @@ fn tambo_dkim_policy<'x>(msg: &'x AuthenticatedMessage<'x>, o: DkimOutput<'x>) -
         Some(s) => failed.with_signature(s),
         None => failed,
     }
+}
+
+/// One `dkim=` entry of Authentication-Results (RFC 8601, RFC 6008):
+/// always `header.d` and `header.s`, `header.i` when the signature has
+/// one, and the first 8 characters of `b=`.
+fn dkim_result(o: &DkimOutput<'_>) -> String {
+    let (word, reason) = match o.result() {
+        DkimResult::Pass => ("pass", None),
+        DkimResult::Fail(e) => ("fail", Some(e.to_string())),
+        DkimResult::Neutral(e) => ("neutral", Some(e.to_string())),
+        DkimResult::TempError(e) => ("temperror", Some(e.to_string())),
+        DkimResult::PermError(e) => ("permerror", Some(e.to_string())),
+        DkimResult::None => ("none", None),
+    };
+    let mut out = format!(";\r\n\tdkim={word}");
+    if let Some(r) = reason {
+        let r: String = r
+            .chars()
+            .filter(|c| !c.is_control() && !matches!(c, '(' | ')' | '\\'))
+            .take(100)
+            .collect();
+        out.push_str(&format!(" ({r})"));
+    }
+    if let Some(sig) = o.signature() {
+        out.push_str(&format!(" header.d={}", pvalue(&sig.d)));
+        if !sig.i.is_empty() {
+            out.push_str(&format!(" header.i={}", pvalue(&sig.i)));
+        }
+        out.push_str(&format!(" header.s={}", pvalue(&sig.s)));
+        let b = B64.encode(&sig.b);
+        if b.len() >= 8 {
+            out.push_str(&format!(" header.b={}", &b[..8]));
+        }
+    }
+    out
+}
+
+/// A value safe in Authentication-Results: letters, digits and
+/// `@.-_+=/`; anything else becomes `_`.
+fn pvalue(s: &str) -> String {
+    s.chars()
+        .take(255)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@.-_+=/".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// "host;\r\n\tspf=..." → ";\r\n\tspf=...".
