@@ -10,6 +10,7 @@ use rand::Rng;
 use tambo_common::userdb::UserDb;
 use tambo_ipc::proto::{AuthOutcome, AuthReply, AuthRequest, WorkerStart};
 
+use crate::keys::KeyStore;
 use crate::throttle::Throttle;
 
 /// Every password check takes at least this long, plus jitter, whatever
@@ -21,6 +22,7 @@ const AUTH_JITTER_MS: u64 = 50;
 pub struct AuthService {
     dbs: RwLock<Arc<HashMap<String, UserDb>>>,
     throttle: Throttle,
+    keys: KeyStore,
 }
 
 /// Load `domains/<d>/users` for every local domain. A domain without a
@@ -42,18 +44,28 @@ impl AuthService {
     /// Load the databases named by the start message.
     pub fn load(start: &WorkerStart) -> anyhow::Result<AuthService> {
         let dbs = load_dbs(Path::new(&start.config_dir), &start.local_domains).context("loading users")?;
+        let keys = KeyStore::load(Path::new(&start.config_dir)).context("loading TLS certificates")?;
         Ok(AuthService {
             dbs: RwLock::new(Arc::new(dbs)),
             throttle: Throttle::default(),
+            keys,
         })
     }
 
-    /// Load again; on error the old databases stay.
+    /// Load again; on error the old databases (or the old certificates)
+    /// stay. Users and certificates are reloaded independently.
     pub fn reload(&self, start: &WorkerStart) -> anyhow::Result<()> {
-        let dbs = load_dbs(Path::new(&start.config_dir), &start.local_domains).context("reloading users")?;
-        *self.dbs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dbs);
-        tracing::info!("users reloaded");
-        Ok(())
+        let users = load_dbs(Path::new(&start.config_dir), &start.local_domains)
+            .context("reloading users")
+            .map(|dbs| {
+                *self.dbs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dbs);
+                tracing::info!("users reloaded");
+            });
+        let keys = self
+            .keys
+            .reload(Path::new(&start.config_dir))
+            .context("reloading TLS certificates");
+        users.and(keys)
     }
 
     fn dbs(&self) -> Arc<HashMap<String, UserDb>> {
@@ -78,6 +90,13 @@ impl AuthService {
                 tokio::time::sleep_until((started + MIN_AUTH_TIME + jitter).into()).await;
                 AuthReply::Auth(outcome)
             }
+            AuthRequest::Certificates => self.keys.certificates(),
+            AuthRequest::Sign {
+                generation,
+                name,
+                scheme,
+                message,
+            } => self.keys.sign(generation, &name, scheme, &message),
         }
     }
 

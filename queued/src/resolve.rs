@@ -90,10 +90,9 @@ impl ResolverContext<'_> {
         match self.authd.call(req, Vec::new(), AUTHD_WAIT).await {
             Ok((AuthReply::Exists(b), _)) => Ok(b),
             Ok((AuthReply::Error(e), _)) => Err(ResolveError::Temporary(format!("{user}@{domain}"), e)),
-            Ok((AuthReply::Auth(_), _)) => Err(ResolveError::Temporary(
-                format!("{user}@{domain}"),
-                "unexpected reply from authd".into(),
-            )),
+            Ok((AuthReply::Auth(_) | AuthReply::Certificates { .. } | AuthReply::Signature(_), _)) => Err(
+                ResolveError::Temporary(format!("{user}@{domain}"), "unexpected reply from authd".into()),
+            ),
             Err(e) => Err(ResolveError::Temporary(
                 format!("{user}@{domain}"),
                 format!("authd: {e}"),

@@ -59,15 +59,19 @@ pub struct Backend {
     pub queued: Arc<PeerSlot<QueueRequest, QueueReply>>,
     /// Client of authd.
     pub authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
+    /// TLS certificates (from authd) and handshake signing (by authd).
+    pub tls: crate::tls::Tls,
 }
 
 impl Backend {
     /// A back end with no peers connected yet.
     pub fn new(settings: Settings) -> Arc<Backend> {
+        let authd = PeerSlot::new(PeerChannel::SmtpdAuthd.name());
         Arc::new(Backend {
             settings: RwLock::new(Arc::new(settings)),
             queued: PeerSlot::new(PeerChannel::SmtpdQueued.name()),
-            authd: PeerSlot::new(PeerChannel::SmtpdAuthd.name()),
+            tls: crate::tls::Tls::new(authd.clone()),
+            authd,
         })
     }
 
