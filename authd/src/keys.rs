@@ -102,23 +102,22 @@ pub struct KeyStore {
 
 /// Read `certs/<name>/fullchain.pem` and `privkey.pem` of every
 /// sub-directory, sorted by name. A directory missing either file is
-/// skipped with a warning; a file that is present but broken is an error.
-fn load_entries(certs_dir: &Path) -> Result<Vec<Entry>, KeyError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| KeyError::Io { path, source }
-    };
+/// skipped with a warning. A file that is present but broken is an error
+/// when `strict` (reload: the old certificates stay), else that directory
+/// is skipped with an error in the log (start-up: the others still serve,
+/// and AUTH keeps working).
+fn load_entries(certs_dir: &Path, strict: bool) -> Result<Vec<Entry>, KeyError> {
     let rd = match std::fs::read_dir(certs_dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::warn!("{}: no such directory: TLS is not available", certs_dir.display());
             return Ok(Vec::new());
         }
-        Err(e) => return Err(io(certs_dir)(e)),
+        Err(e) => return Err(io_error(certs_dir)(e)),
     };
     let mut dirs = Vec::new();
     for de in rd {
-        let de = de.map_err(io(certs_dir))?;
+        let de = de.map_err(io_error(certs_dir))?;
         // Follows symlinks, as chasquid's layout allows them.
         if std::fs::metadata(de.path()).is_ok_and(|m| m.is_dir()) {
             dirs.push((de.file_name().to_string_lossy().into_owned(), de.path()));
@@ -127,64 +126,78 @@ fn load_entries(certs_dir: &Path) -> Result<Vec<Entry>, KeyError> {
     dirs.sort();
     let mut out = Vec::new();
     for (name, dir) in dirs {
-        let chain_path = dir.join("fullchain.pem");
-        let key_path = dir.join("privkey.pem");
-        if !chain_path.exists() || !key_path.exists() {
+        if !dir.join("fullchain.pem").exists() || !dir.join("privkey.pem").exists() {
             tracing::warn!(
                 "{}: skipped, it needs both fullchain.pem and privkey.pem",
                 dir.display()
             );
             continue;
         }
-        let chain_pem = std::fs::read(&chain_path).map_err(io(&chain_path))?;
-        let chain = rustls_pemfile::certs(&mut chain_pem.as_slice())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| KeyError::Pem {
-                path: chain_path.clone(),
-                message: e.to_string(),
-            })?;
-        if chain.is_empty() {
-            return Err(KeyError::NoCertificate(chain_path));
+        match load_dir(name, &dir) {
+            Ok(e) => out.push(e),
+            Err(e) if strict => return Err(e),
+            Err(e) => tracing::error!("{e}: certificate skipped"),
         }
-        let key_pem = std::fs::read(&key_path).map_err(io(&key_path))?;
-        let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
-            .map_err(|e| KeyError::Pem {
-                path: key_path.clone(),
-                message: e.to_string(),
-            })?
-            .ok_or_else(|| KeyError::NoKey(key_path.clone()))?;
-        let key = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|e| KeyError::BadKey {
-            path: key_path.clone(),
-            message: e.to_string(),
-        })?;
-        drop(key_der);
-        let certified = CertifiedKey::new(chain, key);
-        match certified.keys_match() {
-            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-            Err(_) => return Err(KeyError::Mismatch(dir)),
-        }
-        let schemes: Vec<SignatureScheme> = SCHEMES
-            .into_iter()
-            .filter(|s| certified.key.choose_scheme(&[*s]).is_some())
-            .collect();
-        if schemes.is_empty() {
-            return Err(KeyError::BadKey {
-                path: key_path,
-                message: "no usable signature scheme".into(),
-            });
-        }
-        out.push(Entry {
-            name,
-            chain: certified.cert,
-            key: certified.key,
-            schemes,
-        });
     }
     Ok(out)
 }
 
-fn new_set(certs_dir: &Path) -> Result<Arc<KeySet>, KeyError> {
-    let entries = load_entries(certs_dir)?;
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError {
+    let path = path.to_path_buf();
+    move |source| KeyError::Io { path, source }
+}
+
+/// Load one certificate directory.
+fn load_dir(name: String, dir: &Path) -> Result<Entry, KeyError> {
+    let chain_path = dir.join("fullchain.pem");
+    let key_path = dir.join("privkey.pem");
+    let chain_pem = std::fs::read(&chain_path).map_err(io_error(&chain_path))?;
+    let chain = rustls_pemfile::certs(&mut chain_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| KeyError::Pem {
+            path: chain_path.clone(),
+            message: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(KeyError::NoCertificate(chain_path));
+    }
+    let key_pem = std::fs::read(&key_path).map_err(io_error(&key_path))?;
+    let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| KeyError::Pem {
+            path: key_path.clone(),
+            message: e.to_string(),
+        })?
+        .ok_or_else(|| KeyError::NoKey(key_path.clone()))?;
+    let key = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|e| KeyError::BadKey {
+        path: key_path.clone(),
+        message: e.to_string(),
+    })?;
+    drop(key_der);
+    let certified = CertifiedKey::new(chain, key);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(_) => return Err(KeyError::Mismatch(dir.to_path_buf())),
+    }
+    let schemes: Vec<SignatureScheme> = SCHEMES
+        .into_iter()
+        .filter(|s| certified.key.choose_scheme(&[*s]).is_some())
+        .collect();
+    if schemes.is_empty() {
+        return Err(KeyError::BadKey {
+            path: key_path,
+            message: "no usable signature scheme".into(),
+        });
+    }
+    Ok(Entry {
+        name,
+        chain: certified.cert,
+        key: certified.key,
+        schemes,
+    })
+}
+
+fn new_set(certs_dir: &Path, strict: bool) -> Result<Arc<KeySet>, KeyError> {
+    let entries = load_entries(certs_dir, strict)?;
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     tracing::info!("TLS certificates loaded: {}", names.join(", "));
     Ok(Arc::new(KeySet {
@@ -213,17 +226,17 @@ pub fn is_handshake_message(msg: &[u8]) -> bool {
 }
 
 impl KeyStore {
-    /// Load `config_dir/certs`.
+    /// Load `config_dir/certs`; a broken directory is skipped (logged).
     pub fn load(config_dir: &Path) -> Result<KeyStore, KeyError> {
-        let set = new_set(&config_dir.join("certs"))?;
+        let set = new_set(&config_dir.join("certs"), false)?;
         Ok(KeyStore {
             sets: RwLock::new((set, None)),
         })
     }
 
-    /// Load again; on error the current set stays.
+    /// Load again; on any error (naming the file) the current set stays.
     pub fn reload(&self, config_dir: &Path) -> Result<(), KeyError> {
-        let set = new_set(&config_dir.join("certs"))?;
+        let set = new_set(&config_dir.join("certs"), true)?;
         let mut sets = self.sets.write().unwrap_or_else(|p| p.into_inner());
         let old = std::mem::replace(&mut sets.0, set);
         sets.1 = Some(old);
@@ -394,18 +407,34 @@ mod tests {
     fn broken_key_and_mismatch_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         write_cert(dir.path(), "a.example", &rcgen::PKCS_ECDSA_P256_SHA256);
+        write_cert(dir.path(), "b.example", &rcgen::PKCS_ECDSA_P256_SHA256);
+        let store = KeyStore::load(dir.path()).unwrap();
         std::fs::write(dir.path().join("certs/a.example/privkey.pem"), "garbage\n").unwrap();
-        let e = KeyStore::load(dir.path()).err().unwrap().to_string();
+        let e = load_entries(&dir.path().join("certs"), true).err().unwrap().to_string();
         assert!(e.contains("a.example/privkey.pem"), "{e}");
+        // On reload the error keeps the old set; at start-up the broken
+        // directory is skipped and the others serve.
+        let e = store.reload(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("a.example/privkey.pem"), "{e}");
+        let AuthReply::Certificates { chains, .. } = store.certificates() else {
+            panic!()
+        };
+        assert_eq!(chains.len(), 2);
+        let AuthReply::Certificates { chains, .. } = KeyStore::load(dir.path()).unwrap().certificates() else {
+            panic!()
+        };
+        assert_eq!(
+            chains.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["b.example"]
+        );
 
         write_cert(dir.path(), "a.example", &rcgen::PKCS_ECDSA_P256_SHA256);
-        write_cert(dir.path(), "b.example", &rcgen::PKCS_ECDSA_P256_SHA256);
         std::fs::copy(
             dir.path().join("certs/b.example/privkey.pem"),
             dir.path().join("certs/a.example/privkey.pem"),
         )
         .unwrap();
-        let e = KeyStore::load(dir.path()).err().unwrap().to_string();
+        let e = load_entries(&dir.path().join("certs"), true).err().unwrap().to_string();
         assert!(e.contains("does not match"), "{e}");
     }
 }

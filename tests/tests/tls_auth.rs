@@ -775,3 +775,40 @@ fn private_keys_are_out_of_smtpd_reach() {
     }
     assert!(!open_fds(smtpd).iter().any(|f| f == &users.display().to_string()));
 }
+
+#[test]
+fn tls_and_auth_recover_after_authd_is_killed() {
+    let env = TestEnv::new("");
+    let server = env.start();
+    let auth = [
+        "--tls-on-connect",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        USER,
+        "--auth-password",
+        PASSWORD,
+    ];
+    let (ok, out) = swaks(
+        env.submission_tls_port,
+        &[&auth[..], &["--to", "bob@example.com"]].concat(),
+    );
+    assert!(ok, "{out}");
+    let old = server.worker_pid("authd");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), Signal::SIGKILL).expect("kill authd");
+    wait_for(Duration::from_secs(20), "a new authd", || {
+        server.workers().iter().any(|(n, p)| n == "authd" && *p != old)
+    });
+    // The new authd has a new certificate generation: smtpd fetches the
+    // chains again and the handshakes it signs work.
+    let mut last = String::new();
+    wait_for(Duration::from_secs(20), "TLS and AUTH through the new authd", || {
+        let (ok, out) = swaks(
+            env.submission_tls_port,
+            &[&auth[..], &["--to", "bob@example.com", "--body", "after restart"]].concat(),
+        );
+        last = out;
+        ok
+    });
+    env.wait_delivered("bob@example.com", "after restart");
+}
