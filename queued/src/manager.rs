@@ -520,7 +520,10 @@ impl Queue {
         }
         // Out of the count first, so a client that sees the envelope gone
         // also finds room in the queue.
-        self.messages.lock().unwrap_or_else(|p| p.into_inner()).remove(&entry.id);
+        self.messages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&entry.id);
         if let Err(e) = self.store.remove(&entry.id).await {
             tracing::error!(id = entry.id, "cannot remove: {e}");
         } else {

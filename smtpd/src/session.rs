@@ -389,25 +389,7 @@ impl Session {
             self.conn.reply("451 4.3.0 Error storing the message, try again later");
             return Ok(Next::Continue);
         }
-        let envelope = IncomingEnvelope {
-            mail_from: self.mail_from.clone().unwrap_or_default(),
-            rcpts: self.rcpts.clone(),
-            helo: self.helo.clone().unwrap_or_default(),
-            remote_ip: self.peer.ip.to_string(),
-            auth_user: self.auth_user.clone(),
-            tls: self.tls.clone(),
-            protocol: self.protocol().to_string(),
-            data_size: decoder.size(),
-            listener: self.peer.listener,
-            spf_pass: None,
-        };
-        let reply = self.backend.commit(&id, envelope).await;
-        if !reply.starts_with('2') {
-            self.rejected(self.rcpts.clone(), &reply);
-        }
-        self.conn.reply(&reply);
-        self.reset();
-        Ok(Next::Continue)
+        self.commit_transaction(id, decoder.size()).await
     }
 
     /// Write a rejection to the mail log.
@@ -418,6 +400,30 @@ impl Session {
             to,
             reason: reason.to_string(),
         });
+    }
+
+    /// Hand the finished data file to queued and give the client its
+    /// answer; shared by DATA and BDAT.
+    async fn commit_transaction(&mut self, id: String, data_size: u64) -> Result<Next, ConnError> {
+        let envelope = IncomingEnvelope {
+            mail_from: self.mail_from.clone().unwrap_or_default(),
+            rcpts: self.rcpts.clone(),
+            helo: self.helo.clone().unwrap_or_default(),
+            remote_ip: self.peer.ip.to_string(),
+            auth_user: self.auth_user.clone(),
+            tls: self.tls.clone(),
+            protocol: self.protocol().to_string(),
+            data_size,
+            listener: self.peer.listener,
+            spf_pass: None,
+        };
+        let reply = self.backend.commit(&id, envelope).await;
+        if !reply.starts_with('2') {
+            self.rejected(self.rcpts.clone(), &reply);
+        }
+        self.conn.reply(&reply);
+        self.reset();
+        Ok(Next::Continue)
     }
 
     /// The protocol name for the Received header (RFC 3848).

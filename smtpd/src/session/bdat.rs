@@ -12,8 +12,6 @@
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use tambo_ipc::proto::IncomingEnvelope;
-
 use super::{Next, Session, WRITE_CHUNK};
 use crate::backend::Backend;
 use crate::chunking::{BdatDecoder, parse_bdat_args};
@@ -194,23 +192,6 @@ impl Session {
             return Ok(Next::Close);
         };
         drop(file);
-        let envelope = IncomingEnvelope {
-            mail_from: self.mail_from.clone().unwrap_or_default(),
-            rcpts: self.rcpts.clone(),
-            helo: self.helo.clone().unwrap_or_default(),
-            remote_ip: self.peer.ip.to_string(),
-            auth_user: self.auth_user.clone(),
-            tls: self.tls.clone(),
-            protocol: self.protocol().to_string(),
-            data_size,
-            listener: self.peer.listener,
-        };
-        let reply = self.backend.commit(&id, envelope).await;
-        if !reply.starts_with('2') {
-            self.rejected(self.rcpts.clone(), &reply);
-        }
-        self.conn.reply(&reply);
-        self.reset();
-        Ok(Next::Continue)
+        self.commit_transaction(id, data_size).await
     }
 }
