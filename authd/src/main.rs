@@ -86,6 +86,8 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 link.send(WorkerMsg::Reloaded { ok, message }).await?;
             }
             ControlMsg::Shutdown { .. } => return Ok(()),
+            // Answered by ControlLink::recv.
+            ControlMsg::CollectMetrics { .. } => {}
             ControlMsg::Start(_) | ControlMsg::Listener { .. } => {
                 tracing::warn!("authd: unexpected control message ignored");
             }

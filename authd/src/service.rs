@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rand::Rng;
 use tambo_common::userdb::UserDb;
-use tambo_ipc::proto::{AuthOutcome, AuthReply, AuthRequest, WorkerStart};
+use tambo_ipc::metrics::{self, Metric};
+use tambo_ipc::proto::{AuthOutcome, AuthReply, AuthRequest, MailLogEvent, WorkerStart};
+use tambo_ipc::worker::mail_log;
 
 use crate::keys::KeyStore;
 use crate::throttle::Throttle;
@@ -86,7 +88,20 @@ impl AuthService {
             } => {
                 let started = Instant::now();
                 let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..AUTH_JITTER_MS));
+                let who = format!("{user}@{domain}");
+                let ip = client_ip.clone();
                 let outcome = self.authenticate(user, domain, password, client_ip).await;
+                let result = match outcome {
+                    AuthOutcome::Success => "success",
+                    AuthOutcome::Failure => "failure",
+                    AuthOutcome::Throttled => "throttled",
+                };
+                metrics::inc(Metric::AuthAttempts, &[("result", result)]);
+                mail_log(MailLogEvent::Auth {
+                    ok: outcome == AuthOutcome::Success,
+                    user: who,
+                    ip,
+                });
                 tokio::time::sleep_until((started + MIN_AUTH_TIME + jitter).into()).await;
                 AuthReply::Auth(outcome)
             }

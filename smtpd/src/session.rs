@@ -6,15 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ServerConfig;
+use tambo_ipc::metrics::{self, Metric};
 use tambo_ipc::proto::{
-    AuthOutcome, AuthReply, AuthRequest, IncomingEnvelope, ListenerKind, QueueReply, QueueRequest, RcptVerdict, TlsInfo,
+    AuthOutcome, AuthReply, AuthRequest, IncomingEnvelope, ListenerKind, MailLogEvent, QueueReply, QueueRequest,
+    RcptVerdict, TlsInfo,
 };
+use tambo_ipc::worker::mail_log;
 
 use crate::address::{PathError, parse_path_arg};
 use crate::backend::{Backend, Settings};
 use crate::conn::{Conn, ConnError, LineRead};
 use crate::data::{DataDecoder, DataError, Progress};
 use crate::sasl;
+
+mod bdat;
 
 /// Recipients accepted per transaction at most.
 pub const MAX_RCPTS: usize = 100;
@@ -56,6 +61,8 @@ pub struct Session {
     /// The TLS configuration when the session started (None: no TLS).
     tls_config: Option<Arc<ServerConfig>>,
     auth_failures: u32,
+    /// A BDAT transaction in progress (CHUNKING, `session/bdat.rs`).
+    bdat: Option<Box<bdat::Bdat>>,
 }
 
 impl Session {
@@ -76,6 +83,7 @@ impl Session {
             errors: 0,
             tls_config: None,
             auth_failures: 0,
+            bdat: None,
         }
     }
 
@@ -124,6 +132,7 @@ impl Session {
                 Some((v, a)) => (v.to_ascii_uppercase(), a.to_string()),
                 None => (line.to_ascii_uppercase(), String::new()),
             };
+            metrics::inc(Metric::SmtpCommands, &[("command", command_label(&verb))]);
             let next = match verb.as_str() {
                 "EHLO" => self.cmd_helo(&args, true),
                 "HELO" => self.cmd_helo(&args, false),
@@ -132,6 +141,7 @@ impl Session {
                 "DATA" => self.cmd_data(&args).await?,
                 "STARTTLS" => self.cmd_starttls(&args).await?,
                 "AUTH" => self.cmd_auth(&args).await?,
+                "BDAT" => self.cmd_bdat(&args).await?,
                 "RSET" => {
                     self.reset();
                     self.conn.reply("250 2.0.0 Ok");
@@ -188,6 +198,7 @@ impl Session {
     fn reset(&mut self) {
         self.mail_from = None;
         self.rcpts.clear();
+        self.bdat = None;
     }
 
     fn cmd_helo(&mut self, args: &str, esmtp: bool) -> Next {
@@ -209,6 +220,7 @@ impl Session {
             "PIPELINING".to_string(),
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
+            "CHUNKING".to_string(),
             format!("SIZE {}", self.settings.max_data_size),
             "HELP".to_string(),
         ];
@@ -271,6 +283,9 @@ impl Session {
         if self.mail_from.is_none() {
             return self.fail("503 5.5.1 Need MAIL first");
         }
+        if self.bdat.is_some() {
+            return self.fail("503 5.5.1 RCPT is not allowed after BDAT");
+        }
         let Some(rest) = strip_keyword(args, "TO:") else {
             return self.fail("501 5.5.4 Syntax: RCPT TO:<address>");
         };
@@ -294,7 +309,15 @@ impl Session {
         if self.settings.is_local(&addr.domain) {
             match self.backend.check_recipient(&full).await {
                 RcptVerdict::Accept => {}
-                RcptVerdict::Unknown => return self.fail("550 5.1.1 User unknown"),
+                RcptVerdict::Unknown => {
+                    self.rejected(vec![full], "550 5.1.1 User unknown");
+                    return self.fail("550 5.1.1 User unknown");
+                }
+                RcptVerdict::Refused(r) => {
+                    let reply = format!("{} {} {}", r.code, r.enhanced, r.text);
+                    self.rejected(vec![full], &reply);
+                    return self.fail(&reply);
+                }
                 RcptVerdict::TempFail(why) => {
                     tracing::warn!("recipient check failed: {why}");
                     self.conn
@@ -303,6 +326,7 @@ impl Session {
                 }
             }
         } else if self.auth_user.is_none() {
+            self.rejected(vec![full], "550 5.7.1 Relaying not allowed");
             return self.fail("550 5.7.1 Relaying not allowed");
         }
         self.rcpts.push(full);
@@ -316,6 +340,9 @@ impl Session {
         }
         if self.mail_from.is_none() {
             return Ok(self.fail("503 5.5.1 Need MAIL first"));
+        }
+        if self.bdat.is_some() {
+            return Ok(self.fail("503 5.5.1 DATA is not allowed after BDAT"));
         }
         if self.rcpts.is_empty() {
             return Ok(self.fail("503 5.5.1 Need RCPT first"));
@@ -354,8 +381,9 @@ impl Session {
                         DataError::Nul => "NUL byte",
                     };
                     tracing::info!(ip = %self.peer.ip, "DATA with a {what}: closing");
-                    self.conn
-                        .reply(&format!("521 5.5.2 Message contains a {what}; lines must end in CRLF"));
+                    let reply = format!("521 5.5.2 Message contains a {what}; lines must end in CRLF");
+                    self.rejected(self.rcpts.clone(), &reply);
+                    self.conn.reply(&reply);
                     return Ok(Next::Close);
                 }
             };
@@ -375,12 +403,14 @@ impl Session {
         drop(file);
         if decoder.overflow() {
             self.backend.abort(&id).await;
+            self.rejected(self.rcpts.clone(), "552 5.3.4 Message too big");
             self.reset();
             self.conn.reply("552 5.3.4 Message too big");
             return Ok(Next::Continue);
         }
         if decoder.looping() {
             self.backend.abort(&id).await;
+            self.rejected(self.rcpts.clone(), "554 5.4.6 Too many Received headers: mail loop?");
             self.reset();
             self.conn.reply("554 5.4.6 Too many Received headers: mail loop?");
             return Ok(Next::Continue);
@@ -392,6 +422,22 @@ impl Session {
             self.conn.reply("451 4.3.0 Error storing the message, try again later");
             return Ok(Next::Continue);
         }
+        self.commit_transaction(id, decoder.size()).await
+    }
+
+    /// Write a rejection to the mail log.
+    fn rejected(&self, to: Vec<String>, reason: &str) {
+        mail_log(MailLogEvent::Rejected {
+            ip: self.peer.ip.to_string(),
+            from: self.mail_from.clone().unwrap_or_default(),
+            to,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Hand the finished data file to queued and give the client its
+    /// answer; shared by DATA and BDAT.
+    async fn commit_transaction(&mut self, id: String, data_size: u64) -> Result<Next, ConnError> {
         let envelope = IncomingEnvelope {
             mail_from: self.mail_from.clone().unwrap_or_default(),
             rcpts: self.rcpts.clone(),
@@ -400,10 +446,14 @@ impl Session {
             auth_user: self.auth_user.clone(),
             tls: self.tls.clone(),
             protocol: self.protocol().to_string(),
-            data_size: decoder.size(),
+            data_size,
             listener: self.peer.listener,
+            spf_pass: None,
         };
         let reply = self.backend.commit(&id, envelope).await;
+        if !reply.starts_with('2') {
+            self.rejected(self.rcpts.clone(), &reply);
+        }
         self.conn.reply(&reply);
         self.reset();
         Ok(Next::Continue)
@@ -603,6 +653,16 @@ impl Session {
     }
 }
 
+/// The metrics label of a command verb: known verbs as they are, anything
+/// else `other` (so clients cannot create series at will).
+fn command_label(verb: &str) -> &'static str {
+    const KNOWN: [&str; 17] = [
+        "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "HELP", "VRFY", "EXPN", "QUIT", "STARTTLS",
+        "AUTH", "LHLO", "GET", "POST",
+    ];
+    KNOWN.iter().find(|k| **k == verb).copied().unwrap_or("other")
+}
+
 /// `FROM:<x>` with the keyword matched case-insensitively.
 fn strip_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
     let head = args.get(..keyword.len())?;
@@ -673,5 +733,11 @@ mod tests {
         assert_eq!(strip_keyword("FROM: <a@b>", "FROM:"), Some(" <a@b>"));
         assert_eq!(strip_keyword("FRO", "FROM:"), None);
         assert_eq!(strip_keyword("TO:<x>", "FROM:"), None);
+    }
+
+    #[test]
+    fn command_labels_are_bounded() {
+        assert_eq!(command_label("EHLO"), "EHLO");
+        assert_eq!(command_label("XYZZY"), "other");
     }
 }

@@ -275,6 +275,17 @@ impl TestEnv {
 
     /// Start tambod with extra arguments.
     pub fn start_with_args(&self, args: &[&str]) -> Server {
+        self.start_with(args, b"")
+    }
+
+    /// Start tambod where every connection must begin with a PROXY header
+    /// (`haproxy_incoming: true`): readiness is probed with `PROXY UNKNOWN`.
+    pub fn start_haproxy_incoming(&self) -> Server {
+        self.start_with(&[], b"PROXY UNKNOWN\r\n")
+    }
+
+    /// Start tambod; the readiness probe sends `preamble` first.
+    fn start_with(&self, args: &[&str], preamble: &[u8]) -> Server {
         let log_path = self
             .tmp
             .path()
@@ -297,7 +308,7 @@ impl TestEnv {
             log_path,
             smtp_port: self.smtp_port,
         };
-        server.wait_ready();
+        server.wait_ready(preamble);
         server
     }
 
@@ -332,13 +343,15 @@ pub struct Server {
 }
 
 impl Server {
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self, preamble: &[u8]) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("tambod exited early ({status}); log:\n{}", self.log());
             }
-            if let Ok(s) = TcpStream::connect(("127.0.0.1", self.smtp_port)) {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.smtp_port))
+                && (preamble.is_empty() || s.write_all(preamble).is_ok())
+            {
                 let mut r = BufReader::new(s);
                 let mut line = String::new();
                 if r.read_line(&mut line).is_ok() && line.starts_with("220") {
