@@ -1,8 +1,9 @@
-//! `tambo-authd`: the only process that reads the users databases (and,
-//! later, private keys). It answers yes/no questions and never reveals a
-//! hash or a key.
+//! `tambo-authd`: the only process that reads the users databases and the
+//! TLS private keys. It answers yes/no questions and signs TLS handshakes
+//! for smtpd; it never reveals a hash or a key.
 
 mod dkim;
+mod keys;
 mod service;
 mod throttle;
 
@@ -60,14 +61,21 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                     let handler = move |req, _fds| {
                         let svc = svc.clone();
                         async move {
-                            // Only queued may have messages signed: smtpd
+                            // Only smtpd does TLS: queued may not use the keys.
+                            // Only queued may have messages DKIM-signed: smtpd
                             // faces the network and must not get a signing
                             // oracle.
-                            if ch == PeerChannel::SmtpdAuthd && matches!(req, AuthRequest::DkimSign { .. }) {
-                                tracing::warn!("smtpd asked for a DKIM signature: refused");
-                                return (AuthReply::Error("not allowed on this channel".into()), Vec::new());
-                            }
-                            (svc.handle(req).await, Vec::new())
+                            let reply = match (&req, ch) {
+                                (AuthRequest::Certificates | AuthRequest::Sign { .. }, PeerChannel::QueuedAuthd) => {
+                                    AuthReply::Error("TLS keys are for smtpd only".into())
+                                }
+                                (AuthRequest::DkimSign { .. }, PeerChannel::SmtpdAuthd) => {
+                                    tracing::warn!("smtpd asked for a DKIM signature: refused");
+                                    AuthReply::Error("not allowed on this channel".into())
+                                }
+                                _ => svc.handle(req).await,
+                            };
+                            (reply, Vec::new())
                         }
                     };
                     if let Err(e) = tambo_ipc::rpc::serve(stream, ch.name(), handler).await {

@@ -13,6 +13,7 @@ use tambo_ipc::proto::{AuthOutcome, AuthReply, AuthRequest, MailLogEvent, Worker
 use tambo_ipc::worker::mail_log;
 
 use crate::dkim::{DkimKeys, SignError};
+use crate::keys::KeyStore;
 use crate::throttle::Throttle;
 
 /// Every password check takes at least this long, plus jitter, whatever
@@ -25,6 +26,7 @@ pub struct AuthService {
     dbs: RwLock<Arc<HashMap<String, UserDb>>>,
     dkim: RwLock<Arc<DkimKeys>>,
     throttle: Throttle,
+    keys: KeyStore,
 }
 
 /// Load `domains/<d>/users` for every local domain. A domain without a
@@ -50,21 +52,35 @@ impl AuthService {
         if dkim.len() > 0 {
             tracing::info!("{} DKIM key(s) loaded", dkim.len());
         }
+        let keys = KeyStore::load(Path::new(&start.config_dir)).context("loading TLS certificates")?;
         Ok(AuthService {
             dbs: RwLock::new(Arc::new(dbs)),
             dkim: RwLock::new(Arc::new(dkim)),
             throttle: Throttle::default(),
+            keys,
         })
     }
 
-    /// Load again; on error the old databases stay.
+    /// Load again; on error the old databases (or the old certificates)
+    /// stay. Users and certificates are reloaded independently.
     pub fn reload(&self, start: &WorkerStart) -> anyhow::Result<()> {
-        let dbs = load_dbs(Path::new(&start.config_dir), &start.local_domains).context("reloading users")?;
-        let dkim = DkimKeys::load(Path::new(&start.config_dir), &start.local_domains).context("reloading DKIM keys")?;
-        *self.dbs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dbs);
-        *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dkim);
-        tracing::info!("users and DKIM keys reloaded");
-        Ok(())
+        let users = load_dbs(Path::new(&start.config_dir), &start.local_domains)
+            .context("reloading users")
+            .map(|dbs| {
+                *self.dbs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dbs);
+                tracing::info!("users reloaded");
+            });
+        let dkim = DkimKeys::load(Path::new(&start.config_dir), &start.local_domains)
+            .context("reloading DKIM keys")
+            .map(|dkim| {
+                *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dkim);
+                tracing::info!("DKIM keys reloaded");
+            });
+        let keys = self
+            .keys
+            .reload(Path::new(&start.config_dir))
+            .context("reloading TLS certificates");
+        users.and(dkim).and(keys)
     }
 
     fn dbs(&self) -> Arc<HashMap<String, UserDb>> {
@@ -125,6 +141,13 @@ impl AuthService {
                 tokio::time::sleep_until((started + MIN_AUTH_TIME + jitter).into()).await;
                 AuthReply::Auth(outcome)
             }
+            AuthRequest::Certificates => self.keys.certificates(),
+            AuthRequest::Sign {
+                generation,
+                name,
+                scheme,
+                message,
+            } => self.keys.sign(generation, &name, scheme, &message),
         }
     }
 

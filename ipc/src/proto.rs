@@ -395,6 +395,19 @@ pub enum AuthRequest {
         /// The client's IP address, for throttling.
         client_ip: String,
     },
+    /// The public certificate chains of `certs/*/` (smtpd's TLS).
+    Certificates,
+    /// Sign a TLS handshake message with a certificate's private key.
+    Sign {
+        /// The set the certificate came from ([`AuthReply::Certificates`]).
+        generation: u64,
+        /// The certificate directory's name.
+        name: String,
+        /// The TLS SignatureScheme code point.
+        scheme: u16,
+        /// What to sign (a TLS server handshake message, bounded).
+        message: Vec<u8>,
+    },
 }
 
 /// authd's answers.
@@ -410,6 +423,30 @@ pub enum AuthReply {
     DkimSignatures(Vec<String>),
     /// The request could not be answered (temporary).
     Error(String),
+    /// Answer to [`AuthRequest::Certificates`], sorted by name.
+    Certificates {
+        /// Random identifier of this set of certificates (changes on reload
+        /// and when authd restarts).
+        generation: u64,
+        /// One entry per usable certificate directory.
+        chains: Vec<CertChain>,
+    },
+    /// Answer to [`AuthRequest::Sign`].
+    Signature(Vec<u8>),
+}
+
+/// The public half of one `certs/<name>/` directory.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CertChain {
+    /// The directory's name.
+    pub name: String,
+    /// DER certificates, the end-entity one first.
+    pub chain: Vec<Vec<u8>>,
+    /// The key's TLS SignatureAlgorithm code point.
+    pub algorithm: u8,
+    /// The TLS SignatureScheme code points the key can sign with, in order
+    /// of preference.
+    pub schemes: Vec<u16>,
 }
 
 /// The result of a password check.

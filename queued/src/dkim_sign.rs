@@ -120,9 +120,10 @@ pub async fn sign(
     match authd.call(req, Vec::new(), AUTHD_WAIT).await {
         Ok((AuthReply::DkimSignatures(sigs), _)) => Ok(sigs.concat()),
         Ok((AuthReply::Error(e), _)) => Err(SignFailure::Temporary(format!("authd: {e}"))),
-        Ok((AuthReply::Exists(_) | AuthReply::Auth(_), _)) => {
-            Err(SignFailure::Temporary("unexpected reply from authd".into()))
-        }
+        Ok((
+            AuthReply::Exists(_) | AuthReply::Auth(_) | AuthReply::Certificates { .. } | AuthReply::Signature(_),
+            _,
+        )) => Err(SignFailure::Temporary("unexpected reply from authd".into())),
         Err(e) => Err(SignFailure::Temporary(format!("authd: {e}"))),
     }
 }

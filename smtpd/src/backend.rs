@@ -72,16 +72,20 @@ pub struct Backend {
     pub authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
     /// SPF, DKIM and DMARC checks.
     pub emailauth: EmailAuth,
+    /// TLS certificates (from authd) and handshake signing (by authd).
+    pub tls: crate::tls::Tls,
 }
 
 impl Backend {
     /// A back end with no peers connected yet.
     pub fn new(settings: Settings) -> Arc<Backend> {
+        let authd = PeerSlot::new(PeerChannel::SmtpdAuthd.name());
         Arc::new(Backend {
             emailauth: EmailAuth::new(&settings.dns_servers),
             settings: RwLock::new(Arc::new(settings)),
             queued: PeerSlot::new(PeerChannel::SmtpdQueued.name()),
-            authd: PeerSlot::new(PeerChannel::SmtpdAuthd.name()),
+            tls: crate::tls::Tls::new(authd.clone()),
+            authd,
         })
     }
 

@@ -10,7 +10,9 @@ mod data;
 mod emailauth;
 mod listen;
 mod proxy;
+mod sasl;
 mod session;
+mod tls;
 
 use std::sync::Arc;
 
@@ -73,7 +75,11 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 tokio::spawn(async move {
                     let r = match ch {
                         PeerChannel::SmtpdQueued => b.queued.install(stream).await,
-                        _ => b.authd.install(stream).await,
+                        _ => {
+                            let r = b.authd.install(stream).await;
+                            b.tls.authd_restarted();
+                            r
+                        }
                     };
                     if let Err(e) = r {
                         tracing::warn!("{}: {e}", ch.name());
@@ -85,6 +91,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             }
             ControlMsg::Reload(start) => {
                 backend.set_settings(Settings::from_start(&start));
+                backend.tls.reloaded();
                 link.send(WorkerMsg::Reloaded {
                     ok: true,
                     message: String::new(),

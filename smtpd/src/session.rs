@@ -5,8 +5,12 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::ServerConfig;
 use tambo_ipc::metrics::{self, Metric};
-use tambo_ipc::proto::{IncomingEnvelope, ListenerKind, MailLogEvent, QueueReply, QueueRequest, RcptVerdict, TlsInfo};
+use tambo_ipc::proto::{
+    AuthOutcome, AuthReply, AuthRequest, IncomingEnvelope, ListenerKind, MailLogEvent, QueueReply, QueueRequest,
+    RcptVerdict, TlsInfo,
+};
 use tambo_ipc::worker::mail_log;
 
 use crate::address::{PathError, parse_path_arg};
@@ -14,6 +18,7 @@ use crate::backend::{Backend, Settings};
 use crate::conn::{Conn, ConnError, LineRead};
 use crate::data::{DataDecoder, DataError, Progress};
 use crate::emailauth::SpfCheck;
+use crate::sasl;
 
 mod bdat;
 
@@ -23,6 +28,8 @@ pub const MAX_RCPTS: usize = 100;
 pub const MAX_ERRORS: u32 = 10;
 /// Flush the decoded body to the data file in pieces of this size.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// Failed AUTH commands tolerated per session: the last one gets 421.
+pub const MAX_AUTH_FAILURES: u32 = 3;
 
 /// Facts about the connection.
 #[derive(Debug, Clone)]
@@ -52,6 +59,9 @@ pub struct Session {
     auth_user: Option<String>,
     tls: Option<TlsInfo>,
     errors: u32,
+    /// The TLS configuration when the session started (None: no TLS).
+    tls_config: Option<Arc<ServerConfig>>,
+    auth_failures: u32,
     /// A BDAT transaction in progress (CHUNKING, `session/bdat.rs`).
     bdat: Option<Box<bdat::Bdat>>,
     /// SPF result of the transaction (unauthenticated sessions).
@@ -74,6 +84,8 @@ impl Session {
             auth_user: None,
             tls: None,
             errors: 0,
+            tls_config: None,
+            auth_failures: 0,
             bdat: None,
             spf: None,
         }
@@ -99,6 +111,11 @@ impl Session {
     }
 
     async fn dialog(&mut self) -> Result<(), ConnError> {
+        self.tls_config = self.backend.tls.config().await;
+        // Implicit TLS: the handshake comes before the greeting.
+        if self.peer.listener == ListenerKind::SubmissionTls && !self.start_tls().await {
+            return Ok(());
+        }
         self.conn.reply(&format!("220 {} ESMTP tambo", self.settings.hostname));
         loop {
             let line = match self.conn.read_line().await? {
@@ -126,6 +143,8 @@ impl Session {
                 "MAIL" => self.cmd_mail(&args).await,
                 "RCPT" => self.cmd_rcpt(&args).await,
                 "DATA" => self.cmd_data(&args).await?,
+                "STARTTLS" => self.cmd_starttls(&args).await?,
+                "AUTH" => self.cmd_auth(&args).await?,
                 "BDAT" => self.cmd_bdat(&args).await?,
                 "RSET" => {
                     self.reset();
@@ -210,6 +229,12 @@ impl Session {
             format!("SIZE {}", self.settings.max_data_size),
             "HELP".to_string(),
         ];
+        if self.tls.is_none() && self.tls_config.is_some() {
+            lines.push("STARTTLS".to_string());
+        }
+        if self.tls.is_some() {
+            lines.push("AUTH PLAIN LOGIN".to_string());
+        }
         let last = lines.pop().unwrap_or_default();
         for l in lines {
             self.conn.reply(&format!("250-{l}"));
@@ -224,6 +249,14 @@ impl Session {
         }
         if self.mail_from.is_some() {
             return self.fail("503 5.5.1 Sender already specified");
+        }
+        if self.auth_user.is_none()
+            && matches!(
+                self.peer.listener,
+                ListenerKind::Submission | ListenerKind::SubmissionTls
+            )
+        {
+            return self.fail("530 5.7.0 Authentication required");
         }
         let Some(rest) = strip_keyword(args, "FROM:") else {
             return self.fail("501 5.5.4 Syntax: MAIL FROM:<address>");
@@ -475,6 +508,195 @@ impl Session {
         Ok(Next::Continue)
     }
 
+    /// Run the TLS handshake on the connection (STARTTLS or implicit TLS).
+    /// Whatever the client sent before it is discarded. False when the
+    /// connection is unusable afterwards.
+    async fn start_tls(&mut self) -> bool {
+        let ip = self.peer.ip;
+        let Some(config) = self.tls_config.clone() else {
+            tracing::warn!(%ip, "TLS connection but no certificate: closing");
+            return false;
+        };
+        let stream = self.conn.take_stream();
+        match crate::tls::accept(config, stream, self.conn.read_timeout).await {
+            Ok((stream, info)) => {
+                tracing::debug!(%ip, "TLS: {} {}", info.version, info.cipher);
+                self.conn.replace_stream(stream);
+                self.tls = Some(info);
+                true
+            }
+            Err(e) => {
+                tracing::info!(%ip, "TLS handshake failed: {e}");
+                false
+            }
+        }
+    }
+
+    async fn cmd_starttls(&mut self, args: &str) -> Result<Next, ConnError> {
+        if !args.trim().is_empty() {
+            return Ok(self.fail("501 5.5.4 STARTTLS takes no arguments"));
+        }
+        if self.tls.is_some() {
+            return Ok(self.fail("503 5.5.1 TLS already active"));
+        }
+        if self.tls_config.is_none() {
+            return Ok(self.fail("454 4.7.0 TLS not available"));
+        }
+        self.conn.reply("220 2.0.0 Ready to start TLS");
+        self.conn.flush().await?;
+        if !self.start_tls().await {
+            return Ok(Next::Close);
+        }
+        // RFC 3207 §4.2: forget everything learnt before TLS.
+        self.helo = None;
+        self.esmtp = false;
+        self.reset();
+        Ok(Next::Continue)
+    }
+
+    /// Queue a reply to a failed AUTH; the last one allowed closes.
+    fn auth_failed(&mut self, reply: &str) -> Next {
+        self.auth_failures += 1;
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            self.conn
+                .reply("421 4.7.0 Too many failed authentication attempts, closing");
+            return Next::Close;
+        }
+        self.conn.reply(reply);
+        Next::Continue
+    }
+
+    /// Send a 334 challenge and read the client's response line. `None`
+    /// means the session must end (reply already queued when needed).
+    async fn sasl_response(&mut self, challenge: &str) -> Result<Option<String>, ConnError> {
+        self.conn.reply(challenge);
+        match self.conn.read_line().await? {
+            LineRead::Line(l) => Ok(Some(String::from_utf8_lossy(&l).into_owned())),
+            LineRead::TooLong => {
+                self.conn.reply("500 5.5.2 Line too long");
+                Ok(None)
+            }
+            LineRead::Eof => Ok(None),
+        }
+    }
+
+    async fn cmd_auth(&mut self, args: &str) -> Result<Next, ConnError> {
+        if self.helo.is_none() || !self.esmtp {
+            return Ok(self.fail("503 5.5.1 Send EHLO first"));
+        }
+        if self.tls.is_none() {
+            return Ok(self.fail("538 5.7.11 Encryption required for requested authentication mechanism"));
+        }
+        if self.auth_user.is_some() {
+            return Ok(self.fail("503 5.5.1 Already authenticated"));
+        }
+        if self.mail_from.is_some() {
+            return Ok(self.fail("503 5.5.1 AUTH not allowed during a mail transaction"));
+        }
+        let mut words = args.split_whitespace();
+        let (Some(mech), initial, None) = (words.next(), words.next(), words.next()) else {
+            return Ok(self.fail("501 5.5.4 Syntax: AUTH mechanism [initial-response]"));
+        };
+        const CANCEL: &str = "501 5.7.0 Authentication cancelled";
+        const BAD: &str = "501 5.5.2 Invalid base64 or SASL data";
+        let (login, authzid, password) = match mech.to_ascii_uppercase().as_str() {
+            "PLAIN" => {
+                let resp = match initial {
+                    Some(r) => r.to_string(),
+                    None => match self.sasl_response("334 ").await? {
+                        Some(r) => r,
+                        None => return Ok(Next::Close),
+                    },
+                };
+                if resp.trim() == "*" {
+                    return Ok(self.auth_failed(CANCEL));
+                }
+                match sasl::decode_base64(&resp).and_then(|raw| sasl::parse_plain(&raw)) {
+                    Ok(c) => (c.authcid, c.authzid, c.password),
+                    Err(_) => return Ok(self.auth_failed(BAD)),
+                }
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(r) => r.to_string(),
+                    // "Username:"
+                    None => match self.sasl_response("334 VXNlcm5hbWU6").await? {
+                        Some(r) => r,
+                        None => return Ok(Next::Close),
+                    },
+                };
+                if user.trim() == "*" {
+                    return Ok(self.auth_failed(CANCEL));
+                }
+                let Ok(user) = sasl::decode_text(&user) else {
+                    return Ok(self.auth_failed(BAD));
+                };
+                // "Password:"
+                let Some(pass) = self.sasl_response("334 UGFzc3dvcmQ6").await? else {
+                    return Ok(Next::Close);
+                };
+                if pass.trim() == "*" {
+                    return Ok(self.auth_failed(CANCEL));
+                }
+                let Ok(pass) = sasl::decode_text(&pass) else {
+                    return Ok(self.auth_failed(BAD));
+                };
+                (user, String::new(), pass)
+            }
+            _ => return Ok(self.fail("504 5.5.4 Unrecognized authentication mechanism")),
+        };
+        let (user, domain) = sasl::split_identity(&login, &self.settings.hostname);
+        if !authzid.is_empty()
+            && sasl::split_identity(&authzid, &self.settings.hostname) != (user.clone(), domain.clone())
+        {
+            tracing::info!(ip = %self.peer.ip, "AUTH: authorization identity differs from the login");
+            return Ok(self.auth_failed("535 5.7.8 Authorization identity must match the login"));
+        }
+        let req = AuthRequest::Authenticate {
+            user: user.clone(),
+            domain: domain.clone(),
+            password,
+            client_ip: self.peer.ip.to_string(),
+        };
+        let reply = self.backend.authd.call(req, Vec::new(), AUTHD_WAIT).await;
+        let ip = self.peer.ip;
+        match reply {
+            Ok((AuthReply::Auth(AuthOutcome::Success), _)) => {
+                tracing::info!(%ip, user = %format!("{user}@{domain}"), "AUTH succeeded");
+                self.auth_user = Some(format!("{user}@{domain}"));
+                self.conn.reply("235 2.7.0 Authentication successful");
+                Ok(Next::Continue)
+            }
+            Ok((AuthReply::Auth(AuthOutcome::Failure), _)) => {
+                tracing::info!(%ip, user = %format!("{user}@{domain}"), "AUTH failed");
+                Ok(self.auth_failed("535 5.7.8 Authentication credentials invalid"))
+            }
+            Ok((AuthReply::Auth(AuthOutcome::Throttled), _)) => {
+                tracing::info!(%ip, user = %format!("{user}@{domain}"), "AUTH throttled");
+                Ok(self.auth_failed("454 4.7.0 Too many failed attempts, try again later"))
+            }
+            Ok((AuthReply::Error(e), _)) => {
+                tracing::warn!("authd: {e}");
+                self.conn.reply("454 4.7.0 Temporary authentication failure");
+                Ok(Next::Continue)
+            }
+            Ok((
+                AuthReply::Exists(_)
+                | AuthReply::Certificates { .. }
+                | AuthReply::Signature(_)
+                | AuthReply::DkimSignatures(_),
+                _,
+            ))
+            | Err(_) => {
+                if let Err(e) = reply {
+                    tracing::warn!("authd: {e}");
+                }
+                self.conn.reply("454 4.7.0 Temporary authentication failure");
+                Ok(Next::Continue)
+            }
+        }
+    }
+
     /// The protocol name for the Received header (RFC 3848).
     fn protocol(&self) -> &'static str {
         match (self.esmtp, self.tls.is_some(), self.auth_user.is_some()) {
@@ -553,6 +775,9 @@ impl Backend {
         }
     }
 }
+
+/// How long AUTH waits for authd when it is restarting.
+const AUTHD_WAIT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

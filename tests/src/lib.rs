@@ -41,6 +41,26 @@ pub fn bin(name: &str) -> PathBuf {
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--workspace", "--bins"])
             .current_dir(workspace_root());
+        // `cargo test` sets these for this crate; build scripts that track
+        // them (ring's) would otherwise rebuild on every switch between
+        // `cargo test` and this build.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+                || k == "OUT_DIR"
+            {
+                cmd.env_remove(&key);
+            }
+        }
         if bin_dir().file_name().and_then(|n| n.to_str()) == Some("release") {
             cmd.arg("--release");
         }
@@ -224,6 +244,28 @@ impl TestEnv {
         }
         let _ = Command::new("chmod").args(["-R", "a+rX"]).arg(self.tmp.path()).status();
         let _ = std::fs::set_permissions(&self.out_dir, std::fs::Permissions::from_mode(0o1777));
+        self.protect_private_keys();
+    }
+
+    /// When root: make every `certs/*/privkey.pem` readable by the authd
+    /// user only (owner tambo-auth, mode 0600), as in a real installation.
+    pub fn protect_private_keys(&self) {
+        if !is_root() {
+            return;
+        }
+        let user = nix::unistd::User::from_name("tambo-auth")
+            .expect("looking up tambo-auth")
+            .expect("user tambo-auth exists (packaging/create-users.sh)");
+        let Ok(dirs) = std::fs::read_dir(self.config_dir.join("certs")) else {
+            return;
+        };
+        for d in dirs.flatten() {
+            let key = d.path().join("privkey.pem");
+            if key.exists() {
+                nix::unistd::chown(&key, Some(user.uid), Some(user.gid)).expect("chown privkey.pem");
+                std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod privkey.pem");
+            }
+        }
     }
 
     /// Start tambod on this environment and wait until it accepts SMTP.

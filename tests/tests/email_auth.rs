@@ -550,40 +550,11 @@ fn tambo_signatures_verified_by_python_dkim() {
         records.iter().map(|(s, t)| format!("{s}\t{t}\n")).collect::<String>(),
     )
     .expect("records");
-    let verify = |m: &str| -> String {
-        let mut child = Command::new(PYTHON)
-            .args([
-                "-c",
-                "import sys, dkim\n\
-                 recs = dict(l.split('\\t', 1) for l in open(sys.argv[1]).read().splitlines())\n\
-                 def dns(name, timeout=5):\n\
-                 \x20   return recs[name.decode().split('.')[0]].encode()\n\
-                 d = dkim.DKIM(sys.stdin.buffer.read())\n\
-                 def v(i):\n\
-                 \x20   try:\n\
-                 \x20       return d.verify(idx=i, dnsfunc=dns)\n\
-                 \x20   except dkim.DKIMException as e:\n\
-                 \x20       return False\n\
-                 print(v(0), v(1))\n",
-            ])
-            .arg(&recfile)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(m.as_bytes())
-            .expect("write");
-        let out = child.wait_with_output().expect("python output");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    assert_eq!(verify(dsn), "True True", "{dsn}");
-    assert_eq!(verify(&dsn.replacen("Delivery", "Dilivery", 1)), "False False");
+    assert_eq!(python_verify(&recfile, dsn), "True True", "{dsn}");
+    assert_eq!(
+        python_verify(&recfile, &dsn.replacen("Delivery", "Dilivery", 1)),
+        "False False"
+    );
     drop(server);
 
     // A key that does not load stops tambod at start-up, naming the file.
@@ -600,5 +571,120 @@ fn tambo_signatures_verified_by_python_dkim() {
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("dkim:broken.pem"), "{text}");
+    drop(dns);
+}
+
+/// Verify the first two DKIM signatures of `m` with python3-dkim, the
+/// public keys coming from `recfile` (selector TAB record lines).
+fn python_verify(recfile: &Path, m: &str) -> String {
+    let mut child = Command::new(PYTHON)
+        .args([
+            "-c",
+            "import sys, dkim\n\
+             recs = dict(l.split('\\t', 1) for l in open(sys.argv[1]).read().splitlines())\n\
+             def dns(name, timeout=5):\n\
+             \x20   return recs[name.decode().split('.')[0]].encode()\n\
+             d = dkim.DKIM(sys.stdin.buffer.read())\n\
+             def v(i):\n\
+             \x20   try:\n\
+             \x20       return d.verify(idx=i, dnsfunc=dns)\n\
+             \x20   except dkim.DKIMException as e:\n\
+             \x20       return False\n\
+             print(v(0), v(1))\n",
+        ])
+        .arg(recfile)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(m.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("python output");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Keys for the domain itself, and an authenticated submission (AUTH PLAIN
+/// over STARTTLS, with swaks): the delivered message carries one signature
+/// per key, which python3-dkim verifies; no SPF/DKIM check is recorded for
+/// an authenticated session.
+#[test]
+fn authenticated_submission_signed() {
+    if !prerequisites() || !have("swaks") {
+        return;
+    }
+    let dns = FakeDns::start(&base_records());
+    let env = TestEnv::new(&format!("dns_servers: \"127.0.0.1:{}\"", dns.port));
+    let cdir = env.config_dir.to_str().expect("utf8");
+    let mut records = String::new();
+    for (sel, algo) in [("s1", "rsa3072"), ("s2", "ed25519")] {
+        let (ok, out) = run(Command::new(tambo_tests::bin("tambo")).args([
+            "-C",
+            cdir,
+            "dkim-keygen",
+            "example.com",
+            sel,
+            &format!("--algo={algo}"),
+        ]));
+        assert!(ok, "{out}");
+        let txt: String = out
+            .lines()
+            .find(|l| l.contains("._domainkey."))
+            .unwrap_or_default()
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .collect();
+        records.push_str(&format!("{sel}\t{txt}\n"));
+    }
+    let recfile = env.tmp.path().join("records");
+    std::fs::write(&recfile, records).expect("records");
+    let _server = env.start();
+    let data = env.tmp.path().join("message.eml");
+    std::fs::write(
+        &data,
+        "From: Alice <alice@example.com>\r\nTo: Bob <bob@example.com>\r\nSubject: signed by tambo\r\n\
+         Date: Thu, 1 Jan 2026 00:00:00 +0000\r\nMessage-ID: <authsigned@example.com>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+         Hello Bob,   with  spaces.\r\n\r\n\r\n",
+    )
+    .expect("message");
+    let (ok, out) = run(Command::new("swaks")
+        .args([
+            "--server",
+            &format!("127.0.0.1:{}", env.submission_port),
+            "-tls",
+            "--auth",
+            "PLAIN",
+        ])
+        .args([
+            "--auth-user",
+            tambo_tests::USER,
+            "--auth-password",
+            tambo_tests::PASSWORD,
+        ])
+        .args(["--from", "alice@example.com", "--to", "bob@example.com", "--data"])
+        .arg(&data));
+    assert!(ok, "{out}");
+    let all = env.wait_delivered("bob@example.com", "authsigned@example.com");
+    let msg = &all[all.find("DKIM-Signature:").expect("signed")..];
+    assert!(msg.contains("a=rsa-sha256; s=s1; d=example.com"), "{msg}");
+    assert!(msg.contains("a=ed25519-sha256; s=s2; d=example.com"), "{msg}");
+    assert!(!all.contains("Received-SPF"), "{all}");
+    assert!(!all.contains("Authentication-Results"), "{all}");
+    assert_eq!(python_verify(&recfile, msg), "True True", "{msg}");
+    assert_eq!(
+        python_verify(&recfile, &msg.replace("Hello Bob", "Hello Eve")),
+        "False False"
+    );
+    assert_eq!(
+        python_verify(&recfile, &msg.replace("Subject: signed", "Subject: forged")),
+        "False False"
+    );
     drop(dns);
 }
