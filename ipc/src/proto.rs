@@ -491,7 +491,7 @@ pub struct IncomingEnvelope {
     /// The name of the listener kind, for the post-data hook.
     pub listener: ListenerKind,
     /// Header lines smtpd adds (Received-SPF, Authentication-Results),
-    /// each ending in CRLF; queued puts them above its Received.
+    /// each ending in CRLF; queued puts them right under its Received.
     #[serde(default)]
     pub auth_headers: String,
     /// The SPF verdict for the sender: `Some(true)` on pass, `None` when

@@ -366,12 +366,14 @@ impl Queue {
             return Err(reply(554, "5.1.1", "No valid recipients"));
         }
         let dkim_headers = self.dkim_sign(id, env, &s, file, size).await?;
-        // Signatures and authentication results go above our Received
-        // (RFC 8601 §5, RFC 7208 §9.1); the hook's headers above them.
+        // Our Received first (the trace field of this hop), then the
+        // signatures and the authentication results under it, as Postfix
+        // with its milters and policy services lays them out. The post-data
+        // hook's headers go on top.
         let mut header_prefix = format!(
-            "{dkim_headers}{}{}",
-            env.auth_headers,
-            received_header(env, &s.config.hostname, id, now)
+            "{}{dkim_headers}{}",
+            received_header(env, &s.config.hostname, id, now),
+            env.auth_headers
         );
         if let Some(hook) = find_hook(&s.config_dir, "post-data") {
             let data = file.try_clone().map_err(|e| {
@@ -780,7 +782,7 @@ impl Queue {
             from: String::new(),
             created: now,
             header_prefix: format!(
-                "{signature}Received: by {} (tambo) id {id};\r\n\t{}\r\n",
+                "Received: by {} (tambo) id {id};\r\n\t{}\r\n{signature}",
                 s.config.hostname,
                 rfc5322_date(now)
             ),

@@ -142,7 +142,7 @@ fn message(from: &str, subject: &str, tag: &str) -> String {
 fn delivered_with(env: &TestEnv, tag: &str) -> String {
     let all = env.wait_delivered("alice@example.com", tag);
     let start = all
-        .match_indices("Received-SPF: ")
+        .match_indices("Received: from ")
         .map(|(i, _)| i)
         .filter(|&i| all[i..].contains(tag))
         .last()
@@ -291,7 +291,12 @@ fn spf_results_through_smtp() {
     assert!(mail.starts_with("250"), "{mail}");
     assert!(end.starts_with("250"), "{end}");
     let got = delivered_with(&env, "spfpass");
-    assert!(got.starts_with("Received-SPF: pass ("), "{got}");
+    // Our Received on top, the results right under it.
+    assert!(
+        got.starts_with("Received: from client.pass.test ([127.0.0.1])"),
+        "{got}"
+    );
+    assert!(got.contains("\nReceived-SPF: pass ("), "{got}");
     assert!(got.contains("client-ip=127.0.0.1;"), "{got}");
     assert!(got.contains("envelope-from=\"a@pass.test\""), "{got}");
     assert!(got.contains("Authentication-Results: mx.example.com;"), "{got}");
@@ -319,7 +324,7 @@ fn spf_results_through_smtp() {
     );
     assert!(mail.starts_with("250") && end.starts_with("250"), "{mail} {end}");
     let got = delivered_with(&env, "spfsoft");
-    assert!(got.starts_with("Received-SPF: softfail"), "{got}");
+    assert!(got.contains("\nReceived-SPF: softfail"), "{got}");
     assert!(got.contains("spf=softfail"), "{got}");
 
     // temperror (the DNS fails): accepted and recorded, never refused.
@@ -332,7 +337,7 @@ fn spf_results_through_smtp() {
     );
     assert!(mail.starts_with("250") && end.starts_with("250"), "{mail} {end}");
     let got = delivered_with(&env, "spftemp");
-    assert!(got.starts_with("Received-SPF: temperror"), "{got}");
+    assert!(got.contains("\nReceived-SPF: temperror"), "{got}");
     assert!(got.contains("spf=temperror"), "{got}");
 
     // The null sender: the HELO identity is checked.
@@ -345,7 +350,7 @@ fn spf_results_through_smtp() {
     );
     assert!(mail.starts_with("250") && end.starts_with("250"), "{mail} {end}");
     let got = delivered_with(&env, "spfhelo");
-    assert!(got.starts_with("Received-SPF: pass"), "{got}");
+    assert!(got.contains("\nReceived-SPF: pass"), "{got}");
     assert!(got.contains("smtp.helo=helo.test"), "{got}");
     drop(dns);
 }
