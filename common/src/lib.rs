@@ -2,6 +2,7 @@
 //! database, name normalisation and the protobuf text-format parser.
 
 pub mod config;
+pub mod domaininfo;
 pub mod names;
 pub mod textproto;
 pub mod userdb;

@@ -2,6 +2,7 @@
 //! accepted message durable before smtpd acknowledges it and drives its
 //! delivery through deliverd.
 
+mod domaininfo;
 mod entry;
 mod manager;
 mod received;

@@ -11,14 +11,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use tambo_common::config::Config;
-use tambo_common::names::normalize_address;
+use tambo_common::names::{normalize_address, split_address};
 use tambo_ipc::proto::{
     AuthReply, AuthRequest, DeliverReply, DeliverRequest, DeliveryJob, DeliveryOutcome, IncomingEnvelope, JobRcpt,
-    QueueReply, QueueRequest, RcptVerdict, SmtpReply, WorkerStart,
+    QueueReply, QueueRequest, RcptRoute, RcptVerdict, SecLevel, SmtpReply, WorkerStart,
 };
 use tambo_ipc::worker::PeerSlot;
 use tokio::sync::Notify;
 
+use crate::domaininfo::DomainInfo;
 use crate::entry::{ENTRY_VERSION, QueueEntry, RcptEntry, RcptState};
 use crate::received::received_header;
 use crate::resolve::{ResolveError, ResolverContext};
@@ -82,6 +83,8 @@ pub struct Queue {
     settings: RwLock<Arc<Settings>>,
     incoming: Mutex<HashMap<String, Incoming>>,
     messages: Mutex<HashMap<String, Arc<Message>>>,
+    /// Per-domain security levels (`data_dir/domaininfo`).
+    domaininfo: DomainInfo,
     /// Client of deliverd.
     pub deliverd: Arc<PeerSlot<DeliverRequest, DeliverReply>>,
     /// Client of authd.
@@ -112,6 +115,7 @@ impl Queue {
             })),
             incoming: Mutex::new(HashMap::new()),
             messages: Mutex::new(HashMap::new()),
+            domaininfo: DomainInfo::load(PathBuf::from(&start.config.data_dir).join("domaininfo")),
             deliverd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedDeliverd.name()),
             authd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedAuthd.name()),
         });
@@ -131,6 +135,7 @@ impl Queue {
 
     /// Replace the settings (on reload).
     pub fn reload(&self, start: &WorkerStart) {
+        self.domaininfo.reload();
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Settings {
             config: start.config.clone(),
             local_domains: start.local_domains.clone(),
@@ -434,11 +439,21 @@ impl Queue {
                 return entry;
             }
         };
+        let mut outgoing_levels: Vec<(String, SecLevel)> = Vec::new();
+        for j in &due {
+            if let RcptRoute::Remote { .. } = j.route {
+                let domain = split_address(&j.address).1;
+                if !outgoing_levels.iter().any(|(d, _)| d == domain) {
+                    outgoing_levels.push((domain.to_string(), self.domaininfo.outgoing(domain)));
+                }
+            }
+        }
         let job = DeliveryJob {
             id: entry.id.clone(),
             from: entry.from.clone(),
             rcpts: due.clone(),
             header_prefix: entry.header_prefix.as_bytes().to_vec(),
+            outgoing_levels,
         };
         let results = match self
             .deliverd
@@ -446,6 +461,15 @@ impl Queue {
             .await
         {
             Ok((DeliverReply::Results(r), _)) => r,
+            Ok((DeliverReply::Report(report), _)) => {
+                for (domain, level) in &report.levels_seen {
+                    // deliverd reports ASCII domains; record them under the
+                    // normalised (Unicode) name the queue uses.
+                    let name = tambo_common::names::normalize_domain(domain).unwrap_or_else(|_| domain.clone());
+                    self.domaininfo.record_outgoing(&name, *level);
+                }
+                report.results
+            }
             Err(e) => {
                 tracing::warn!(id = entry.id, "deliverd unreachable ({e}); retrying soon");
                 let at = now + DELIVERD_LOST_RETRY.as_secs();
