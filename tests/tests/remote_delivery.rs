@@ -648,7 +648,26 @@ async fn into_a_second_tambo() {
 /// routes it through the fake DNS to a second tambo. Needs smtpd's AUTH.
 #[test]
 fn end_to_end_through_two_servers() {
-    let receiver = TestEnv::new("");
+    let dns = FakeDns::start();
+    dns.mx("remote.test", 10, "mx.remote.test");
+    dns.addr("mx.remote.test", LOCALHOST);
+    let receiver_port = free_port();
+    let sender = TestEnv::new(&format!(
+        "dns_servers: \"{}\"\noutgoing_smtp_port: {receiver_port}\n",
+        dns.addr
+    ));
+    let mut tx = sender.start();
+    let mut c = tambo_tests::RawClient::connect(sender.submission_port);
+    let ehlo = c.cmd("EHLO client.test");
+    drop(c);
+    if !ehlo.contains("AUTH") && !ehlo.contains("STARTTLS") {
+        println!("SKIPPED: smtpd does not offer AUTH or STARTTLS yet; the remote route needs an authenticated session");
+        tx.stop();
+        return;
+    }
+    let mut receiver = TestEnv::new("");
+    receiver.smtp_port = receiver_port;
+    receiver.write_conf("");
     std::fs::create_dir_all(receiver.config_dir.join("domains/remote.test")).expect("mkdir");
     let status = std::process::Command::new(tambo_tests::bin("tambo"))
         .args([
@@ -663,23 +682,7 @@ fn end_to_end_through_two_servers() {
         .expect("tambo user-add");
     assert!(status.success());
     receiver.fix_permissions();
-    let dns = FakeDns::start();
-    dns.mx("remote.test", 10, "mx.remote.test");
-    dns.addr("mx.remote.test", LOCALHOST);
-    let sender = TestEnv::new(&format!(
-        "dns_servers: \"{}\"\noutgoing_smtp_port: {}\n",
-        dns.addr, receiver.smtp_port
-    ));
     let mut rx = receiver.start();
-    let mut tx = sender.start();
-    let mut c = tambo_tests::RawClient::connect(sender.submission_port);
-    let ehlo = c.cmd("EHLO client.test");
-    if !ehlo.contains("AUTH") && !ehlo.contains("STARTTLS") {
-        println!("SKIPPED: smtpd does not offer AUTH or STARTTLS yet; the remote route needs an authenticated session");
-        tx.stop();
-        rx.stop();
-        return;
-    }
     if !have("swaks") {
         println!("SKIPPED: swaks is not installed");
         return;
