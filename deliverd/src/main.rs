@@ -125,7 +125,12 @@ impl Deliverer {
                     ));
                     mda::run_command(&argv, &job.header_prefix, data.clone()).await
                 }
-                RcptRoute::Pipe { argv } => mda::run_command(argv, &job.header_prefix, data.clone()).await,
+                // As in chasquid, any failure of a pipe alias (exit 75 and
+                // the 30 s timeout included) is permanent.
+                RcptRoute::Pipe { argv } => match mda::run_command(argv, &job.header_prefix, data.clone()).await {
+                    DeliveryOutcome::TempFail(e) => DeliveryOutcome::PermFail(e),
+                    other => other,
+                },
                 // Done above, all recipients of a domain together.
                 RcptRoute::Remote { .. } => continue,
             };
@@ -191,6 +196,8 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 .await?;
             }
             ControlMsg::Shutdown { .. } => return Ok(()),
+            // Answered by ControlLink::recv.
+            ControlMsg::CollectMetrics { .. } => {}
             ControlMsg::Start(_) | ControlMsg::Listener { .. } => {
                 tracing::warn!("deliverd: unexpected control message ignored");
             }

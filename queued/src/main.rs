@@ -2,8 +2,11 @@
 //! accepted message durable before smtpd acknowledges it and drives its
 //! delivery through deliverd.
 
+mod aliases;
 mod domaininfo;
+mod dsn;
 mod entry;
+mod hooks;
 mod manager;
 mod received;
 mod resolve;
@@ -88,14 +91,15 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 }
             }
             ControlMsg::Reload(start) => {
-                queue.reload(&start);
-                link.send(WorkerMsg::Reloaded {
-                    ok: true,
-                    message: String::new(),
-                })
-                .await?;
+                let (ok, message) = match queue.reload(&start) {
+                    Ok(()) => (true, String::new()),
+                    Err(e) => (false, e),
+                };
+                link.send(WorkerMsg::Reloaded { ok, message }).await?;
             }
             ControlMsg::Shutdown { .. } => return Ok(()),
+            // Answered by ControlLink::recv.
+            ControlMsg::CollectMetrics { .. } => {}
             ControlMsg::Start(_) | ControlMsg::Listener { .. } => {
                 tracing::warn!("queued: unexpected control message ignored");
             }

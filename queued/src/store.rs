@@ -310,6 +310,8 @@ mod tests {
                 attempts: 0,
                 last_error: String::new(),
                 next_attempt: 0,
+                last_attempt: 0,
+                gave_up: false,
             }],
             remote_ip: String::new(),
             helo: String::new(),

@@ -703,6 +703,12 @@ fn end_to_end_through_two_servers() {
     );
     assert!(ok, "swaks failed:\n{out}");
     receiver.wait_delivered("carol@remote.test", "over the fake DNS");
+    // The receiving tambo offers STARTTLS with a self-signed certificate:
+    // queued recorded TLS_INSECURE for the domain, in chasquid's format.
+    let info = sender.data_dir.join("domaininfo/s:remote.test");
+    tambo_tests::wait_for(Duration::from_secs(10), "domaininfo for remote.test", || {
+        std::fs::read_to_string(&info).is_ok_and(|t| t.contains("outgoing_sec_level: TLS_INSECURE"))
+    });
     tx.stop();
     rx.stop();
 }
