@@ -75,6 +75,14 @@ enum Command {
         /// Only this selector.
         selector: Option<String>,
     },
+    /// Forget what is known of a domain's security levels (as
+    /// chasquid-util does): its file in data_dir/domaininfo is removed, and
+    /// a running server forgets it on its next reload (SIGHUP).
+    #[command(name = "domaininfo-remove")]
+    DomaininfoRemove {
+        /// The domain.
+        domain: String,
+    },
     /// Delivery agent: write the message on stdin into DIR/ADDRESS/new/ as
     /// a Maildir file (used by the development setup).
     #[command(name = "maildir-deliver")]
@@ -84,6 +92,20 @@ enum Command {
         /// The recipient address (already sanitised by deliverd).
         address: String,
     },
+}
+
+/// `tambo domaininfo-remove DOMAIN`.
+fn domaininfo_remove(config_dir: &std::path::Path, domain: &str) -> anyhow::Result<()> {
+    let config = tambo_common::config::load_config(config_dir, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let domain = tambo_common::names::normalize_domain(domain).map_err(|e| anyhow::anyhow!("{domain}: {e}"))?;
+    let dir = PathBuf::from(&config.data_dir).join("domaininfo");
+    let removed = tambo_common::domaininfo::remove_record(&dir, &domain)?;
+    if removed {
+        println!("{domain}: removed; reload tambod (SIGHUP) for a running server to forget it");
+    } else {
+        println!("{domain}: nothing recorded");
+    }
+    Ok(())
 }
 
 fn main() {
@@ -100,6 +122,7 @@ fn main() {
         Command::PrintConfig => tambo_common::config::load_config(&cli.config_dir, None)
             .map(|c| print!("{}", tambo_common::config::print_config(&c)))
             .map_err(|e| anyhow::anyhow!("{e}")),
+        Command::DomaininfoRemove { domain } => domaininfo_remove(&cli.config_dir, &domain),
         Command::MaildirDeliver { dir, address } => maildir::deliver(&dir, &address),
         Command::DkimKeygen { domain, selector, algo } => dkim::keygen(&cli.config_dir, &domain, selector, algo),
         Command::DkimDns { domain, selector } => dkim::dns(&cli.config_dir, &domain, selector),

@@ -4,6 +4,7 @@
 pub mod aliases;
 pub mod config;
 pub mod dkimkey;
+pub mod domaininfo;
 pub mod names;
 pub mod textproto;
 pub mod userdb;

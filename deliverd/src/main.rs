@@ -1,15 +1,15 @@
 //! `tambo-deliverd`: runs the delivery agents. It gets each message as a
 //! read-only fd from queued and never opens the queue directory.
 
-mod mda;
-
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, RwLock};
 
 use tambo_common::config::Config;
+use tambo_deliverd::mda;
+use tambo_deliverd::remote::{Courier, Settings};
 use tambo_ipc::proto::{
-    ControlMsg, DeliverReply, DeliverRequest, DeliveryJob, DeliveryOutcome, PeerChannel, RcptRoute, WorkerKind,
-    WorkerMsg,
+    ControlMsg, DeliverReply, DeliverRequest, DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, PeerChannel,
+    RcptRoute, WorkerKind, WorkerMsg,
 };
 use tambo_ipc::worker::{ControlLink, bootstrap, single_stream};
 
@@ -38,14 +38,27 @@ fn main() {
     std::process::exit(code);
 }
 
-/// deliverd's state: the configuration, replaced on reload.
+/// deliverd's state: the configuration and the remote courier, replaced
+/// on reload.
 struct Deliverer {
     config: RwLock<Arc<Config>>,
+    courier: RwLock<Result<Arc<Courier>, String>>,
+}
+
+fn make_courier(config: &Config) -> Result<Arc<Courier>, String> {
+    Courier::new(Settings::from_config(config)).map_err(|e| {
+        tracing::error!("remote delivery unavailable: {e}");
+        e.to_string()
+    })
 }
 
 impl Deliverer {
     fn config(&self) -> Arc<Config> {
         self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn courier(&self) -> Result<Arc<Courier>, String> {
+        self.courier.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     async fn handle(self: Arc<Self>, req: DeliverRequest, fds: Vec<OwnedFd>) -> DeliverReply {
@@ -56,14 +69,48 @@ impl Deliverer {
                     let outcome = DeliveryOutcome::TempFail("internal: job without exactly one data fd".into());
                     return DeliverReply::Results(job.rcpts.iter().map(|r| (r.index, outcome.clone())).collect());
                 };
-                DeliverReply::Results(self.deliver(job, Arc::new(fd)).await)
+                self.deliver(job, Arc::new(fd)).await
             }
         }
     }
 
-    async fn deliver(&self, job: DeliveryJob, data: Arc<OwnedFd>) -> Vec<(u32, DeliveryOutcome)> {
+    async fn deliver(&self, job: DeliveryJob, data: Arc<OwnedFd>) -> DeliverReply {
         let config = self.config();
         let mut results = Vec::new();
+        let remote: Vec<JobRcpt> = job
+            .rcpts
+            .iter()
+            .filter(|r| matches!(r.route, RcptRoute::Remote { .. }))
+            .cloned()
+            .collect();
+        let mut levels_seen = Vec::new();
+        if !remote.is_empty() {
+            let report = match self.courier() {
+                Ok(c) => c.deliver(&job, &remote, data.clone()).await,
+                Err(e) => DeliveryReport {
+                    results: remote
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.index,
+                                DeliveryOutcome::TempFail(format!("remote delivery unavailable: {e}")),
+                            )
+                        })
+                        .collect(),
+                    levels_seen: Vec::new(),
+                },
+            };
+            levels_seen = report.levels_seen;
+            for (index, outcome) in report.results {
+                let to = remote
+                    .iter()
+                    .find(|r| r.index == index)
+                    .map(|r| r.address.as_str())
+                    .unwrap_or("?");
+                log_outcome(&job.id, to, &outcome);
+                results.push((index, outcome));
+            }
+        }
         for rcpt in &job.rcpts {
             let outcome = match &rcpt.route {
                 RcptRoute::Local { user, domain } => {
@@ -84,28 +131,32 @@ impl Deliverer {
                     DeliveryOutcome::TempFail(e) => DeliveryOutcome::PermFail(e),
                     other => other,
                 },
-                RcptRoute::Remote { .. } => {
-                    DeliveryOutcome::TempFail("remote delivery is not available in this version of tambo".into())
-                }
+                // Done above, all recipients of a domain together.
+                RcptRoute::Remote { .. } => continue,
             };
-            match &outcome {
-                DeliveryOutcome::Delivered => tracing::info!(id = job.id, to = rcpt.address, "delivered"),
-                DeliveryOutcome::TempFail(e) => {
-                    tracing::info!(id = job.id, to = rcpt.address, "temporary failure: {e}")
-                }
-                DeliveryOutcome::PermFail(e) => {
-                    tracing::info!(id = job.id, to = rcpt.address, "permanent failure: {e}")
-                }
-            }
+            log_outcome(&job.id, &rcpt.address, &outcome);
             results.push((rcpt.index, outcome));
         }
-        results
+        if levels_seen.is_empty() && remote.is_empty() {
+            DeliverReply::Results(results)
+        } else {
+            DeliverReply::Report(DeliveryReport { results, levels_seen })
+        }
+    }
+}
+
+fn log_outcome(id: &str, to: &str, outcome: &DeliveryOutcome) {
+    match outcome {
+        DeliveryOutcome::Delivered => tracing::info!(id, to, "delivered"),
+        DeliveryOutcome::TempFail(e) => tracing::info!(id, to, "temporary failure: {e}"),
+        DeliveryOutcome::PermFail(e) => tracing::info!(id, to, "permanent failure: {e}"),
     }
 }
 
 async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
     let (mut link, start) = ControlLink::start(control).await?;
     let deliverer = Arc::new(Deliverer {
+        courier: RwLock::new(make_courier(&start.config)),
         config: RwLock::new(Arc::new(start.config)),
     });
     link.send(WorkerMsg::Ready).await?;
@@ -136,6 +187,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 tracing::warn!("deliverd was handed {}, which is not its channel", ch.name());
             }
             ControlMsg::Reload(start) => {
+                *deliverer.courier.write().unwrap_or_else(|p| p.into_inner()) = make_courier(&start.config);
                 *deliverer.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(start.config);
                 link.send(WorkerMsg::Reloaded {
                     ok: true,

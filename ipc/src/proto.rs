@@ -14,6 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 use tambo_common::config::Config;
+pub use tambo_common::domaininfo::SecLevel;
 
 /// The kinds of worker the supervisor starts.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -612,6 +613,10 @@ pub struct DeliveryJob {
     pub rcpts: Vec<JobRcpt>,
     /// Header lines to send before the data file's content (CRLF endings).
     pub header_prefix: Vec<u8>,
+    /// The outgoing security level recorded (by queued, in `domaininfo`)
+    /// for each remote recipient domain of this job; a domain not listed is
+    /// [`SecLevel::Plain`]. deliverd refuses connections below it.
+    pub outgoing_levels: Vec<(String, SecLevel)>,
 }
 
 /// queued → deliverd.
@@ -637,6 +642,18 @@ pub enum DeliveryOutcome {
 pub enum DeliverReply {
     /// One outcome per recipient of the job, by index.
     Results(Vec<(u32, DeliveryOutcome)>),
+    /// Outcomes, plus the security levels reached with remote domains,
+    /// which queued records when they are higher than what it knew.
+    Report(DeliveryReport),
+}
+
+/// deliverd's full answer to a job with remote recipients.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct DeliveryReport {
+    /// One outcome per recipient of the job, by index.
+    pub results: Vec<(u32, DeliveryOutcome)>,
+    /// (domain, level reached) for each domain a connection was made for.
+    pub levels_seen: Vec<(String, SecLevel)>,
 }
 
 #[cfg(test)]

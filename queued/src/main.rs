@@ -4,6 +4,7 @@
 
 mod aliases;
 mod dkim_sign;
+mod domaininfo;
 mod dsn;
 mod entry;
 mod hooks;

@@ -11,17 +11,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use tambo_common::config::Config;
-use tambo_common::names::normalize_address;
+use tambo_common::names::{normalize_address, split_address};
 use tambo_ipc::metrics::{self, Metric, MetricSample};
 use tambo_ipc::proto::{
     AuthReply, AuthRequest, DeliverReply, DeliverRequest, DeliveryJob, DeliveryOutcome, IncomingEnvelope, JobRcpt,
-    MailLogEvent, QueueReply, QueueRequest, RcptRoute, RcptVerdict, SmtpReply, WorkerStart,
+    MailLogEvent, QueueReply, QueueRequest, RcptRoute, RcptVerdict, SecLevel, SmtpReply, WorkerStart,
 };
 use tambo_ipc::worker::{PeerSlot, mail_log};
 use tokio::sync::Notify;
 
 use crate::aliases::AliasDb;
 use crate::dkim_sign::SignFailure;
+use crate::domaininfo::DomainInfo;
 use crate::dsn;
 use crate::entry::{ENTRY_VERSION, QueueEntry, RcptEntry, RcptState};
 use crate::hooks::{POST_DATA_TIMEOUT, PostData, PostDataEnv, find_hook};
@@ -99,6 +100,8 @@ pub struct Queue {
     settings: RwLock<Arc<Settings>>,
     incoming: Mutex<HashMap<String, Incoming>>,
     messages: Mutex<HashMap<String, Arc<Message>>>,
+    /// Per-domain security levels (`data_dir/domaininfo`).
+    domaininfo: DomainInfo,
     aliases: AliasDb,
     /// Client of deliverd.
     pub deliverd: Arc<PeerSlot<DeliverRequest, DeliverReply>>,
@@ -127,6 +130,7 @@ impl Queue {
             settings: RwLock::new(Arc::new(Settings::from_start(start))),
             incoming: Mutex::new(HashMap::new()),
             messages: Mutex::new(HashMap::new()),
+            domaininfo: DomainInfo::load(PathBuf::from(&start.config.data_dir).join("domaininfo")),
             aliases: AliasDb::new(std::path::Path::new(&start.config_dir)),
             deliverd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedDeliverd.name()),
             authd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedAuthd.name()),
@@ -154,6 +158,7 @@ impl Queue {
     /// reload). A broken aliases file keeps the previous aliases and is
     /// reported.
     pub fn reload(&self, start: &WorkerStart) -> Result<(), String> {
+        self.domaininfo.reload();
         let s = Arc::new(Settings::from_start(start));
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = s.clone();
         self.aliases
@@ -607,11 +612,21 @@ impl Queue {
                 return entry;
             }
         };
+        let mut outgoing_levels: Vec<(String, SecLevel)> = Vec::new();
+        for j in &due {
+            if let RcptRoute::Remote { .. } = j.route {
+                let domain = split_address(&j.address).1;
+                if !outgoing_levels.iter().any(|(d, _)| d == domain) {
+                    outgoing_levels.push((domain.to_string(), self.domaininfo.outgoing(domain)));
+                }
+            }
+        }
         let job = DeliveryJob {
             id: entry.id.clone(),
             from: entry.from.clone(),
             rcpts: due.clone(),
             header_prefix: entry.header_prefix.as_bytes().to_vec(),
+            outgoing_levels,
         };
         let results = match self
             .deliverd
@@ -619,6 +634,15 @@ impl Queue {
             .await
         {
             Ok((DeliverReply::Results(r), _)) => r,
+            Ok((DeliverReply::Report(report), _)) => {
+                for (domain, level) in &report.levels_seen {
+                    // deliverd reports ASCII domains; record them under the
+                    // normalised (Unicode) name the queue uses.
+                    let name = tambo_common::names::normalize_domain(domain).unwrap_or_else(|_| domain.clone());
+                    self.domaininfo.record_outgoing(&name, *level);
+                }
+                report.results
+            }
             Err(e) => {
                 tracing::warn!(id = entry.id, "deliverd unreachable ({e}); retrying soon");
                 let at = now + DELIVERD_LOST_RETRY.as_secs();

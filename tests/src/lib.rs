@@ -8,6 +8,8 @@
 //! directories are made readable (and the mail output directory writable)
 //! for them.
 
+pub mod fakedns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;

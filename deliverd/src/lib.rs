@@ -1,0 +1,5 @@
+//! deliverd's delivery agents, as a library so that integration tests can
+//! drive the remote courier against real peers.
+
+pub mod mda;
+pub mod remote;

@@ -1,0 +1,519 @@
+//! Remote delivery over SMTP: routing (MX, A/AAAA, null MX, alias `via`,
+//! `relay_host`), the SMTP client, TLS with per-domain security levels,
+//! connection reuse and concurrency limits.
+//!
+//! The courier never touches the queue or the domaininfo store: queued
+//! sends the recorded level of each domain with the job and records what
+//! the courier reports back ([`DeliveryReport::levels_seen`]).
+
+pub mod body;
+pub mod client;
+pub mod dns;
+pub mod pool;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tambo_common::config::Config;
+use tambo_common::domaininfo::SecLevel;
+use tambo_common::names::{domain_to_ascii, split_address};
+use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, RcptRoute};
+
+use body::Body;
+use client::{Envelope, RcptResult, Session, SessionLimits, SmtpError};
+use dns::{Dns, DnsError, MxAnswer};
+use pool::{Limits, Pool};
+use tls::TlsClient;
+
+/// Settings of the courier, from the configuration (tests change the
+/// timeouts).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// EHLO name.
+    pub hostname: String,
+    /// Port for MX hosts (`outgoing_smtp_port`).
+    pub port: u16,
+    /// Smarthost ("host" or "host:port"), when set.
+    pub relay_host: Option<String>,
+    /// `dns_servers`.
+    pub dns_servers: Vec<String>,
+    /// `tls_extra_ca_file`.
+    pub tls_extra_ca_file: String,
+    /// Session limits (connect and reply timeouts, reply bounds).
+    pub session: SessionLimits,
+    /// Bound on one whole attempt for one domain (all its MXs).
+    pub attempt_timeout: Duration,
+    /// How long idle connections are kept (zero: no reuse).
+    pub idle_timeout: Duration,
+    /// Sessions at once, in total.
+    pub max_sessions: usize,
+    /// Sessions at once to one domain.
+    pub max_sessions_per_domain: usize,
+    /// DNS query timeout.
+    pub dns_timeout: Duration,
+}
+
+impl Settings {
+    /// The settings a configuration asks for.
+    pub fn from_config(c: &Config) -> Settings {
+        Settings {
+            hostname: c.hostname.clone(),
+            port: u16::try_from(c.outgoing_smtp_port).unwrap_or(25),
+            relay_host: (!c.relay_host.is_empty()).then(|| c.relay_host.clone()),
+            dns_servers: c.dns_servers.clone(),
+            tls_extra_ca_file: c.tls_extra_ca_file.clone(),
+            session: SessionLimits::default(),
+            attempt_timeout: Duration::from_secs(30 * 60),
+            idle_timeout: Duration::from_secs(30),
+            max_sessions: 100,
+            max_sessions_per_domain: 20,
+            dns_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the courier could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CourierError {
+    /// DNS configuration.
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+    /// TLS configuration.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+    /// `relay_host` or a `via` server is not "host" or "host:port".
+    #[error("bad server {0:?}: {1}")]
+    Server(String, String),
+}
+
+/// The remote courier.
+pub struct Courier {
+    settings: Settings,
+    dns: Dns,
+    tls: TlsClient,
+    pool: Arc<Pool>,
+    limits: Limits,
+}
+
+/// Where to send mail for one group of recipients.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    /// Through DNS (MX) for this domain (ASCII form).
+    Mx(String),
+    /// Through these servers ("host" or "host:port"): alias `via` or
+    /// `relay_host`.
+    Servers(Vec<String>),
+}
+
+/// The outcome of trying one server.
+enum HostOutcome {
+    /// The transaction ran; the recipients have their results.
+    Done(Vec<DeliveryOutcome>, SecLevel),
+    /// Try the next server; this is why this one did not do.
+    Next(String),
+}
+
+/// Split "host", "host:port", "[v6]:port" into host and port.
+pub fn parse_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty".into());
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or("missing ]")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("bad port {p:?}"))?,
+            None if after.is_empty() => default_port,
+            None => return Err(format!("unexpected {after:?}")),
+        };
+        return Ok((host.to_string(), port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => Ok((h.to_string(), p.parse().map_err(|_| format!("bad port {p:?}"))?)),
+        Some(_) => Ok((s.to_string(), default_port)), // a bare IPv6 address
+        None => Ok((s.to_string(), default_port)),
+    }
+}
+
+fn is_ascii_local(addr: &str) -> bool {
+    split_address(addr).0.is_ascii()
+}
+
+impl Courier {
+    /// Set up DNS and TLS. Needs a tokio runtime.
+    pub fn new(settings: Settings) -> Result<Arc<Courier>, CourierError> {
+        if let Some(r) = &settings.relay_host {
+            parse_host_port(r, settings.port).map_err(|e| CourierError::Server(r.clone(), e))?;
+        }
+        let dns = Dns::new(&settings.dns_servers, settings.dns_timeout)?;
+        let tls = TlsClient::new(&settings.tls_extra_ca_file)?;
+        tracing::debug!(roots = tls.roots, "remote delivery ready");
+        let pool = Pool::new(settings.idle_timeout, 8, 256);
+        let weak = Arc::downgrade(&pool);
+        let every = settings.idle_timeout.max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match weak.upgrade() {
+                    Some(p) => p.sweep(),
+                    None => return,
+                }
+            }
+        });
+        Ok(Arc::new(Courier {
+            limits: Limits::new(settings.max_sessions, settings.max_sessions_per_domain),
+            settings,
+            dns,
+            tls,
+            pool,
+        }))
+    }
+
+    /// Number of idle connections kept for reuse.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle_count()
+    }
+
+    /// Deliver the remote recipients `rcpts` of `job`. Recipients of one
+    /// domain (or one `via` list) go in one transaction; groups run
+    /// concurrently.
+    pub async fn deliver(&self, job: &DeliveryJob, rcpts: &[JobRcpt], data: Arc<OwnedFd>) -> DeliveryReport {
+        let mut report = DeliveryReport::default();
+        let body = match Body::new(job.header_prefix.clone(), data).await {
+            Ok(b) => b,
+            Err(e) => {
+                let o = DeliveryOutcome::TempFail(format!("cannot read the message: {e}"));
+                report.results = rcpts.iter().map(|r| (r.index, o.clone())).collect();
+                return report;
+            }
+        };
+        let mut groups: BTreeMap<Target, Vec<&JobRcpt>> = BTreeMap::new();
+        for r in rcpts {
+            let (_, domain) = split_address(&r.address);
+            let target = match &r.route {
+                RcptRoute::Remote { via } if !via.is_empty() => Target::Servers(via.clone()),
+                _ => match &self.settings.relay_host {
+                    Some(relay) => Target::Servers(vec![relay.clone()]),
+                    None => match domain_to_ascii(domain) {
+                        Ok(d) => Target::Mx(d),
+                        Err(e) => {
+                            report.results.push((
+                                r.index,
+                                DeliveryOutcome::PermFail(format!("invalid domain {domain:?}: {e}")),
+                            ));
+                            continue;
+                        }
+                    },
+                },
+            };
+            groups.entry(target).or_default().push(r);
+        }
+        let tasks = groups.into_iter().map(|(target, group)| {
+            let body = &body;
+            async move {
+                let recorded = match &target {
+                    Target::Mx(d) => recorded_level(job, d),
+                    Target::Servers(_) => SecLevel::Plain,
+                };
+                let key = match &target {
+                    Target::Mx(d) => d.clone(),
+                    Target::Servers(s) => s.join("/"),
+                };
+                let fut = self.deliver_group(job, &target, &group, body, recorded, &key);
+                let (outcomes, level) = match tokio::time::timeout(self.settings.attempt_timeout, fut).await {
+                    Ok(v) => v,
+                    Err(_) => {
+                        let o = DeliveryOutcome::TempFail(format!(
+                            "delivery to {key} took longer than {}s",
+                            self.settings.attempt_timeout.as_secs()
+                        ));
+                        (group.iter().map(|_| o.clone()).collect(), None)
+                    }
+                };
+                let results: Vec<(u32, DeliveryOutcome)> = group.iter().map(|r| r.index).zip(outcomes).collect();
+                let seen = match (&target, level) {
+                    (Target::Mx(d), Some(l)) => Some((d.clone(), l)),
+                    _ => None,
+                };
+                (results, seen)
+            }
+        });
+        for (results, seen) in futures_join_all(tasks).await {
+            report.results.extend(results);
+            report.levels_seen.extend(seen);
+        }
+        report
+    }
+
+    /// One group: find the servers and try them in order.
+    async fn deliver_group(
+        &self,
+        job: &DeliveryJob,
+        target: &Target,
+        group: &[&JobRcpt],
+        body: &Body,
+        recorded: SecLevel,
+        key: &str,
+    ) -> (Vec<DeliveryOutcome>, Option<SecLevel>) {
+        let all = |o: DeliveryOutcome| (group.iter().map(|_| o.clone()).collect::<Vec<_>>(), None);
+        // Addresses as the peer will see them, and the SMTPUTF8 need.
+        let needs_utf8 = !is_ascii_local(&job.from) || group.iter().any(|r| !is_ascii_local(&r.address));
+        let (servers, implicit) = match target {
+            Target::Servers(list) => {
+                let mut v = Vec::new();
+                for s in list {
+                    match parse_host_port(s, self.settings.port) {
+                        Ok(hp) => v.push(hp),
+                        Err(e) => return all(DeliveryOutcome::PermFail(format!("bad server {s:?}: {e}"))),
+                    }
+                }
+                (v, false)
+            }
+            Target::Mx(domain) => match self.dns.mx(domain).await {
+                Ok(MxAnswer::Hosts(h)) => (h.into_iter().map(|h| (h, self.settings.port)).collect(), false),
+                Ok(MxAnswer::Implicit) => (vec![(domain.clone(), self.settings.port)], true),
+                Err(e) if e.is_permanent() => return all(DeliveryOutcome::PermFail(e.to_string())),
+                Err(e) => return all(DeliveryOutcome::TempFail(e.to_string())),
+            },
+        };
+        let _permits = self.limits.acquire(key).await;
+        let mut errors: Vec<String> = Vec::new();
+        for (host, port) in servers.iter().take(dns::MAX_MX) {
+            match self
+                .try_host(job, host, *port, group, body, recorded, needs_utf8, implicit)
+                .await
+            {
+                Ok(HostOutcome::Done(outcomes, level)) => return (outcomes, Some(level)),
+                Ok(HostOutcome::Next(e)) => errors.push(e),
+                Err(perm) => return all(DeliveryOutcome::PermFail(perm)),
+            }
+        }
+        all(DeliveryOutcome::TempFail(errors.join("; ")))
+    }
+
+    /// Try one server: a pooled session or new connections to each of its
+    /// addresses. `Err` is a permanent failure for the whole group.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_host(
+        &self,
+        job: &DeliveryJob,
+        host: &str,
+        port: u16,
+        group: &[&JobRcpt],
+        body: &Body,
+        recorded: SecLevel,
+        needs_utf8: bool,
+        implicit: bool,
+    ) -> Result<HostOutcome, String> {
+        let pool_key = format!("{host}:{port}");
+        let mut session = None;
+        while let Some(mut s) = self.pool.take(&pool_key) {
+            if s.level >= recorded && s.reset().await.is_ok() {
+                session = Some(s);
+                break;
+            }
+        }
+        let mut errors = Vec::new();
+        if session.is_none() {
+            let addrs = match self.dns.addresses(host).await {
+                Ok(a) => a,
+                Err(e) if implicit && e.is_permanent() => return Err(e.to_string()),
+                Err(e) => return Ok(HostOutcome::Next(e.to_string())),
+            };
+            for ip in addrs.into_iter().take(4) {
+                let addr = SocketAddr::new(ip, port);
+                match self.open(addr, host, recorded).await {
+                    Ok(s) => {
+                        session = Some(s);
+                        break;
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        let Some(mut session) = session else {
+            return Ok(HostOutcome::Next(format!("{host}: {}", errors.join("; "))));
+        };
+        let who = format!("{host}[{}]", session.addr.ip());
+        if session.level < recorded {
+            let level = session.level;
+            tokio::spawn(session.quit());
+            return Ok(HostOutcome::Next(format!(
+                "{who}: security level {} is below the {} recorded for this domain; not sending",
+                level.name(),
+                recorded.name()
+            )));
+        }
+        if let Some(limit) = session.ext.size
+            && limit > 0
+            && body.size() > limit
+        {
+            tokio::spawn(session.quit());
+            return Err(format!(
+                "5.3.4 message of {} bytes is larger than the {limit} bytes {who} accepts",
+                body.size()
+            ));
+        }
+        // Addresses: Unicode with SMTPUTF8 when needed and offered; else
+        // the domains in ASCII, and non-ASCII local parts cannot go.
+        let utf8 = needs_utf8 && session.ext.smtputf8;
+        let convert = |addr: &str| -> Result<String, String> {
+            if addr.is_empty() {
+                return Ok(String::new());
+            }
+            if utf8 {
+                return Ok(addr.to_string());
+            }
+            let (user, domain) = split_address(addr);
+            if !user.is_ascii() {
+                return Err(format!(
+                    "5.6.7 the address {addr} has a non-ASCII local part and {who} does not support SMTPUTF8"
+                ));
+            }
+            match domain_to_ascii(domain) {
+                Ok(d) => Ok(format!("{user}@{d}")),
+                Err(e) => Err(format!("invalid domain in {addr}: {e}")),
+            }
+        };
+        let from = match convert(&job.from) {
+            Ok(f) => f,
+            Err(e) => {
+                self.pool.put(&pool_key, session);
+                return Err(e);
+            }
+        };
+        let mut outcomes: Vec<Option<DeliveryOutcome>> = vec![None; group.len()];
+        let mut sendable = Vec::new();
+        let mut positions = Vec::new();
+        for (i, r) in group.iter().enumerate() {
+            match convert(&r.address) {
+                Ok(a) => {
+                    sendable.push(a);
+                    positions.push(i);
+                }
+                Err(e) => outcomes[i] = Some(DeliveryOutcome::PermFail(e)),
+            }
+        }
+        let level = session.level;
+        if sendable.is_empty() {
+            self.pool.put(&pool_key, session);
+            return Ok(HostOutcome::Done(
+                outcomes.into_iter().map(|o| o.expect("set")).collect(),
+                level,
+            ));
+        }
+        let env = Envelope {
+            from: &from,
+            rcpts: &sendable,
+            smtputf8: utf8,
+        };
+        let results = match session.send(&env, body).await {
+            Ok(r) => r,
+            Err(e) => return Ok(HostOutcome::Next(format!("{who}: {e}"))),
+        };
+        self.pool.put(&pool_key, session);
+        let mut all_temp = true;
+        for (pos, res) in positions.into_iter().zip(results) {
+            let o = match res {
+                RcptResult::Accepted => DeliveryOutcome::Delivered,
+                RcptResult::Refused(r) if r.is_permanent() => {
+                    DeliveryOutcome::PermFail(format!("{who} said: {}", r.summary()))
+                }
+                RcptResult::Refused(r) => DeliveryOutcome::TempFail(format!("{who} said: {}", r.summary())),
+            };
+            if !matches!(o, DeliveryOutcome::TempFail(_)) {
+                all_temp = false;
+            }
+            outcomes[pos] = Some(o);
+        }
+        let outcomes: Vec<DeliveryOutcome> = outcomes.into_iter().map(|o| o.expect("set")).collect();
+        if all_temp {
+            // Nothing got through and nothing was refused for good: the
+            // next MX may do better.
+            let text = outcomes
+                .iter()
+                .find_map(|o| match o {
+                    DeliveryOutcome::TempFail(t) => Some(t.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            return Ok(HostOutcome::Next(text));
+        }
+        Ok(HostOutcome::Done(outcomes, level))
+    }
+
+    /// A new session to `addr`. When TLS fails and the domain has no
+    /// recorded TLS level, try once more in plain text, as other MTAs do.
+    async fn open(&self, addr: SocketAddr, host: &str, recorded: SecLevel) -> Result<Session, String> {
+        let s = &self.settings;
+        match Session::connect(addr, host, &s.hostname, Some(&self.tls), &s.session).await {
+            Ok(sess) => Ok(sess),
+            Err(SmtpError::Tls(e)) if recorded == SecLevel::Plain => {
+                tracing::info!(host, %addr, "TLS handshake failed ({e}); retrying without TLS");
+                Session::connect(addr, host, &s.hostname, None, &s.session)
+                    .await
+                    .map_err(|e2| format!("{addr}: TLS failed ({e}), then {e2}"))
+            }
+            Err(e) => Err(format!("{addr}: {e}")),
+        }
+    }
+}
+
+fn recorded_level(job: &DeliveryJob, domain_ascii: &str) -> SecLevel {
+    job.outgoing_levels
+        .iter()
+        .filter(|(d, _)| domain_to_ascii(d).map(|a| a == domain_ascii).unwrap_or(false))
+        .map(|(_, l)| *l)
+        .max()
+        .unwrap_or(SecLevel::Plain)
+}
+
+/// Run futures concurrently and collect their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    let mut futs: Vec<Option<std::pin::Pin<Box<F>>>> = futs.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, slot) in futs.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        outputs[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("every future finished")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port() {
+        assert_eq!(parse_host_port("mx.a.test", 25).unwrap(), ("mx.a.test".into(), 25));
+        assert_eq!(
+            parse_host_port("mx.a.test:2525", 25).unwrap(),
+            ("mx.a.test".into(), 2525)
+        );
+        assert_eq!(parse_host_port("[::1]:26", 25).unwrap(), ("::1".into(), 26));
+        assert_eq!(parse_host_port("::1", 25).unwrap(), ("::1".into(), 25));
+        assert!(parse_host_port("h:x", 25).is_err());
+        assert!(parse_host_port("", 25).is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! Outgoing TLS. The handshake itself accepts any certificate (so that a
+//! server with a self-signed certificate still gets encrypted mail, as
+//! every MTA does), and the chain is then checked separately against the
+//! system roots plus `tls_extra_ca_file` for the MX host name: the result
+//! decides between [`SecLevel::TlsInsecure`] and [`SecLevel::TlsSecure`].
+
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tambo_common::domaininfo::SecLevel;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Errors setting TLS up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// The extra CA file cannot be read or has no certificate.
+    #[error("tls_extra_ca_file {0}: {1}")]
+    ExtraCa(String, String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(String),
+}
+
+/// The TLS client side of remote delivery.
+pub struct TlsClient {
+    connector: TlsConnector,
+    verifier: Option<Arc<WebPkiServerVerifier>>,
+    /// Number of trusted roots (system + extra), for the log.
+    pub roots: usize,
+}
+
+/// Verifier used during the handshake: checks the handshake signatures
+/// properly but accepts any certificate; the chain is judged afterwards.
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl TlsClient {
+    /// System roots (as found by rustls-native-certs: /etc/ssl/certs,
+    /// `SSL_CERT_FILE`, `SSL_CERT_DIR`) plus the PEM bundle `extra_ca_file`
+    /// when not empty.
+    pub fn new(extra_ca_file: &str) -> Result<TlsClient, TlsSetupError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+        if !native.errors.is_empty() {
+            tracing::debug!(
+                "some system certificates could not be read: {:?}",
+                native.errors.first()
+            );
+        }
+        let mut total = added;
+        if !extra_ca_file.is_empty() {
+            let bytes = std::fs::read(extra_ca_file)
+                .map_err(|e| TlsSetupError::ExtraCa(extra_ca_file.into(), e.to_string()))?;
+            let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut bytes.as_slice()).collect();
+            let certs = certs.map_err(|e| TlsSetupError::ExtraCa(extra_ca_file.into(), e.to_string()))?;
+            if certs.is_empty() {
+                return Err(TlsSetupError::ExtraCa(
+                    extra_ca_file.into(),
+                    "no PEM certificate in the file".into(),
+                ));
+            }
+            let (ok, bad) = roots.add_parsable_certificates(certs);
+            if bad > 0 {
+                return Err(TlsSetupError::ExtraCa(
+                    extra_ca_file.into(),
+                    format!("{bad} certificate(s) could not be used as trust anchors"),
+                ));
+            }
+            total += ok;
+        }
+        let verifier = if roots.is_empty() {
+            tracing::warn!("no trusted root certificate: every outgoing TLS connection will count as insecure");
+            None
+        } else {
+            Some(
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| TlsSetupError::Rustls(e.to_string()))?,
+            )
+        };
+        let config = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsSetupError::Rustls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_no_client_auth();
+        Ok(TlsClient {
+            connector: TlsConnector::from(Arc::new(config)),
+            verifier,
+            roots: total,
+        })
+    }
+
+    /// Handshake over `tcp` for `host` (sent as SNI when it is a name).
+    /// Returns the stream, the level reached and, when insecure, why.
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        host: &str,
+    ) -> std::io::Result<(TlsStream<TcpStream>, SecLevel, Option<String>)> {
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+        let stream = self.connector.connect(name.clone(), tcp).await?;
+        let (_, conn) = stream.get_ref();
+        let verdict = match (conn.peer_certificates(), &self.verifier) {
+            (Some([ee, rest @ ..]), Some(v)) => v
+                .verify_server_cert(ee, rest, &name, &[], UnixTime::now())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            (Some(_), None) => Err("no trusted root certificates configured".into()),
+            (_, _) => Err("the server sent no certificate".into()),
+        };
+        Ok(match verdict {
+            Ok(()) => (stream, SecLevel::TlsSecure, None),
+            Err(e) => (stream, SecLevel::TlsInsecure, Some(e)),
+        })
+    }
+}
