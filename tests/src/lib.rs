@@ -138,6 +138,10 @@ pub struct TestEnv {
     pub submission_port: u16,
     /// Port of the submission-over-TLS listener.
     pub submission_tls_port: u16,
+    /// An empty DNS server on loopback (every name is NXDOMAIN), used
+    /// unless a test configures `dns_servers` itself: tests never query the
+    /// machine's resolver.
+    pub dns: fakedns::FakeDns,
 }
 
 impl TestEnv {
@@ -210,6 +214,7 @@ impl TestEnv {
             smtp_port: free_port(),
             submission_port: free_port(),
             submission_tls_port: free_port(),
+            dns: fakedns::FakeDns::start(),
         };
         env.write_conf(extra_conf);
         env.fix_permissions();
@@ -218,6 +223,13 @@ impl TestEnv {
 
     /// (Re)write chasquid.conf with the standard fields and `extra`.
     pub fn write_conf(&self, extra: &str) {
+        // Tests never query the machine's resolver: unless a test brings
+        // its own DNS server, lookups go to the environment's empty one.
+        let dns = if extra.contains("dns_servers") {
+            String::new()
+        } else {
+            format!("dns_servers: \"{}\"\n", self.dns.addr)
+        };
         let conf = format!(
             "hostname: \"mx.example.com\"\n\
              smtp_address: \"127.0.0.1:{}\"\n\
@@ -228,7 +240,7 @@ impl TestEnv {
              mail_delivery_agent_bin: \"{}\"\n\
              mail_delivery_agent_args: \"%to%\"\n\
              mail_log_path: \"<stderr>\"\n\
-             {extra}\n",
+             {extra}\n{dns}",
             self.smtp_port,
             self.submission_port,
             self.submission_tls_port,
