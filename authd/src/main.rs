@@ -76,7 +76,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 link.send(WorkerMsg::Reloaded { ok, message }).await?;
             }
             ControlMsg::Shutdown { .. } => return Ok(()),
-            ControlMsg::Start(_) | ControlMsg::Listener { .. } => {
+            ControlMsg::Start(_) | ControlMsg::Listener { .. } | ControlMsg::AdminClient { .. } => {
                 tracing::warn!("authd: unexpected control message ignored");
             }
         }

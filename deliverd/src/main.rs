@@ -139,7 +139,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 .await?;
             }
             ControlMsg::Shutdown { .. } => return Ok(()),
-            ControlMsg::Start(_) | ControlMsg::Listener { .. } => {
+            ControlMsg::Start(_) | ControlMsg::Listener { .. } | ControlMsg::AdminClient { .. } => {
                 tracing::warn!("deliverd: unexpected control message ignored");
             }
         }

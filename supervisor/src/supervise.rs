@@ -14,6 +14,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg, WorkerStart};
 
+use crate::control::{Accepted, ControlSocket};
 use crate::listeners::Listener;
 use crate::spawn::{self, SpawnPlan, Started};
 
@@ -48,6 +49,7 @@ pub struct Supervisor<R: Reloader> {
     listeners: Vec<Listener>,
     slots: HashMap<WorkerKind, Slot>,
     reloader: R,
+    control_socket: Option<ControlSocket>,
 }
 
 impl<R: Reloader> Supervisor<R> {
@@ -72,7 +74,14 @@ impl<R: Reloader> Supervisor<R> {
             listeners,
             slots,
             reloader,
+            control_socket: None,
         }
+    }
+
+    /// Serve the control socket (connections go to queued).
+    pub fn with_control_socket(mut self, socket: ControlSocket) -> Self {
+        self.control_socket = Some(socket);
+        self
     }
 
     /// Run until SIGTERM/SIGINT; returns the process exit code.
@@ -105,6 +114,9 @@ impl<R: Reloader> Supervisor<R> {
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 }
             }
+            if let Some(cs) = &self.control_socket {
+                fds.push(PollFd::new(cs.as_fd(), PollFlags::POLLIN));
+            }
             let ready = match poll(&mut fds, timeout) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -123,6 +135,9 @@ impl<R: Reloader> Supervisor<R> {
                     self.read_control(*k);
                 }
             }
+            if self.control_socket.is_some() && revents[kinds.len() + 1] {
+                self.accept_admin();
+            }
             if revents[0] {
                 while let Ok(Some(info)) = sigfd.read_signal() {
                     match Signal::try_from(info.ssi_signo as i32) {
@@ -135,6 +150,30 @@ impl<R: Reloader> Supervisor<R> {
                         _ => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// Hand each accepted control-socket connection to queued, or tell the
+    /// client queued is not there.
+    fn accept_admin(&mut self) {
+        let Some(cs) = &self.control_socket else {
+            return;
+        };
+        for a in cs.accept() {
+            let Accepted::Allowed(fd, peer) = a else {
+                continue;
+            };
+            let sent = match &mut self.slots.get_mut(&WorkerKind::Queued).expect("slot").state {
+                SlotState::Running(s, false) => s
+                    .control
+                    .send(&ControlMsg::AdminClient { uid: peer.uid }, &[fd.as_fd()])
+                    .map_err(|e| e.to_string()),
+                _ => Err("queued is not running (restarting or stopped); try again".to_string()),
+            };
+            if let Err(e) = sent {
+                tracing::warn!("control socket: {e}");
+                crate::control::refuse(&std::os::unix::net::UnixStream::from(fd), &e);
             }
         }
     }
@@ -352,6 +391,8 @@ impl<R: Reloader> Supervisor<R> {
     /// Ask every worker to stop, wait for them (killing the late ones) and
     /// return the exit code.
     fn shutdown(mut self, sigfd: &mut SignalFd) -> i32 {
+        // Clients now get "not running" instead of a hang.
+        self.control_socket = None;
         let grace = SHUTDOWN_GRACE.as_secs() as u32;
         // smtpd first, so no new mail arrives while queued finishes.
         for kind in [

@@ -1,0 +1,251 @@
+//! Issue 4 acceptance, part 2: the control socket (`tambo queue`, `mailq`)
+//! against a running server, LMTP delivery to a real Dovecot, and kill -9
+//! of every worker during a stream of messages.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tambo_tests::*;
+
+/// An environment whose MDA fails temporarily (exit 75) until `gate`
+/// exists, with a first retry an hour away: nothing is retried unless the
+/// operator flushes.
+fn deferred_env() -> (TestEnv, PathBuf) {
+    let env = TestEnv::new("min_retry_delay: \"1h\"");
+    let gate = env.tmp.path().join("gate");
+    std::fs::write(
+        env.tmp.path().join("mda.sh"),
+        format!(
+            "#!/bin/sh\n[ -e '{}' ] || {{ echo gate closed; exit 75; }}\ncat >> '{}'/\"$1\"\n",
+            gate.display(),
+            env.out_dir.display()
+        ),
+    )
+    .expect("write mda");
+    (env, gate)
+}
+
+fn tambo(env: &TestEnv, args: &[&str]) -> (bool, String) {
+    run(Command::new(bin("tambo"))
+        .arg("-C")
+        .arg(&env.config_dir)
+        .arg("queue")
+        .args(args))
+}
+
+fn send(port: u16, to: &str, marker: &str) -> String {
+    let (ok, out) = run(Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{port}")])
+        .args(["--from", "sender@remote.example", "--to", to])
+        .args(["--add-header", &format!("X-Marker: {marker}")])
+        .args(["--body", marker, "--timeout", "30"]));
+    assert!(ok, "{out}");
+    let id = out
+        .lines()
+        .find_map(|l| l.split("queued as ").nth(1))
+        .unwrap_or_else(|| panic!("no queue id in: {out}"));
+    id.trim().to_string()
+}
+
+fn delivered_count(env: &TestEnv, addr: &str, marker: &str) -> usize {
+    env.delivered(addr)
+        .unwrap_or_default()
+        .matches(&format!("X-Marker: {marker}\r\n"))
+        .count()
+}
+
+#[test]
+fn every_queue_action_and_mailq() {
+    let (env, gate) = deferred_env();
+    let server = env.start();
+    let ids: Vec<String> = (1..=4)
+        .map(|i| send(env.smtp_port, USER, &format!("queue-marker-{i}")))
+        .collect();
+    // Every message has had its first (failed) attempt.
+    let mut listing = String::new();
+    wait_for(Duration::from_secs(20), "four deferred messages", || {
+        let (ok, out) = tambo(&env, &["list"]);
+        listing = out;
+        ok && listing.matches("gate closed").count() >= 4
+    });
+    for id in &ids {
+        assert!(listing.contains(id.as_str()), "{listing}");
+    }
+    assert!(listing.contains("<sender@remote.example>"), "{listing}");
+    assert!(
+        listing.contains("pending   alice@example.com, 1 attempt(s), next in"),
+        "{listing}"
+    );
+    assert!(listing.contains("-- "), "{listing}");
+
+    // mailq: the same binary under another name.
+    let mailq = env.tmp.path().join("mailq");
+    std::os::unix::fs::symlink(bin("tambo"), &mailq).expect("symlink mailq");
+    let (ok, out) = run(Command::new(&mailq).arg("-C").arg(&env.config_dir));
+    assert!(ok, "{out}");
+    assert!(out.starts_with("-Queue ID-"), "{out}");
+    assert!(ids.iter().all(|id| out.contains(id.as_str())), "{out}");
+    assert!(out.contains("gate closed"), "{out}");
+
+    // show
+    let (ok, out) = tambo(&env, &["show", &ids[0]]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("ID:       {}", ids[0])), "{out}");
+    assert!(out.contains("From:     <sender@remote.example>"), "{out}");
+    assert!(out.contains("To:       alice@example.com [pending"), "{out}");
+    assert!(out.contains("Received: from "), "{out}");
+    assert!(out.contains("X-Marker: queue-marker-1"), "{out}");
+    assert!(!out.contains("queue-marker-1\n\n"), "no body: {out}");
+    let (ok, out) = tambo(&env, &["show", "NoSuchId123"]);
+    assert!(!ok && out.contains("NoSuchId123 is not in the queue"), "{out}");
+    let (ok, out) = tambo(&env, &["hold", "../etc"]);
+    assert!(!ok && out.contains("is not a queue ID"), "{out}");
+
+    // hold 1, remove 2
+    let (ok, out) = tambo(&env, &["hold", &ids[0]]);
+    assert!(ok && out.contains("held"), "{out}");
+    let (_, out) = tambo(&env, &["list"]);
+    assert!(out.contains(&format!("{}!", ids[0])) && out.contains("(held)"), "{out}");
+    let (ok, out) = tambo(&env, &["remove", &ids[1]]);
+    assert!(ok && out.contains("removed"), "{out}");
+    assert!(!env.data_dir.join(format!("queue/{}.env", ids[1])).exists());
+    assert!(!env.data_dir.join(format!("queue/{}.data", ids[1])).exists());
+    let (_, out) = tambo(&env, &["list"]);
+    assert!(!out.contains(ids[1].as_str()), "{out}");
+    let (ok, out) = tambo(&env, &["remove", &ids[1]]);
+    assert!(!ok && out.contains("not in the queue"), "{out}");
+
+    // flush one ID: only that one is delivered.
+    std::fs::write(&gate, b"").expect("open the gate");
+    let (ok, out) = tambo(&env, &["flush", &ids[2]]);
+    assert!(ok && out.contains("1 message(s) scheduled"), "{out}");
+    env.wait_delivered(USER, "queue-marker-3");
+    assert_eq!(
+        delivered_count(&env, USER, "queue-marker-4"),
+        0,
+        "4 waits for its retry"
+    );
+
+    // flush everything: 4 goes, the held 1 stays.
+    let (ok, out) = tambo(&env, &["flush"]);
+    assert!(ok && out.contains("1 held"), "{out}");
+    env.wait_delivered(USER, "queue-marker-4");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(delivered_count(&env, USER, "queue-marker-1"), 0, "held");
+
+    // release, then flush it.
+    let (ok, out) = tambo(&env, &["release", &ids[0]]);
+    assert!(ok && out.contains("released"), "{out}");
+    let (ok, out) = tambo(&env, &["flush", &ids[0]]);
+    assert!(ok, "{out}");
+    env.wait_delivered(USER, "queue-marker-1");
+    wait_for(Duration::from_secs(20), "an empty queue", || {
+        tambo(&env, &["list"]).1 == "Mail queue is empty\n"
+    });
+    for (i, n) in [(1, 1), (2, 0), (3, 1), (4, 1)] {
+        assert_eq!(
+            delivered_count(&env, USER, &format!("queue-marker-{i}")),
+            n,
+            "message {i}"
+        );
+    }
+    drop(server);
+
+    // Stopped: a clear message, non-zero exit.
+    let (ok, out) = tambo(&env, &["list"]);
+    assert!(!ok);
+    let sock = env.tmp.path().join("run/control.sock");
+    assert!(
+        out.contains(&format!(
+            "tambod is not running (no control socket at {})",
+            sock.display()
+        )),
+        "{out}"
+    );
+    let (ok, out) = run(Command::new(&mailq).arg("--socket").arg("/nonexistent/control.sock"));
+    assert!(!ok && out.contains("tambod is not running"), "{out}");
+}
+
+/// Run `tambo queue list` as another user.
+fn list_as(socket: &Path, user: &str, group: &str) -> (bool, String) {
+    run(Command::new("setpriv")
+        .args(["--reuid", user, "--regid", group, "--clear-groups"])
+        .arg(bin("tambo"))
+        .arg("queue")
+        .arg("list")
+        .arg("--socket")
+        .arg(socket))
+}
+
+#[test]
+fn control_socket_admits_root_and_admin_group_only() {
+    if !is_root() || !have("setpriv") {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let env = TestEnv::new("");
+    let _server = env.start();
+    let sock = env.tmp.path().join("run/control.sock");
+    let meta = std::fs::metadata(&sock).expect("socket");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    let tambo_gid = nix::unistd::Group::from_name("tambo")
+        .expect("getgrnam")
+        .expect("group tambo")
+        .gid;
+    assert_eq!(meta.gid(), tambo_gid.as_raw());
+    // The file mode stops nobody first.
+    let (ok, out) = list_as(&sock, "nobody", "nogroup");
+    assert!(!ok && out.contains("permission denied"), "{out}");
+    // With the mode opened, the peer-credential check still refuses.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let (ok, out) = list_as(&sock, "nobody", "nogroup");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("permission denied: uid 65534 is neither root nor a member of group tambo"),
+        "{out}"
+    );
+    // A member of the admin group is admitted, and so is root.
+    let (ok, out) = list_as(&sock, "nobody", "tambo");
+    assert!(ok && out.contains("Mail queue is empty"), "{out}");
+    let (ok, out) = run(Command::new(bin("tambo"))
+        .args(["queue", "list", "--socket"])
+        .arg(&sock));
+    assert!(ok && out.contains("Mail queue is empty"), "{out}");
+}
+
+#[test]
+fn control_socket_survives_a_silent_client_and_a_queued_restart() {
+    let env = TestEnv::new("");
+    let server = env.start();
+    let sock = env.tmp.path().join("run/control.sock");
+    // A client that connects and says nothing does not block anyone.
+    let _silent: Vec<_> = (0..20)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).expect("connect"))
+        .collect();
+    let (ok, out) = tambo(&env, &["list"]);
+    assert!(ok && out.contains("Mail queue is empty"), "{out}");
+    // SMTP still works meanwhile.
+    send(env.smtp_port, USER, "while-silent-clients");
+    env.wait_delivered(USER, "while-silent-clients");
+    // Garbage gets an error, not a hang.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        s.write_all(&[0xff; 64]).expect("write");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        assert!(String::from_utf8_lossy(&buf).contains("too large"), "{buf:?}");
+    }
+    let old = server.worker_pid("queued");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    wait_for(Duration::from_secs(20), "queued restarted and answering", || {
+        tambo(&env, &["list"]).0
+    });
+}
