@@ -1,6 +1,7 @@
 //! `tambo-deliverd`: runs the delivery agents. It gets each message as a
 //! read-only fd from queued and never opens the queue directory.
 
+mod lmtp;
 mod mda;
 
 use std::os::fd::OwnedFd;
@@ -64,8 +65,39 @@ impl Deliverer {
     async fn deliver(&self, job: DeliveryJob, data: Arc<OwnedFd>) -> Vec<(u32, DeliveryOutcome)> {
         let config = self.config();
         let mut results = Vec::new();
+        // With lmtp_address, every local recipient goes in one LMTP
+        // transaction, with one answer each.
+        let mut lmtp_done: std::collections::HashMap<u32, DeliveryOutcome> = std::collections::HashMap::new();
+        if !config.lmtp_address.is_empty() {
+            let local: Vec<(u32, String)> = job
+                .rcpts
+                .iter()
+                .filter_map(|r| match &r.route {
+                    RcptRoute::Local { user, domain } => Some((r.index, format!("{user}@{domain}"))),
+                    _ => None,
+                })
+                .collect();
+            if !local.is_empty() {
+                let addrs: Vec<String> = local.iter().map(|(_, a)| a.clone()).collect();
+                let outcomes = lmtp::deliver(
+                    &config.lmtp_address,
+                    &config.hostname,
+                    lmtp::Message {
+                        from: &job.from,
+                        rcpts: &addrs,
+                        header_prefix: &job.header_prefix,
+                        data: data.clone(),
+                    },
+                )
+                .await;
+                lmtp_done.extend(local.into_iter().map(|(i, _)| i).zip(outcomes));
+            }
+        }
         for rcpt in &job.rcpts {
             let outcome = match &rcpt.route {
+                RcptRoute::Local { .. } if lmtp_done.contains_key(&rcpt.index) => {
+                    lmtp_done.remove(&rcpt.index).expect("checked")
+                }
                 RcptRoute::Local { user, domain } => {
                     let to = format!("{user}@{domain}");
                     let mut argv = vec![config.mail_delivery_agent_bin.clone()];

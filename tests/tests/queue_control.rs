@@ -249,3 +249,170 @@ fn control_socket_survives_a_silent_client_and_a_queued_restart() {
         tambo(&env, &["list"]).0
     });
 }
+
+/// A Dovecot LMTP server in a temporary directory (unix socket and a
+/// loopback TCP port), storing mail in Maildirs under `mail/`.
+struct Dovecot {
+    child: std::process::Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Dovecot {
+    fn start(dir: &Path) -> Dovecot {
+        let mail = dir.join("mail");
+        std::fs::create_dir_all(&mail).expect("mkdir");
+        let port = free_port();
+        let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .expect("getpwuid")
+            .expect("me");
+        // As root, Dovecot runs its helpers as its own users and stores
+        // mail as nobody; otherwise everything runs as us.
+        let (internal, login, uid, gid) = if is_root() {
+            let nobody = nix::unistd::User::from_name("nobody")
+                .expect("getpwnam")
+                .expect("nobody");
+            nix::unistd::chown(&mail, Some(nobody.uid), Some(nobody.gid)).expect("chown mail");
+            (
+                "dovecot".to_string(),
+                "dovenull".to_string(),
+                nobody.uid.as_raw(),
+                nobody.gid.as_raw(),
+            )
+        } else {
+            (me.name.clone(), me.name.clone(), me.uid.as_raw(), me.gid.as_raw())
+        };
+        let conf = format!(
+            "base_dir = {d}/run\n\
+             state_dir = {d}/state\n\
+             log_path = {d}/dovecot.log\n\
+             protocols = lmtp\n\
+             listen = 127.0.0.1\n\
+             ssl = no\n\
+             default_internal_user = {internal}\n\
+             default_login_user = {login}\n\
+             mail_location = maildir:~/Maildir\n\
+             postmaster_address = postmaster@example.com\n\
+             passdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
+             userdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
+             service lmtp {{\n\
+               inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n\
+               unix_listener lmtp {{\n    mode = 0666\n  }}\n\
+             }}\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("dovecot.conf"), conf).expect("write dovecot.conf");
+        let passwd: String = ["alice", "bob"]
+            .iter()
+            .map(|u| format!("{u}@example.com:{{PLAIN}}x:{uid}:{gid}::{}/{u}::\n", mail.display()))
+            .collect();
+        std::fs::write(dir.join("passwd"), passwd).expect("write passwd");
+        let child = Command::new("dovecot")
+            .arg("-F")
+            .arg("-c")
+            .arg(dir.join("dovecot.conf"))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start dovecot");
+        let d = Dovecot {
+            child,
+            dir: dir.to_path_buf(),
+            port,
+        };
+        wait_for(Duration::from_secs(20), "dovecot's LMTP listeners", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && d.socket().exists()
+        });
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("run/lmtp")
+    }
+
+    /// Contents of the messages in `user`'s Maildir/new.
+    fn mailbox(&self, user: &str) -> Vec<String> {
+        let new = self.dir.join("mail").join(user).join("Maildir/new");
+        let mut out: Vec<String> = std::fs::read_dir(new)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn lmtp_delivery_to_dovecot() {
+    if !have("dovecot") {
+        panic!("dovecot is missing: scripts/test installs dovecot-core and dovecot-lmtpd");
+    }
+    let env = TestEnv::new("");
+    // carol exists for tambo but not for Dovecot: a per-recipient 550.
+    let (ok, out) = run(Command::new(bin("tambo")).arg("-C").arg(&env.config_dir).args([
+        "user-add",
+        "carol@example.com",
+        "--password",
+        "x",
+    ]));
+    assert!(ok, "{out}");
+    env.fix_permissions();
+    let dovecot = Dovecot::start(&env.tmp.path().join("dovecot"));
+    env.write_conf(&format!("lmtp_address: \"unix:{}\"", dovecot.socket().display()));
+    let mut server = env.start();
+    let (ok, out) = run(Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", env.smtp_port)])
+        .args(["--from", "sender@remote.example"])
+        .args(["--to", "alice@example.com,bob@example.com,carol@example.com"])
+        .args([
+            "--body",
+            "lmtp over unix\r\n.leading dot line\r\nend",
+            "--timeout",
+            "30",
+        ]));
+    assert!(ok, "{out}");
+    wait_for(Duration::from_secs(20), "Dovecot stored the message", || {
+        dovecot.mailbox("alice").len() == 1 && dovecot.mailbox("bob").len() == 1
+    });
+    for user in ["alice", "bob"] {
+        let m = &dovecot.mailbox(user)[0];
+        assert!(m.contains("lmtp over unix"), "{m}");
+        assert!(m.contains("\n.leading dot line\n"), "dot-unstuffed by Dovecot: {m}");
+        assert!(m.contains("by mx.example.com (tambo)"), "{m}");
+    }
+    wait_for(Duration::from_secs(20), "carol's permanent failure", || {
+        server.log().contains("permanent failure: LMTP server")
+    });
+    let log = server.log();
+    assert!(log.contains("550 5.1.1"), "{log}");
+    assert!(dovecot.log().contains("saved mail to INBOX"), "{}", dovecot.log());
+    assert!(server.stop().success());
+
+    // Over TCP this time.
+    env.write_conf(&format!("lmtp_address: \"127.0.0.1:{}\"", dovecot.port));
+    let _server = env.start();
+    send(env.smtp_port, USER, "lmtp-over-tcp");
+    wait_for(Duration::from_secs(20), "the TCP delivery", || {
+        dovecot
+            .mailbox("alice")
+            .iter()
+            .any(|m| m.contains("X-Marker: lmtp-over-tcp"))
+    });
+    assert_eq!(dovecot.mailbox("alice").len(), 2);
+}
