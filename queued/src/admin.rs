@@ -182,10 +182,15 @@ async fn answer(queue: &Arc<Queue>, tx: &FrameSender, req: AdminRequest) -> Resu
                     Err(e) => return send(tx, AdminReply::Error(e)).await,
                 },
             };
-            let mut n = 0;
+            let (mut n, mut held) = (0, 0);
             let now = unix_now();
             for m in &targets {
                 let mut e = m.entry.lock().unwrap_or_else(|p| p.into_inner());
+                // A held message keeps its schedule: flush never releases.
+                if e.held {
+                    held += 1;
+                    continue;
+                }
                 let mut touched = false;
                 for r in e.rcpts.iter_mut().filter(|r| r.state == RcptState::Pending) {
                     r.next_attempt = r.next_attempt.min(now);
@@ -197,10 +202,6 @@ async fn answer(queue: &Arc<Queue>, tx: &FrameSender, req: AdminRequest) -> Resu
                     m.wake.notify_one();
                 }
             }
-            let held = targets
-                .iter()
-                .filter(|m| m.entry.lock().unwrap_or_else(|p| p.into_inner()).held)
-                .count();
             let mut text = format!("{n} message(s) scheduled for immediate delivery");
             if held > 0 {
                 text.push_str(&format!(" ({held} held: release them to deliver)"));

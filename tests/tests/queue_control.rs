@@ -137,6 +137,12 @@ fn every_queue_action_and_mailq() {
     // release, then flush it.
     let (ok, out) = tambo(&env, &["release", &ids[0]]);
     assert!(ok && out.contains("released"), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        delivered_count(&env, USER, "queue-marker-1"),
+        0,
+        "released, but its retry is an hour away"
+    );
     let (ok, out) = tambo(&env, &["flush", &ids[0]]);
     assert!(ok, "{out}");
     env.wait_delivered(USER, "queue-marker-1");
