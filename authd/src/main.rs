@@ -1,13 +1,14 @@
-//! `tambo-authd`: the only process that reads the users databases (and,
-//! later, private keys). It answers yes/no questions and never reveals a
-//! hash or a key.
+//! `tambo-authd`: the only process that reads the users databases and the
+//! TLS private keys. It answers yes/no questions and signs TLS handshakes
+//! for smtpd; it never reveals a hash or a key.
 
+mod keys;
 mod service;
 mod throttle;
 
 use std::sync::Arc;
 
-use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg};
+use tambo_ipc::proto::{AuthReply, AuthRequest, ControlMsg, PeerChannel, WorkerKind, WorkerMsg};
 use tambo_ipc::worker::{ControlLink, bootstrap, single_stream};
 
 use crate::service::AuthService;
@@ -58,7 +59,16 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 tokio::spawn(async move {
                     let handler = move |req, _fds| {
                         let svc = svc.clone();
-                        async move { (svc.handle(req).await, Vec::new()) }
+                        async move {
+                            // Only smtpd does TLS: queued may not use the keys.
+                            let reply = match (&req, ch) {
+                                (AuthRequest::Certificates | AuthRequest::Sign { .. }, PeerChannel::QueuedAuthd) => {
+                                    AuthReply::Error("TLS keys are for smtpd only".into())
+                                }
+                                _ => svc.handle(req).await,
+                            };
+                            (reply, Vec::new())
+                        }
                     };
                     if let Err(e) = tambo_ipc::rpc::serve(stream, ch.name(), handler).await {
                         tracing::warn!("{}: {e}", ch.name());
@@ -76,6 +86,8 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 link.send(WorkerMsg::Reloaded { ok, message }).await?;
             }
             ControlMsg::Shutdown { .. } => return Ok(()),
+            // Answered by ControlLink::recv.
+            ControlMsg::CollectMetrics { .. } => {}
             ControlMsg::Start(_) | ControlMsg::Listener { .. } | ControlMsg::AdminClient { .. } => {
                 tracing::warn!("authd: unexpected control message ignored");
             }

@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rand::Rng;
 use tambo_common::userdb::UserDb;
-use tambo_ipc::proto::{AuthOutcome, AuthReply, AuthRequest, WorkerStart};
+use tambo_ipc::metrics::{self, Metric};
+use tambo_ipc::proto::{AuthOutcome, AuthReply, AuthRequest, MailLogEvent, WorkerStart};
+use tambo_ipc::worker::mail_log;
 
+use crate::keys::KeyStore;
 use crate::throttle::Throttle;
 
 /// Every password check takes at least this long, plus jitter, whatever
@@ -21,6 +24,7 @@ const AUTH_JITTER_MS: u64 = 50;
 pub struct AuthService {
     dbs: RwLock<Arc<HashMap<String, UserDb>>>,
     throttle: Throttle,
+    keys: KeyStore,
 }
 
 /// Load `domains/<d>/users` for every local domain. A domain without a
@@ -42,18 +46,28 @@ impl AuthService {
     /// Load the databases named by the start message.
     pub fn load(start: &WorkerStart) -> anyhow::Result<AuthService> {
         let dbs = load_dbs(Path::new(&start.config_dir), &start.local_domains).context("loading users")?;
+        let keys = KeyStore::load(Path::new(&start.config_dir)).context("loading TLS certificates")?;
         Ok(AuthService {
             dbs: RwLock::new(Arc::new(dbs)),
             throttle: Throttle::default(),
+            keys,
         })
     }
 
-    /// Load again; on error the old databases stay.
+    /// Load again; on error the old databases (or the old certificates)
+    /// stay. Users and certificates are reloaded independently.
     pub fn reload(&self, start: &WorkerStart) -> anyhow::Result<()> {
-        let dbs = load_dbs(Path::new(&start.config_dir), &start.local_domains).context("reloading users")?;
-        *self.dbs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dbs);
-        tracing::info!("users reloaded");
-        Ok(())
+        let users = load_dbs(Path::new(&start.config_dir), &start.local_domains)
+            .context("reloading users")
+            .map(|dbs| {
+                *self.dbs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dbs);
+                tracing::info!("users reloaded");
+            });
+        let keys = self
+            .keys
+            .reload(Path::new(&start.config_dir))
+            .context("reloading TLS certificates");
+        users.and(keys)
     }
 
     fn dbs(&self) -> Arc<HashMap<String, UserDb>> {
@@ -74,10 +88,30 @@ impl AuthService {
             } => {
                 let started = Instant::now();
                 let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..AUTH_JITTER_MS));
+                let who = format!("{user}@{domain}");
+                let ip = client_ip.clone();
                 let outcome = self.authenticate(user, domain, password, client_ip).await;
+                let result = match outcome {
+                    AuthOutcome::Success => "success",
+                    AuthOutcome::Failure => "failure",
+                    AuthOutcome::Throttled => "throttled",
+                };
+                metrics::inc(Metric::AuthAttempts, &[("result", result)]);
+                mail_log(MailLogEvent::Auth {
+                    ok: outcome == AuthOutcome::Success,
+                    user: who,
+                    ip,
+                });
                 tokio::time::sleep_until((started + MIN_AUTH_TIME + jitter).into()).await;
                 AuthReply::Auth(outcome)
             }
+            AuthRequest::Certificates => self.keys.certificates(),
+            AuthRequest::Sign {
+                generation,
+                name,
+                scheme,
+                message,
+            } => self.keys.sign(generation, &name, scheme, &message),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Shared code for tambo: configuration (chasquid.conf), the user
 //! database, name normalisation and the protobuf text-format parser.
 
+pub mod aliases;
 pub mod config;
 pub mod names;
 pub mod textproto;

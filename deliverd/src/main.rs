@@ -110,7 +110,12 @@ impl Deliverer {
                     ));
                     mda::run_command(&argv, &job.header_prefix, data.clone()).await
                 }
-                RcptRoute::Pipe { argv } => mda::run_command(argv, &job.header_prefix, data.clone()).await,
+                // As in chasquid, any failure of a pipe alias (exit 75 and
+                // the 30 s timeout included) is permanent.
+                RcptRoute::Pipe { argv } => match mda::run_command(argv, &job.header_prefix, data.clone()).await {
+                    DeliveryOutcome::TempFail(e) => DeliveryOutcome::PermFail(e),
+                    other => other,
+                },
                 RcptRoute::Remote { .. } => {
                     DeliveryOutcome::TempFail("remote delivery is not available in this version of tambo".into())
                 }
@@ -171,6 +176,8 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 .await?;
             }
             ControlMsg::Shutdown { .. } => return Ok(()),
+            // Answered by ControlLink::recv.
+            ControlMsg::CollectMetrics { .. } => {}
             ControlMsg::Start(_) | ControlMsg::Listener { .. } | ControlMsg::AdminClient { .. } => {
                 tracing::warn!("deliverd: unexpected control message ignored");
             }

@@ -9,6 +9,7 @@
 pub mod async_chan;
 pub mod fdpass;
 pub mod frame;
+pub mod metrics;
 pub mod privdrop;
 pub mod proto;
 pub mod rpc;

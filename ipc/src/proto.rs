@@ -166,6 +166,13 @@ pub enum ControlMsg {
         /// The client's uid, for the log.
         uid: u32,
     },
+    /// Send a [`WorkerMsg::Metrics`] snapshot back, tagged with `seq`.
+    /// Answered inside [`crate::worker::ControlLink::recv`]; workers never
+    /// see it.
+    CollectMetrics {
+        /// Echoed in the answer.
+        seq: u64,
+    },
 }
 
 /// Worker → supervisor, on the control channel.
@@ -180,6 +187,180 @@ pub enum WorkerMsg {
         /// Why not, when it is not.
         message: String,
     },
+    /// One mail-log event; the supervisor owns the mail log (workers cannot
+    /// reach `/dev/log` or the log file after dropping privileges).
+    MailLog(MailLogEvent),
+    /// Answer to [`ControlMsg::CollectMetrics`].
+    Metrics {
+        /// The `seq` of the request.
+        seq: u64,
+        /// Current values of this worker's metrics.
+        samples: Vec<crate::metrics::MetricSample>,
+    },
+}
+
+/// One event of the mail log (`mail_log_path`): one line each, in a format
+/// close to chasquid's.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum MailLogEvent {
+    /// A listening socket is ready.
+    Listening {
+        /// The address (as configured, or `systemd`).
+        addr: String,
+        /// Its role.
+        kind: ListenerKind,
+    },
+    /// A password check (emitted by authd, which sees every one).
+    Auth {
+        /// Whether it succeeded.
+        ok: bool,
+        /// `user@domain` as given.
+        user: String,
+        /// The client's IP address.
+        ip: String,
+    },
+    /// smtpd refused a recipient or a message.
+    Rejected {
+        /// The client's IP address.
+        ip: String,
+        /// MAIL FROM (empty for `<>` or when not given yet).
+        from: String,
+        /// Recipients concerned (may be empty).
+        to: Vec<String>,
+        /// The reply given.
+        reason: String,
+    },
+    /// A message was accepted into the queue.
+    Queued {
+        /// Queue ID.
+        id: String,
+        /// MAIL FROM.
+        from: String,
+        /// RCPT TO, as given.
+        to: Vec<String>,
+        /// The client's IP address.
+        ip: String,
+    },
+    /// Delivered to one recipient.
+    Sent {
+        /// Queue ID.
+        id: String,
+        /// MAIL FROM.
+        from: String,
+        /// The recipient.
+        to: String,
+    },
+    /// A delivery attempt failed; it will be retried.
+    TempFail {
+        /// Queue ID.
+        id: String,
+        /// MAIL FROM.
+        from: String,
+        /// The recipient.
+        to: String,
+        /// What went wrong.
+        err: String,
+    },
+    /// Delivery to one recipient failed for good.
+    PermFail {
+        /// Queue ID.
+        id: String,
+        /// MAIL FROM.
+        from: String,
+        /// The recipient.
+        to: String,
+        /// What went wrong.
+        err: String,
+    },
+    /// Every recipient of a message is done; it left the queue.
+    AllDone {
+        /// Queue ID.
+        id: String,
+        /// MAIL FROM.
+        from: String,
+    },
+}
+
+/// Make a value safe for one log line: control characters (CR, LF, …)
+/// become `\xNN`, and the value is cut at 1000 characters.
+fn clean(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(1000));
+    for (n, c) in s.chars().enumerate() {
+        if n >= 1000 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn list(v: &[String]) -> String {
+    let items: Vec<String> = v.iter().take(100).map(|s| clean(s)).collect();
+    let more = if v.len() > 100 { " …" } else { "" };
+    format!("[{}{more}]", items.join(" "))
+}
+
+fn sender(from: &str) -> String {
+    if from.is_empty() { "<>".to_string() } else { clean(from) }
+}
+
+impl MailLogEvent {
+    /// The log line, without a trailing newline. Values coming from the
+    /// network are cleaned, so one event is always one line.
+    pub fn line(&self) -> String {
+        match self {
+            MailLogEvent::Listening { addr, kind } => {
+                format!("daemon listening on {} ({})", clean(addr), kind.fd_name())
+            }
+            MailLogEvent::Auth { ok, user, ip } => format!(
+                "{} auth {} for {}",
+                clean(ip),
+                if *ok { "succeeded" } else { "failed" },
+                clean(user)
+            ),
+            MailLogEvent::Rejected { ip, from, to, reason } => {
+                let mut s = format!("{} rejected", clean(ip));
+                if !from.is_empty() {
+                    s.push_str(&format!(" from={}", clean(from)));
+                }
+                if !to.is_empty() {
+                    s.push_str(&format!(" to={}", list(to)));
+                }
+                s.push_str(&format!(" - {}", clean(reason)));
+                s
+            }
+            MailLogEvent::Queued { id, from, to, ip } => format!(
+                "{} from={} queued ip={} to={}",
+                clean(id),
+                sender(from),
+                clean(ip),
+                list(to)
+            ),
+            MailLogEvent::Sent { id, from, to } => {
+                format!("{} from={} to={} sent", clean(id), sender(from), clean(to))
+            }
+            MailLogEvent::TempFail { id, from, to, err } => format!(
+                "{} from={} to={} failed (temporary): {}",
+                clean(id),
+                sender(from),
+                clean(to),
+                clean(err)
+            ),
+            MailLogEvent::PermFail { id, from, to, err } => format!(
+                "{} from={} to={} failed (permanent): {}",
+                clean(id),
+                sender(from),
+                clean(to),
+                clean(err)
+            ),
+            MailLogEvent::AllDone { id, from } => format!("{} from={} all done", clean(id), sender(from)),
+        }
+    }
 }
 
 /// smtpd or queued → authd.
@@ -203,6 +384,19 @@ pub enum AuthRequest {
         /// The client's IP address, for throttling.
         client_ip: String,
     },
+    /// The public certificate chains of `certs/*/` (smtpd's TLS).
+    Certificates,
+    /// Sign a TLS handshake message with a certificate's private key.
+    Sign {
+        /// The set the certificate came from ([`AuthReply::Certificates`]).
+        generation: u64,
+        /// The certificate directory's name.
+        name: String,
+        /// The TLS SignatureScheme code point.
+        scheme: u16,
+        /// What to sign (a TLS server handshake message, bounded).
+        message: Vec<u8>,
+    },
 }
 
 /// authd's answers.
@@ -214,6 +408,30 @@ pub enum AuthReply {
     Auth(AuthOutcome),
     /// The request could not be answered (temporary).
     Error(String),
+    /// Answer to [`AuthRequest::Certificates`], sorted by name.
+    Certificates {
+        /// Random identifier of this set of certificates (changes on reload
+        /// and when authd restarts).
+        generation: u64,
+        /// One entry per usable certificate directory.
+        chains: Vec<CertChain>,
+    },
+    /// Answer to [`AuthRequest::Sign`].
+    Signature(Vec<u8>),
+}
+
+/// The public half of one `certs/<name>/` directory.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CertChain {
+    /// The directory's name.
+    pub name: String,
+    /// DER certificates, the end-entity one first.
+    pub chain: Vec<Vec<u8>>,
+    /// The key's TLS SignatureAlgorithm code point.
+    pub algorithm: u8,
+    /// The TLS SignatureScheme code points the key can sign with, in order
+    /// of preference.
+    pub schemes: Vec<u16>,
 }
 
 /// The result of a password check.
@@ -257,6 +475,9 @@ pub struct IncomingEnvelope {
     pub data_size: u64,
     /// The name of the listener kind, for the post-data hook.
     pub listener: ListenerKind,
+    /// The SPF verdict for the sender: `Some(true)` on pass, `None` when
+    /// no check was made (the post-data hook's SPF_PASS is then empty).
+    pub spf_pass: Option<bool>,
 }
 
 /// smtpd → queued.
@@ -292,6 +513,8 @@ pub enum RcptVerdict {
     Unknown,
     /// Cannot tell now; try later.
     TempFail(String),
+    /// Refuse the recipient with this reply (e.g. an alias loop).
+    Refused(SmtpReply),
 }
 
 /// An SMTP reply queued asks smtpd to give.
@@ -497,4 +720,45 @@ pub enum AdminReply {
     Error(String),
     /// Last frame of a successful answer.
     End,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mail_log_lines() {
+        let q = MailLogEvent::Queued {
+            id: "abc".into(),
+            from: "a@b".into(),
+            to: vec!["x@y".into(), "z@y".into()],
+            ip: "192.0.2.1".into(),
+        };
+        assert_eq!(q.line(), "abc from=a@b queued ip=192.0.2.1 to=[x@y z@y]");
+        let r = MailLogEvent::Rejected {
+            ip: "192.0.2.1".into(),
+            from: String::new(),
+            to: vec!["u@x".into()],
+            reason: "550 5.1.1 User unknown".into(),
+        };
+        assert_eq!(r.line(), "192.0.2.1 rejected to=[u@x] - 550 5.1.1 User unknown");
+        let f = MailLogEvent::TempFail {
+            id: "i".into(),
+            from: String::new(),
+            to: "t@x".into(),
+            err: "bad\r\nInjected: yes".into(),
+        };
+        assert_eq!(
+            f.line(),
+            "i from=<> to=t@x failed (temporary): bad\\x0d\\x0aInjected: yes"
+        );
+        let a = MailLogEvent::Auth {
+            ok: false,
+            user: "u@x".into(),
+            ip: "::1".into(),
+        };
+        assert_eq!(a.line(), "::1 auth failed for u@x");
+        assert!(!clean(&"x".repeat(5000)).contains('\n'));
+        assert!(clean(&"x".repeat(5000)).chars().count() <= 1001);
+    }
 }

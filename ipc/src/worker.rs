@@ -3,15 +3,15 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::IpcError;
 use crate::async_chan::{FrameReceiver, FrameSender};
 use crate::privdrop::{self, DropPlan};
-use crate::proto::{CONTROL_CHANNEL, ControlMsg, WorkerKind, WorkerMsg, WorkerStart};
+use crate::proto::{CONTROL_CHANNEL, ControlMsg, MailLogEvent, WorkerKind, WorkerMsg, WorkerStart};
 use crate::rpc::RpcClient;
 
 /// Environment variable naming the fd of the control socket.
@@ -92,7 +92,10 @@ impl ControlLink {
         crate::async_chan::handshake(&tx, &mut rx, CONTROL_CHANNEL).await?;
         let (msg, _fds): (ControlMsg, Vec<OwnedFd>) = rx.recv().await?;
         match msg {
-            ControlMsg::Start(start) => Ok((ControlLink { tx, rx }, *start)),
+            ControlMsg::Start(start) => {
+                start_mail_log_forwarder(tx.clone());
+                Ok((ControlLink { tx, rx }, *start))
+            }
             other => Err(BootError::Protocol(format!("{other:?}"))),
         }
     }
@@ -102,9 +105,55 @@ impl ControlLink {
         self.tx.send(&msg, Vec::new()).await
     }
 
-    /// Next message from the supervisor, with its fds.
+    /// Next message from the supervisor, with its fds. Metrics requests
+    /// are answered here (from [`crate::metrics::global`]) and not returned.
     pub async fn recv(&mut self) -> Result<(ControlMsg, Vec<OwnedFd>), IpcError> {
-        self.rx.recv().await
+        loop {
+            let (msg, fds) = self.rx.recv().await?;
+            if let ControlMsg::CollectMetrics { seq } = msg {
+                let samples = crate::metrics::global().snapshot();
+                self.send(WorkerMsg::Metrics { seq, samples }).await?;
+                continue;
+            }
+            return Ok((msg, fds));
+        }
+    }
+}
+
+/// Mail-log events waiting to go to the supervisor, at most this many.
+const MAIL_LOG_BACKLOG: usize = 4096;
+
+static MAIL_LOG: OnceLock<mpsc::Sender<MailLogEvent>> = OnceLock::new();
+
+fn start_mail_log_forwarder(tx: FrameSender) {
+    let (etx, mut erx) = mpsc::channel::<MailLogEvent>(MAIL_LOG_BACKLOG);
+    if MAIL_LOG.set(etx).is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        while let Some(ev) = erx.recv().await {
+            if tx.send(&WorkerMsg::MailLog(ev), Vec::new()).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Write one event to the mail log (through the supervisor, which owns
+/// it). Never blocks: when the supervisor lags far behind, the event goes
+/// to this worker's own log instead. Outside a worker (unit tests) it only
+/// goes to the tracing log.
+pub fn mail_log(ev: MailLogEvent) {
+    match MAIL_LOG.get() {
+        Some(tx) => {
+            if let Err(e) = tx.try_send(ev) {
+                let ev = match e {
+                    mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev) => ev,
+                };
+                tracing::warn!("mail log backlog full; event: {}", ev.line());
+            }
+        }
+        None => tracing::info!("maillog: {}", ev.line()),
     }
 }
 

@@ -35,6 +35,13 @@ pub struct RcptEntry {
     pub last_error: String,
     /// Unix time of the next attempt.
     pub next_attempt: u64,
+    /// Unix time of the last attempt (0: none yet), for DSNs.
+    #[serde(default)]
+    pub last_attempt: u64,
+    /// Failed because it stayed too long in the queue (`give_up_send_after`)
+    /// rather than by a permanent error.
+    #[serde(default)]
+    pub gave_up: bool,
 }
 
 /// The whole envelope.
@@ -119,6 +126,8 @@ mod tests {
                 attempts: 0,
                 last_error: String::new(),
                 next_attempt: 0,
+                last_attempt: 0,
+                gave_up: false,
             }],
             remote_ip: "127.0.0.1".into(),
             helo: "h".into(),

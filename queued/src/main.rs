@@ -3,7 +3,10 @@
 //! delivery through deliverd.
 
 mod admin;
+mod aliases;
+mod dsn;
 mod entry;
+mod hooks;
 mod manager;
 mod received;
 mod resolve;
@@ -89,12 +92,11 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 }
             }
             ControlMsg::Reload(start) => {
-                queue.reload(&start);
-                link.send(WorkerMsg::Reloaded {
-                    ok: true,
-                    message: String::new(),
-                })
-                .await?;
+                let (ok, message) = match queue.reload(&start) {
+                    Ok(()) => (true, String::new()),
+                    Err(e) => (false, e),
+                };
+                link.send(WorkerMsg::Reloaded { ok, message }).await?;
             }
             ControlMsg::AdminClient { uid } => {
                 let Some(stream) = single_stream(fds) else {
@@ -106,6 +108,8 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 tokio::spawn(async move { admin::serve(q, &gate, stream, uid).await });
             }
             ControlMsg::Shutdown { .. } => return Ok(()),
+            // Answered by ControlLink::recv.
+            ControlMsg::CollectMetrics { .. } => {}
             ControlMsg::Start(_) | ControlMsg::Listener { .. } => {
                 tracing::warn!("queued: unexpected control message ignored");
             }

@@ -12,15 +12,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use tambo_common::config::Config;
 use tambo_common::names::normalize_address;
+use tambo_ipc::metrics::{self, Metric, MetricSample};
 use tambo_ipc::proto::{
     AuthReply, AuthRequest, DeliverReply, DeliverRequest, DeliveryJob, DeliveryOutcome, IncomingEnvelope, JobRcpt,
-    QueueReply, QueueRequest, RcptVerdict, SmtpReply, WorkerStart,
+    MailLogEvent, QueueReply, QueueRequest, RcptRoute, RcptVerdict, SmtpReply, WorkerStart,
 };
-use tambo_ipc::worker::PeerSlot;
+use tambo_ipc::worker::{PeerSlot, mail_log};
 use tokio::sync::Notify;
 
+use crate::aliases::AliasDb;
+use crate::dsn;
 use crate::entry::{ENTRY_VERSION, QueueEntry, RcptEntry, RcptState};
-use crate::received::received_header;
+use crate::hooks::{POST_DATA_TIMEOUT, PostData, PostDataEnv, find_hook};
+use crate::received::{received_header, rfc5322_date};
 use crate::resolve::{ResolveError, ResolverContext};
 use crate::store::{Store, valid_id};
 
@@ -61,6 +65,18 @@ pub struct Settings {
     pub config: Config,
     /// Local domains.
     pub local_domains: Vec<String>,
+    /// The configuration directory (hooks, aliases).
+    pub config_dir: PathBuf,
+}
+
+impl Settings {
+    fn from_start(start: &WorkerStart) -> Settings {
+        Settings {
+            config: start.config.clone(),
+            local_domains: start.local_domains.clone(),
+            config_dir: PathBuf::from(&start.config_dir),
+        }
+    }
 }
 
 /// A message in the queue, shared between its delivery task and the
@@ -98,6 +114,7 @@ pub struct Queue {
     settings: RwLock<Arc<Settings>>,
     incoming: Mutex<HashMap<String, Incoming>>,
     pub(crate) messages: Mutex<HashMap<String, Arc<Message>>>,
+    aliases: AliasDb,
     /// Client of deliverd.
     pub deliverd: Arc<PeerSlot<DeliverRequest, DeliverReply>>,
     /// Client of authd.
@@ -122,16 +139,19 @@ impl Queue {
         }
         let queue = Arc::new(Queue {
             store,
-            settings: RwLock::new(Arc::new(Settings {
-                config: start.config.clone(),
-                local_domains: start.local_domains.clone(),
-            })),
+            settings: RwLock::new(Arc::new(Settings::from_start(start))),
             incoming: Mutex::new(HashMap::new()),
             messages: Mutex::new(HashMap::new()),
+            aliases: AliasDb::new(std::path::Path::new(&start.config_dir)),
             deliverd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedDeliverd.name()),
             authd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedAuthd.name()),
         });
         tracing::info!("queue loaded: {} message(s)", entries.len());
+        // Series that exist from the start, at 0.
+        metrics::global().add(Metric::QueueAccepted, &[], 0.0);
+        metrics::global().add(Metric::DsnsSent, &[], 0.0);
+        let weak = Arc::downgrade(&queue);
+        metrics::global().register_gauges(Box::new(move || weak.upgrade().map(|q| q.gauges()).unwrap_or_default()));
         for e in entries {
             queue.launch(e);
         }
@@ -145,16 +165,41 @@ impl Queue {
         Ok(queue)
     }
 
-    /// Replace the settings (on reload).
-    pub fn reload(&self, start: &WorkerStart) {
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Settings {
-            config: start.config.clone(),
-            local_domains: start.local_domains.clone(),
-        });
+    /// Replace the settings and read the aliases files again (on
+    /// reload). A broken aliases file keeps the previous aliases and is
+    /// reported.
+    pub fn reload(&self, start: &WorkerStart) -> Result<(), String> {
+        let s = Arc::new(Settings::from_start(start));
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = s.clone();
+        self.aliases
+            .reload(&s.local_domains, &s.config.drop_characters, &s.config.suffix_separators)
+            .map_err(|e| e.to_string())
     }
 
     fn settings(&self) -> Arc<Settings> {
         self.settings.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The queue's size and the age of its oldest message, for metrics.
+    fn gauges(&self) -> Vec<MetricSample> {
+        let messages = self.messages.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = messages
+            .values()
+            .map(|m| m.entry.lock().unwrap_or_else(|p| p.into_inner()).created)
+            .min();
+        let age = oldest.map(|c| unix_now().saturating_sub(c)).unwrap_or(0);
+        vec![
+            MetricSample {
+                metric: Metric::QueueMessages,
+                labels: Vec::new(),
+                value: messages.len() as f64,
+            },
+            MetricSample {
+                metric: Metric::QueueOldestAge,
+                labels: Vec::new(),
+                value: age as f64,
+            },
+        ]
     }
 
     /// Number of messages in the queue.
@@ -215,6 +260,14 @@ impl Queue {
             Ok(_) => RcptVerdict::Accept,
             Err(ResolveError::Unknown(_)) => RcptVerdict::Unknown,
             Err(e @ ResolveError::Temporary(..)) => RcptVerdict::TempFail(e.to_string()),
+            Err(e @ ResolveError::Broken(..)) => {
+                tracing::warn!("{e}");
+                RcptVerdict::Refused(SmtpReply {
+                    code: 550,
+                    enhanced: "5.4.6".into(),
+                    text: "Alias loop or too many aliases for this recipient".into(),
+                })
+            }
         }
     }
 
@@ -224,6 +277,8 @@ impl Queue {
             drop_characters: &s.config.drop_characters,
             suffix_separators: &s.config.suffix_separators,
             authd: &self.authd,
+            aliases: &self.aliases,
+            config_dir: &s.config_dir,
         }
     }
 
@@ -313,6 +368,10 @@ impl Queue {
                     tracing::warn!(id, "{e}");
                     return Err(reply(451, "4.4.3", "Cannot resolve recipients now, try again later"));
                 }
+                Err(e @ ResolveError::Broken(..)) => {
+                    tracing::warn!(id, "{e}");
+                    return Err(reply(550, "5.4.6", "Alias loop or too many aliases for a recipient"));
+                }
             };
             for r in resolved {
                 if rcpts
@@ -321,26 +380,66 @@ impl Queue {
                 {
                     continue;
                 }
+                let (state, last_error) = match r.failure {
+                    Some(f) => (RcptState::Failed, f),
+                    None => (RcptState::Pending, String::new()),
+                };
                 rcpts.push(RcptEntry {
                     address: r.address,
                     original: original.clone(),
                     route: r.route,
-                    state: RcptState::Pending,
+                    state,
                     attempts: 0,
-                    last_error: String::new(),
+                    last_error,
                     next_attempt: now,
+                    last_attempt: 0,
+                    gave_up: false,
                 });
             }
         }
         if rcpts.is_empty() {
             return Err(reply(554, "5.1.1", "No valid recipients"));
         }
+        let mut header_prefix = received_header(env, &s.config.hostname, id, now);
+        if let Some(hook) = find_hook(&s.config_dir, "post-data") {
+            let data = file.try_clone().map_err(|e| {
+                tracing::error!(id, "data file: {e}");
+                reply(451, "4.3.0", "Error reading the message, try again")
+            })?;
+            let (_, from_domain) = tambo_common::names::split_address(&env.mail_from);
+            let penv = PostDataEnv {
+                envelope: env,
+                from_local_domain: !from_domain.is_empty() && ctx.is_local(from_domain),
+            };
+            match crate::hooks::post_data(
+                &hook,
+                &s.config_dir,
+                &penv,
+                header_prefix.clone().into_bytes(),
+                data,
+                POST_DATA_TIMEOUT,
+            )
+            .await
+            {
+                PostData::Accept(headers) => header_prefix.insert_str(0, &headers),
+                PostData::Refuse(r) => {
+                    tracing::info!(
+                        id,
+                        from = env.mail_from,
+                        "refused by the post-data hook: {} {}",
+                        r.code,
+                        r.text
+                    );
+                    return Err(QueueReply::Refused(r));
+                }
+            }
+        }
         let entry = QueueEntry {
             version: ENTRY_VERSION,
             id: id.to_string(),
             from: env.mail_from.clone(),
             created: now,
-            header_prefix: received_header(env, &s.config.hostname, id, now),
+            header_prefix,
             rcpts,
             remote_ip: env.remote_ip.clone(),
             helo: env.helo.clone(),
@@ -360,6 +459,13 @@ impl Queue {
             ip = entry.remote_ip,
             "queued"
         );
+        metrics::inc(Metric::QueueAccepted, &[]);
+        mail_log(MailLogEvent::Queued {
+            id: id.to_string(),
+            from: entry.from.clone(),
+            to: env.rcpts.clone(),
+            ip: entry.remote_ip.clone(),
+        });
         self.launch(entry);
         Ok(QueueReply::Committed { id: id.to_string() })
     }
@@ -385,7 +491,7 @@ impl Queue {
     }
 
     /// Deliver a message until no recipient is pending, then remove it.
-    async fn deliver_loop(&self, msg: &Message) {
+    async fn deliver_loop(self: &Arc<Self>, msg: &Message) {
         loop {
             if msg.is_removed() {
                 return;
@@ -430,15 +536,21 @@ impl Queue {
                 e.held = held;
                 changed
             };
-            if changed && msg.entry.lock().unwrap_or_else(|p| p.into_inner()).has_pending() {
-                let _io = msg.io.lock().await;
-                if msg.is_removed() {
-                    return;
-                }
-                let snapshot = msg.entry.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                if let Err(err) = self.store.write(snapshot).await {
-                    tracing::error!("cannot record delivery results: {err}");
-                }
+            let _io = msg.io.lock().await;
+            if msg.is_removed() {
+                return;
+            }
+            let snapshot = msg.entry.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            // Record the results, unless every recipient was delivered (the
+            // entry is removed next, which records that just as well). When
+            // some failed, the record lets a restart send the DSN without
+            // attempting anyone again.
+            let all_delivered = snapshot.rcpts.iter().all(|r| r.state == RcptState::Delivered);
+            if changed
+                && !all_delivered
+                && let Err(err) = self.store.write(snapshot).await
+            {
+                tracing::error!("cannot record delivery results: {err}");
             }
         }
         let _io = msg.io.lock().await;
@@ -450,10 +562,25 @@ impl Queue {
         if !failed.is_empty() {
             tracing::info!(id = entry.id, "{} recipient(s) failed", failed.len());
         }
+        if dsn::wants_dsn(&entry) {
+            // The original stays queued until its DSN is durably queued:
+            // a crash in between sends the DSN again rather than never.
+            self.queue_dsn(&entry).await;
+        }
+        // Out of the count first, so a client that sees the envelope gone
+        // also finds room in the queue.
+        self.messages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&entry.id);
         if let Err(e) = self.store.remove(&entry.id).await {
             tracing::error!(id = entry.id, "cannot remove: {e}");
         } else {
             tracing::info!(id = entry.id, "all done");
+            mail_log(MailLogEvent::AllDone {
+                id: entry.id.clone(),
+                from: entry.from.clone(),
+            });
         }
     }
 
@@ -507,6 +634,7 @@ impl Queue {
         let s = self.settings();
         let give_up = s.config.give_up_send_after_duration();
         let first_retry = s.config.min_retry_delay_duration();
+        let deadline = entry.created + give_up.as_secs();
         for (index, outcome) in results {
             let Some(r) = entry.rcpts.get_mut(index as usize) else {
                 continue;
@@ -515,10 +643,18 @@ impl Queue {
                 continue;
             }
             r.attempts += 1;
+            let route = route_label(&r.route);
+            r.last_attempt = unix_now();
             match outcome {
                 DeliveryOutcome::Delivered => {
                     r.state = RcptState::Delivered;
                     r.last_error.clear();
+                    metrics::inc(Metric::Deliveries, &[("result", "sent"), ("route", route)]);
+                    mail_log(MailLogEvent::Sent {
+                        id: entry.id.clone(),
+                        from: entry.from.clone(),
+                        to: r.address.clone(),
+                    });
                 }
                 DeliveryOutcome::PermFail(e) => {
                     r.state = RcptState::Failed;
@@ -528,15 +664,142 @@ impl Queue {
                     let age = Duration::from_secs(unix_now().saturating_sub(entry.created));
                     if age >= give_up {
                         r.state = RcptState::Failed;
+                        r.gave_up = true;
                         r.last_error = format!("gave up after {}s in the queue; last error: {e}", age.as_secs());
                     } else {
                         r.last_error = e;
-                        r.next_attempt = unix_now() + retry_delay(r.attempts, first_retry).as_secs().max(1);
+                        // The last attempt happens at the deadline, not
+                        // up to a whole retry interval after it.
+                        let next = unix_now() + retry_delay(r.attempts, first_retry).as_secs().max(1);
+                        r.next_attempt = next.min(deadline).max(unix_now() + 1);
+                        metrics::inc(Metric::Deliveries, &[("result", "temporary"), ("route", route)]);
+                        mail_log(MailLogEvent::TempFail {
+                            id: entry.id.clone(),
+                            from: entry.from.clone(),
+                            to: r.address.clone(),
+                            err: r.last_error.clone(),
+                        });
                     }
                 }
             }
+            if r.state == RcptState::Failed {
+                metrics::inc(Metric::Deliveries, &[("result", "permanent"), ("route", route)]);
+                mail_log(MailLogEvent::PermFail {
+                    id: entry.id.clone(),
+                    from: entry.from.clone(),
+                    to: r.address.clone(),
+                    err: r.last_error.clone(),
+                });
+            }
         }
         entry
+    }
+
+    /// Queue the DSN for a finished entry, retrying while the sender's
+    /// address cannot be resolved for a temporary reason.
+    async fn queue_dsn(self: &Arc<Self>, entry: &QueueEntry) {
+        let mut delay = Duration::from_secs(5);
+        for _ in 0..10 {
+            match self.try_queue_dsn(entry).await {
+                Ok(()) => return,
+                Err(Some(e)) => {
+                    tracing::warn!(id = entry.id, "cannot queue the DSN yet: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(600));
+                }
+                Err(None) => return,
+            }
+        }
+        tracing::error!(
+            id = entry.id,
+            "DSN to <{}> abandoned after repeated failures",
+            entry.from
+        );
+    }
+
+    /// `Err(Some(why))`: try again later; `Err(None)`: no DSN can be sent.
+    async fn try_queue_dsn(self: &Arc<Self>, entry: &QueueEntry) -> Result<(), Option<String>> {
+        let s = self.settings();
+        let now = unix_now();
+        let headers = match self.store.open_data(&entry.id) {
+            Ok(mut f) => dsn::original_headers(&entry.header_prefix, &mut f),
+            Err(e) => {
+                tracing::warn!(id = entry.id, "data file: {e}; the DSN carries only our headers");
+                dsn::original_headers(&entry.header_prefix, &mut std::io::empty())
+            }
+        };
+        let body = dsn::build_dsn(entry, &s.config.hostname, now, &headers);
+        let resolved = match self.resolver(&s).resolve(&entry.from).await {
+            Ok(r) => r,
+            Err(e @ ResolveError::Temporary(..)) => return Err(Some(e.to_string())),
+            Err(e) => {
+                tracing::warn!(id = entry.id, "no DSN sent: the sender's address does not resolve: {e}");
+                return Err(None);
+            }
+        };
+        let rcpts: Vec<RcptEntry> = resolved
+            .into_iter()
+            .filter(|r| r.failure.is_none())
+            .map(|r| RcptEntry {
+                address: r.address,
+                original: entry.from.clone(),
+                route: r.route,
+                state: RcptState::Pending,
+                attempts: 0,
+                last_error: String::new(),
+                next_attempt: now,
+                last_attempt: 0,
+                gave_up: false,
+            })
+            .collect();
+        if rcpts.is_empty() {
+            tracing::warn!(
+                id = entry.id,
+                "no DSN sent: <{}> has no deliverable address",
+                entry.from
+            );
+            return Err(None);
+        }
+        let (id, mut file) = self.store.create_data().map_err(|e| Some(format!("data file: {e}")))?;
+        if let Err(e) = std::io::Write::write_all(&mut file, &body) {
+            self.store.discard_data(&id);
+            return Err(Some(format!("writing the DSN: {e}")));
+        }
+        drop(file);
+        let dsn_entry = QueueEntry {
+            version: ENTRY_VERSION,
+            id: id.clone(),
+            from: String::new(),
+            created: now,
+            header_prefix: format!(
+                "Received: by {} (tambo) id {id};\r\n\t{}\r\n",
+                s.config.hostname,
+                rfc5322_date(now)
+            ),
+            rcpts,
+            remote_ip: String::new(),
+            helo: String::new(),
+            auth_user: None,
+            data_size: body.len() as u64,
+            held: false,
+            is_dsn: true,
+        };
+        if let Err(e) = self.store.write(dsn_entry.clone()).await {
+            self.store.discard_data(&id);
+            return Err(Some(format!("cannot queue: {e}")));
+        }
+        tracing::info!(id, original = entry.id, to = entry.from, "DSN queued");
+        self.launch(dsn_entry);
+        Ok(())
+    }
+}
+
+/// The metrics label of a route.
+fn route_label(route: &RcptRoute) -> &'static str {
+    match route {
+        RcptRoute::Local { .. } => "local",
+        RcptRoute::Pipe { .. } => "pipe",
+        RcptRoute::Remote { .. } => "remote",
     }
 }
 

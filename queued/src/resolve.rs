@@ -1,12 +1,35 @@
 //! Recipient resolution: which final recipients an address stands for,
 //! and how each is reached. smtpd's RCPT checks and the queue use the same
 //! resolver, so whatever is accepted at RCPT can be delivered.
+//!
+//! For an address of a local domain, as chasquid does: look the address
+//! up in the domain's aliases (drop characters removed, suffix kept) plus
+//! the `alias-resolve` hook; if nothing matches, again without the suffix;
+//! if still nothing, the user itself when it exists, else the catch-all
+//! (`*`). Alias targets are resolved again, up to 10 levels; pipes and
+//! `via` forwards are final. A target that loops back to an address being
+//! expanded is delivered to that user's mailbox when the user exists (so
+//! `alice: alice, bob` keeps a copy), and is an error otherwise.
 
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
 
-use tambo_common::names::split_address;
+use tambo_common::aliases::{AliasTarget, parse_rhs, remove_drop_characters, remove_drops_and_suffix};
+use tambo_common::names::{normalize_user, split_address};
 use tambo_ipc::proto::{AuthReply, AuthRequest, RcptRoute};
 use tambo_ipc::worker::PeerSlot;
+
+use crate::aliases::AliasDb;
+use crate::hooks::{HookInput, base_env, find_hook, run_hook};
+
+/// How many levels of aliases are followed.
+pub const MAX_DEPTH: usize = 10;
+/// Most final recipients one address may expand to.
+pub const MAX_EXPANSION: usize = 1000;
+/// How long the `alias-resolve` hook may run.
+pub const ALIAS_HOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One final recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +38,10 @@ pub struct Resolved {
     pub address: String,
     /// How to reach it.
     pub route: RcptRoute,
+    /// Set when this recipient is already known to fail (an alias pointing
+    /// at a local user that does not exist): it is recorded as failed and
+    /// reported in a DSN instead of being attempted.
+    pub failure: Option<String>,
 }
 
 /// Why an address does not resolve.
@@ -26,17 +53,18 @@ pub enum ResolveError {
     /// Could not decide now (authd unreachable, hook failed).
     #[error("temporary failure resolving {0}: {1}")]
     Temporary(String, String),
+    /// The aliases are broken for this address (a loop, too deep, too
+    /// many recipients): a permanent failure.
+    #[error("cannot resolve {0}: {1}")]
+    Broken(String, String),
 }
 
-/// The user part used for lookups: drop characters removed, and anything
-/// from the first suffix separator on cut off (`john.doe+news` → `johndoe`
-/// with the defaults).
+/// The user part used for user lookups: drop characters removed, and
+/// anything from the first suffix separator on cut off (`john.doe+news` →
+/// `johndoe` with the defaults). A user that would become empty is kept.
 pub fn lookup_user(user: &str, drop_characters: &str, suffix_separators: &str) -> String {
-    let base = match user.find(|c| suffix_separators.contains(c)) {
-        Some(i) if i > 0 => &user[..i],
-        _ => user,
-    };
-    base.chars().filter(|c| !drop_characters.contains(*c)).collect()
+    let clean = remove_drops_and_suffix(user, drop_characters, suffix_separators);
+    if clean.is_empty() { user.to_string() } else { clean }
 }
 
 /// What the resolver needs to know.
@@ -49,10 +77,38 @@ pub struct ResolverContext<'a> {
     pub suffix_separators: &'a str,
     /// The channel to authd, to ask whether users exist.
     pub authd: &'a PeerSlot<AuthRequest, AuthReply>,
+    /// The aliases files.
+    pub aliases: &'a AliasDb,
+    /// The configuration directory (for the `alias-resolve` hook).
+    pub config_dir: &'a Path,
 }
 
 /// How long to wait for authd when it is restarting.
 const AUTHD_WAIT: Duration = Duration::from_secs(5);
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+struct Walk {
+    /// Addresses being expanded (cleaned), outermost first.
+    chain: Vec<String>,
+    out: Vec<Resolved>,
+    hook: Option<PathBuf>,
+}
+
+impl Walk {
+    fn push(&mut self, top: &str, r: Resolved) -> Result<(), ResolveError> {
+        if !self.out.iter().any(|x| x.address == r.address && x.route == r.route) {
+            if self.out.len() >= MAX_EXPANSION {
+                return Err(ResolveError::Broken(
+                    top.to_string(),
+                    format!("expands to more than {MAX_EXPANSION} recipients"),
+                ));
+            }
+            self.out.push(r);
+        }
+        Ok(())
+    }
+}
 
 impl ResolverContext<'_> {
     /// Whether `domain` is one of ours.
@@ -62,24 +118,158 @@ impl ResolverContext<'_> {
 
     /// Resolve a normalised address into its final recipients.
     pub async fn resolve(&self, address: &str) -> Result<Vec<Resolved>, ResolveError> {
+        let mut walk = Walk {
+            chain: Vec::new(),
+            out: Vec::new(),
+            hook: find_hook(self.config_dir, "alias-resolve"),
+        };
+        self.walk(address, address, 0, &mut walk).await?;
+        Ok(walk.out)
+    }
+
+    fn clean(&self, address: &str) -> String {
         let (user, domain) = split_address(address);
-        if !self.is_local(domain) {
-            return Ok(vec![Resolved {
-                address: address.to_string(),
-                route: RcptRoute::Remote { via: Vec::new() },
-            }]);
+        format!(
+            "{}@{domain}",
+            lookup_user(user, self.drop_characters, self.suffix_separators)
+        )
+    }
+
+    fn walk<'s>(
+        &'s self,
+        top: &'s str,
+        address: &'s str,
+        depth: usize,
+        w: &'s mut Walk,
+    ) -> BoxFut<'s, Result<(), ResolveError>> {
+        Box::pin(async move {
+            if depth >= MAX_DEPTH {
+                return Err(ResolveError::Broken(
+                    top.to_string(),
+                    format!("more than {MAX_DEPTH} levels of aliases ({})", w.chain.join(" → ")),
+                ));
+            }
+            let (user, domain) = split_address(address);
+            if !self.is_local(domain) {
+                return w.push(
+                    top,
+                    Resolved {
+                        address: address.to_string(),
+                        route: RcptRoute::Remote { via: Vec::new() },
+                        failure: None,
+                    },
+                );
+            }
+            let aliases = self.aliases.get(domain, self.drop_characters, self.suffix_separators);
+            // Exact match first (so `user+tag: …` can have an alias of its
+            // own), then without the suffix.
+            let key = normalize_user(&remove_drop_characters(
+                user,
+                self.drop_characters,
+                self.suffix_separators,
+            ))
+            .unwrap_or_else(|_| user.to_string());
+            let mut targets = aliases.get(&key).cloned().unwrap_or_default();
+            targets.extend(self.run_hook(w, address, domain).await?);
+            let clean_user = lookup_user(user, self.drop_characters, self.suffix_separators);
+            let clean = format!("{clean_user}@{domain}");
+            if targets.is_empty() && clean_user != key {
+                targets = aliases.get(&clean_user).cloned().unwrap_or_default();
+                targets.extend(self.run_hook(w, &clean, domain).await?);
+            }
+            if targets.is_empty() {
+                if self.user_exists(&clean_user, domain).await? {
+                    return w.push(top, local(&clean_user, domain, None));
+                }
+                targets = aliases.get("*").cloned().unwrap_or_default();
+                targets.extend(self.run_hook(w, &format!("*@{domain}"), domain).await?);
+                if targets.is_empty() {
+                    if depth == 0 {
+                        return Err(ResolveError::Unknown(address.to_string()));
+                    }
+                    // An alias names a local user that does not exist: the
+                    // message is accepted for its other recipients and the
+                    // sender learns of this one in a DSN.
+                    return w.push(
+                        top,
+                        local(
+                            &clean_user,
+                            domain,
+                            Some(format!("no such user: {clean} (alias of {top})")),
+                        ),
+                    );
+                }
+            }
+            w.chain.push(clean.clone());
+            for t in targets {
+                match t {
+                    AliasTarget::Pipe(argv) => w.push(
+                        top,
+                        Resolved {
+                            address: clean.clone(),
+                            route: RcptRoute::Pipe { argv },
+                            failure: None,
+                        },
+                    )?,
+                    AliasTarget::Forward { address: a, via } => w.push(
+                        top,
+                        Resolved {
+                            address: star(&a, user),
+                            route: RcptRoute::Remote { via },
+                            failure: None,
+                        },
+                    )?,
+                    AliasTarget::Email(a) => {
+                        let a = star(&a, user);
+                        let a_clean = self.clean(&a);
+                        if w.chain.contains(&a_clean) {
+                            let (au, ad) = split_address(&a_clean);
+                            if self.is_local(ad) && self.user_exists(au, ad).await? {
+                                w.push(top, local(au, ad, None))?;
+                                continue;
+                            }
+                            return Err(ResolveError::Broken(
+                                top.to_string(),
+                                format!("alias loop: {} → {a_clean}", w.chain.join(" → ")),
+                            ));
+                        }
+                        self.walk(top, &a, depth + 1, w).await?;
+                    }
+                }
+            }
+            w.chain.pop();
+            Ok(())
+        })
+    }
+
+    /// The `alias-resolve` hook's answer for `address`, parsed like a
+    /// right-hand side.
+    async fn run_hook(&self, w: &Walk, address: &str, domain: &str) -> Result<Vec<AliasTarget>, ResolveError> {
+        let Some(hook) = &w.hook else {
+            return Ok(Vec::new());
+        };
+        let temp = |why: String| ResolveError::Temporary(address.to_string(), why);
+        let out = run_hook(
+            hook,
+            &[address.to_string()],
+            &base_env(self.config_dir),
+            self.config_dir,
+            HookInput::Nothing,
+            ALIAS_HOOK_TIMEOUT,
+        )
+        .await
+        .map_err(|e| temp(e.to_string()))?;
+        if out.code != Some(0) {
+            let code = out.code.map(|c| c.to_string()).unwrap_or_else(|| "a signal".into());
+            return Err(temp(format!(
+                "{} exited with {code}: {}",
+                hook.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
         }
-        let user = lookup_user(user, self.drop_characters, self.suffix_separators);
-        if self.user_exists(&user, domain).await? {
-            return Ok(vec![Resolved {
-                address: format!("{user}@{domain}"),
-                route: RcptRoute::Local {
-                    user,
-                    domain: domain.to_string(),
-                },
-            }]);
-        }
-        Err(ResolveError::Unknown(address.to_string()))
+        let text =
+            String::from_utf8(out.stdout).map_err(|_| temp(format!("{}: output is not UTF-8", hook.display())))?;
+        parse_rhs(&text, domain).map_err(|e| temp(format!("{}: bad output: {e}", hook.display())))
     }
 
     async fn user_exists(&self, user: &str, domain: &str) -> Result<bool, ResolveError> {
@@ -90,10 +280,9 @@ impl ResolverContext<'_> {
         match self.authd.call(req, Vec::new(), AUTHD_WAIT).await {
             Ok((AuthReply::Exists(b), _)) => Ok(b),
             Ok((AuthReply::Error(e), _)) => Err(ResolveError::Temporary(format!("{user}@{domain}"), e)),
-            Ok((AuthReply::Auth(_), _)) => Err(ResolveError::Temporary(
-                format!("{user}@{domain}"),
-                "unexpected reply from authd".into(),
-            )),
+            Ok((AuthReply::Auth(_) | AuthReply::Certificates { .. } | AuthReply::Signature(_), _)) => Err(
+                ResolveError::Temporary(format!("{user}@{domain}"), "unexpected reply from authd".into()),
+            ),
             Err(e) => Err(ResolveError::Temporary(
                 format!("{user}@{domain}"),
                 format!("authd: {e}"),
@@ -102,9 +291,250 @@ impl ResolverContext<'_> {
     }
 }
 
+fn local(user: &str, domain: &str, failure: Option<String>) -> Resolved {
+    Resolved {
+        address: format!("{user}@{domain}"),
+        route: RcptRoute::Local {
+            user: user.to_string(),
+            domain: domain.to_string(),
+        },
+        failure,
+    }
+}
+
+/// A target whose user is `*` stands for the original user, as given.
+fn star(target: &str, original_user: &str) -> String {
+    match split_address(target) {
+        ("*", d) => format!("{original_user}@{d}"),
+        _ => target.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+
+    /// An authd stand-in that knows the users `alice`, `bob`, `carol`, `dave`
+    /// of d.org.
+    async fn fake_authd() -> Arc<PeerSlot<AuthRequest, AuthReply>> {
+        let (a, b) = UnixStream::pair().unwrap();
+        tokio::spawn(async move {
+            let handler = |req: AuthRequest, _fds| async move {
+                let rep = match req {
+                    AuthRequest::UserExists { user, domain } => AuthReply::Exists(
+                        domain == "d.org" && ["alice", "bob", "carol", "dave"].contains(&user.as_str()),
+                    ),
+                    AuthRequest::Authenticate { .. } | AuthRequest::Certificates | AuthRequest::Sign { .. } => {
+                        AuthReply::Error("no".into())
+                    }
+                };
+                (rep, Vec::new())
+            };
+            let _ = tambo_ipc::rpc::serve(b, "queued-authd", handler).await;
+        });
+        let slot = PeerSlot::new("queued-authd");
+        slot.install(a).await.unwrap();
+        slot
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
+        db: AliasDb,
+        domains: Vec<String>,
+    }
+
+    impl Fixture {
+        async fn new(aliases: &str) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("domains/d.org")).unwrap();
+            std::fs::write(dir.path().join("domains/d.org/aliases"), aliases).unwrap();
+            let db = AliasDb::new(dir.path());
+            Fixture {
+                dir,
+                authd: fake_authd().await,
+                db,
+                domains: vec!["d.org".into()],
+            }
+        }
+
+        fn hook(&self, body: &str) {
+            let h = self.dir.path().join("hooks");
+            std::fs::create_dir_all(&h).unwrap();
+            std::fs::write(h.join("alias-resolve"), format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(h.join("alias-resolve"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+
+        async fn resolve(&self, a: &str) -> Result<Vec<(String, String)>, ResolveError> {
+            let ctx = ResolverContext {
+                local_domains: &self.domains,
+                drop_characters: ".",
+                suffix_separators: "+",
+                authd: &self.authd,
+                aliases: &self.db,
+                config_dir: self.dir.path(),
+            };
+            let r = ctx.resolve(a).await?;
+            Ok(r.into_iter()
+                .map(|r| {
+                    let how = match (&r.route, &r.failure) {
+                        (_, Some(f)) => format!("failed: {f}"),
+                        (RcptRoute::Local { .. }, None) => "local".to_string(),
+                        (RcptRoute::Pipe { argv }, None) => format!("pipe {}", argv.join(" ")),
+                        (RcptRoute::Remote { via }, None) => format!("remote {}", via.join("/")),
+                    };
+                    (r.address, how)
+                })
+                .collect())
+        }
+    }
+
+    fn v(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[tokio::test]
+    async fn aliases_of_every_kind() {
+        let f = Fixture::new(
+            "# aliases\n\
+             team: alice, bob@d.org, out@remote.org\n\
+             pipe: | /usr/bin/handler --work\n\
+             fwd: x@far.org via mx1.far.org/mx2.far.org\n\
+             nested: team, carol\n\
+             alice.x+special: bob\n\
+             dave: dave, copy@remote.org\n\
+             ghost: nobody\n\
+             *: *@catch.org\n",
+        )
+        .await;
+        assert_eq!(f.resolve("alice@d.org").await.unwrap(), v(&[("alice@d.org", "local")]));
+        assert_eq!(
+            f.resolve("a.l.ice+tag@d.org").await.unwrap(),
+            v(&[("alice@d.org", "local")])
+        );
+        assert_eq!(
+            f.resolve("team@d.org").await.unwrap(),
+            v(&[
+                ("alice@d.org", "local"),
+                ("bob@d.org", "local"),
+                ("out@remote.org", "remote ")
+            ])
+        );
+        assert_eq!(
+            f.resolve("nested+x@d.org").await.unwrap(),
+            v(&[
+                ("alice@d.org", "local"),
+                ("bob@d.org", "local"),
+                ("out@remote.org", "remote "),
+                ("carol@d.org", "local")
+            ])
+        );
+        assert_eq!(
+            f.resolve("pipe@d.org").await.unwrap(),
+            v(&[("pipe@d.org", "pipe /usr/bin/handler --work")])
+        );
+        assert_eq!(
+            f.resolve("fwd@d.org").await.unwrap(),
+            v(&[("x@far.org", "remote mx1.far.org/mx2.far.org")])
+        );
+        // An alias with a suffix wins over the user without it.
+        assert_eq!(
+            f.resolve("alicex+special@d.org").await.unwrap(),
+            v(&[("bob@d.org", "local")])
+        );
+        assert_eq!(
+            f.resolve("alicex+other@d.org").await.unwrap(),
+            v(&[("alicex+other@catch.org", "remote ")])
+        );
+        // Catch-all, with the original user as given.
+        assert_eq!(
+            f.resolve("who.ever+t@d.org").await.unwrap(),
+            v(&[("who.ever+t@catch.org", "remote ")])
+        );
+        // An alias naming itself keeps a copy in the mailbox... when the
+        // user exists.
+        assert_eq!(
+            f.resolve("dave@d.org").await.unwrap(),
+            v(&[("dave@d.org", "local"), ("copy@remote.org", "remote ")])
+        );
+        assert_eq!(
+            f.resolve("remote@else.org").await.unwrap(),
+            v(&[("remote@else.org", "remote ")])
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_loops_and_depth() {
+        let mut chain = String::new();
+        for i in 0..12 {
+            chain.push_str(&format!("l{i}: l{}\n", i + 1));
+        }
+        chain.push_str("l12: alice\nloop1: loop2\nloop2: loop1\nghost: nobody, alice\nkeep: keep, bob\n");
+        let f = Fixture::new(&chain).await;
+        assert_eq!(
+            f.resolve("nobody@d.org").await,
+            Err(ResolveError::Unknown("nobody@d.org".into()))
+        );
+        let e = f.resolve("loop1@d.org").await.unwrap_err();
+        assert!(
+            matches!(&e, ResolveError::Broken(_, m) if m.contains("alias loop")),
+            "{e}"
+        );
+        let e = f.resolve("l0@d.org").await.unwrap_err();
+        assert!(matches!(&e, ResolveError::Broken(_, m) if m.contains("levels")), "{e}");
+        assert_eq!(f.resolve("l5@d.org").await.unwrap(), v(&[("alice@d.org", "local")]));
+        let r = f.resolve("ghost@d.org").await.unwrap();
+        assert!(r[0].1.starts_with("failed: no such user: nobody@d.org"), "{r:?}");
+        assert_eq!(r[1], ("alice@d.org".to_string(), "local".to_string()));
+        // "keep" is no user: its self-reference is a loop.
+        assert!(matches!(f.resolve("keep@d.org").await, Err(ResolveError::Broken(..))));
+    }
+
+    #[tokio::test]
+    async fn alias_resolve_hook() {
+        let f = Fixture::new("list: alice\n").await;
+        f.hook(
+            "case \"$1\" in\n\
+               list@d.org) echo carol ;;\n\
+               dyn@d.org) echo 'bob, x@y.org' ;;\n\
+               pipehook@d.org) echo '| /bin/cat -n' ;;\n\
+               bad@d.org) echo 'a b c' ;;\n\
+               slow@d.org) sleep 30 ;;\n\
+               fail@d.org) exit 1 ;;\n\
+             esac",
+        );
+        assert_eq!(
+            f.resolve("list@d.org").await.unwrap(),
+            v(&[("alice@d.org", "local"), ("carol@d.org", "local")])
+        );
+        assert_eq!(
+            f.resolve("dyn@d.org").await.unwrap(),
+            v(&[("bob@d.org", "local"), ("x@y.org", "remote ")])
+        );
+        assert_eq!(
+            f.resolve("pipehook@d.org").await.unwrap(),
+            v(&[("pipehook@d.org", "pipe /bin/cat -n")])
+        );
+        assert!(matches!(f.resolve("bad@d.org").await, Err(ResolveError::Temporary(..))));
+        assert_eq!(f.resolve("alice@d.org").await.unwrap(), v(&[("alice@d.org", "local")]));
+        assert!(matches!(
+            f.resolve("fail@d.org").await,
+            Err(ResolveError::Temporary(..))
+        ));
+        assert!(matches!(
+            f.resolve("nobody@d.org").await,
+            Err(ResolveError::Unknown(..))
+        ));
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            f.resolve("slow@d.org").await,
+            Err(ResolveError::Temporary(..))
+        ));
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
 
     #[test]
     fn drop_and_suffix() {
@@ -112,5 +542,7 @@ mod tests {
         assert_eq!(lookup_user("a-b_c", "", "-_"), "a");
         assert_eq!(lookup_user("+x", ".", "+"), "+x");
         assert_eq!(lookup_user("plain", ".", "+"), "plain");
+        assert_eq!(star("*@x.org", "Pe.pe+a"), "Pe.pe+a@x.org");
+        assert_eq!(star("a@x.org", "b"), "a@x.org");
     }
 }

@@ -136,7 +136,14 @@ pub fn parse_mailbox(s: &str) -> Result<Address, PathError> {
     }
     let local = if local.starts_with('"') {
         check_quoted(local)?;
-        local.to_string()
+        // `"alice"` is the same mailbox as `alice` (RFC 5321 §4.1.2): a
+        // quoted local part that needs no quotes is handled as a plain one.
+        match unquote(local) {
+            Some(plain) if check_dot_string(&plain).is_ok() => {
+                normalize_user(&plain).map_err(|_| PathError::Syntax("bad local part"))?
+            }
+            _ => local.to_string(),
+        }
     } else {
         check_dot_string(local)?;
         normalize_user(local).map_err(|_| PathError::Syntax("bad local part"))?
@@ -161,6 +168,17 @@ fn find_quote_end(s: &str) -> Option<usize> {
         }
     }
     None
+}
+
+/// The content of a quoted string, with its backslash escapes resolved.
+fn unquote(q: &str) -> Option<String> {
+    let inner = q.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\\' { chars.next()? } else { c });
+    }
+    Some(out)
 }
 
 fn check_quoted(q: &str) -> Result<(), PathError> {
@@ -223,6 +241,9 @@ mod tests {
     fn quoted_local_parts() {
         assert_eq!(addr("<\"john doe\"@x.org>"), "\"john doe\"@x.org");
         assert_eq!(addr("<\"a>b\"@x.org>"), "\"a>b\"@x.org");
+        assert_eq!(addr("<\"Alice\"@x.org>"), "alice@x.org");
+        assert_eq!(addr("<\"al\\ice\"@x.org>"), "alice@x.org");
+        assert_eq!(addr("<\"a..b\"@x.org>"), "\"a..b\"@x.org");
         assert!(parse_path_arg("<\"open@x.org>").is_err());
     }
 

@@ -29,6 +29,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// Concurrent connections per client IP at most.
     pub max_connections_per_ip: usize,
+    /// A HAProxy PROXY header (v1 or v2) starts every connection.
+    pub haproxy_incoming: bool,
 }
 
 impl Settings {
@@ -43,6 +45,7 @@ impl Settings {
             connection_timeout_secs: c.connection_timeout_secs.max(1) as u64,
             max_connections: c.max_connections.max(1) as usize,
             max_connections_per_ip: c.max_connections_per_ip.max(1) as usize,
+            haproxy_incoming: c.haproxy_incoming,
         }
     }
 
@@ -59,15 +62,19 @@ pub struct Backend {
     pub queued: Arc<PeerSlot<QueueRequest, QueueReply>>,
     /// Client of authd.
     pub authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
+    /// TLS certificates (from authd) and handshake signing (by authd).
+    pub tls: crate::tls::Tls,
 }
 
 impl Backend {
     /// A back end with no peers connected yet.
     pub fn new(settings: Settings) -> Arc<Backend> {
+        let authd = PeerSlot::new(PeerChannel::SmtpdAuthd.name());
         Arc::new(Backend {
             settings: RwLock::new(Arc::new(settings)),
             queued: PeerSlot::new(PeerChannel::SmtpdQueued.name()),
-            authd: PeerSlot::new(PeerChannel::SmtpdAuthd.name()),
+            tls: crate::tls::Tls::new(authd.clone()),
+            authd,
         })
     }
 

@@ -14,6 +14,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 pub const MAX_LINE: usize = 1000;
 /// Bytes read from the socket at once.
 const READ_CHUNK: usize = 8192;
+/// Bytes read at once by a connection that has been quiet: an idle client
+/// then holds a 1 KiB buffer, not 8 KiB. A read that fills it switches
+/// back to [`READ_CHUNK`].
+const IDLE_READ: usize = 1024;
 
 /// What reading a command line gave.
 #[derive(Debug, PartialEq, Eq)]
@@ -82,6 +86,12 @@ impl Conn {
 
     /// Queue a reply line (CRLF added).
     pub fn reply(&mut self, line: &str) {
+        // Count each reply once: on its last (or only) line.
+        if line.as_bytes().get(3) != Some(&b'-')
+            && let Some(class) = tambo_ipc::metrics::reply_class(line)
+        {
+            tambo_ipc::metrics::inc(tambo_ipc::metrics::Metric::SmtpReplies, &[("class", class)]);
+        }
         self.out.extend_from_slice(line.as_bytes());
         self.out.extend_from_slice(b"\r\n");
     }
@@ -110,7 +120,12 @@ impl Conn {
             self.start = 0;
         }
         let len = self.inbuf.len();
-        self.inbuf.resize(len + READ_CHUNK, 0);
+        let want = if len == 0 && self.inbuf.capacity() < READ_CHUNK {
+            IDLE_READ
+        } else {
+            READ_CHUNK
+        };
+        self.inbuf.resize(len + want, 0);
         let r = tokio::time::timeout(self.read_timeout, self.stream.read(&mut self.inbuf[len..])).await;
         let n = match r {
             Ok(Ok(n)) => n,
@@ -124,6 +139,10 @@ impl Conn {
             }
         };
         self.inbuf.truncate(len + n);
+        if n == want && want == IDLE_READ {
+            // Busy (a DATA body, a pipelined burst): read more at once.
+            self.inbuf.reserve(READ_CHUNK);
+        }
         if self.inbuf.capacity() > 4 * READ_CHUNK && self.inbuf.len() < READ_CHUNK {
             self.inbuf.shrink_to(READ_CHUNK);
         }
@@ -144,6 +163,12 @@ impl Conn {
                     line.pop();
                 }
                 self.start += pos + 1;
+                if self.start == self.inbuf.len() && self.inbuf.capacity() > IDLE_READ {
+                    // Nothing pipelined behind: give the big buffer back
+                    // while the client thinks (memory per idle connection).
+                    self.inbuf = Vec::new();
+                    self.start = 0;
+                }
                 return Ok(LineRead::Line(line));
             }
             if avail.len() >= MAX_LINE {

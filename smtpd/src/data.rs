@@ -127,18 +127,19 @@ impl DataDecoder {
     }
 }
 
-/// Counts Received headers in the header section as bytes go by.
+/// Counts Received headers in the header section as bytes go by (shared
+/// with the BDAT decoder in `chunking.rs`).
 #[derive(Debug, Default)]
-struct HeaderScan {
+pub(crate) struct HeaderScan {
     done: bool,
     at_line_start: bool,
     started: bool,
     prefix: Vec<u8>,
-    received: usize,
+    pub(crate) received: usize,
 }
 
 impl HeaderScan {
-    fn scan(&mut self, bytes: &[u8]) {
+    pub(crate) fn scan(&mut self, bytes: &[u8]) {
         if !self.started {
             self.started = true;
             self.at_line_start = true;

@@ -7,6 +7,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tambo_ipc::metrics::{self, Metric};
 use tambo_ipc::proto::ListenerKind;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
@@ -23,20 +24,41 @@ struct Counts {
     per_ip: HashMap<IpAddr, usize>,
 }
 
-/// Releases a connection's place in [`Counts`] when dropped.
+/// Releases a connection's place in [`Counts`] when dropped. The global
+/// place is taken at accept; the per-IP one once the client's IP is known
+/// (after a PROXY header, when there is one).
 struct Slot {
     counts: Arc<Mutex<Counts>>,
-    ip: IpAddr,
+    ip: Option<IpAddr>,
+}
+
+impl Slot {
+    /// Take a place for `ip`; false when that IP already has `max`.
+    fn claim_ip(&mut self, ip: IpAddr, max: usize) -> bool {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                c.per_ip.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        true
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+        if let Some(ip) = self.ip
+            && let Some(n) = c.per_ip.get_mut(&ip)
+        {
             *n -= 1;
             if *n == 0 {
-                c.per_ip.remove(&self.ip);
+                c.per_ip.remove(&ip);
             }
         }
     }
@@ -85,30 +107,49 @@ impl Listeners {
                 let settings = backend.settings();
                 let slot = {
                     let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
-                    let per_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
-                    if c.total >= settings.max_connections || per_ip >= settings.max_connections_per_ip {
+                    if c.total >= settings.max_connections {
                         None
                     } else {
                         c.total += 1;
-                        *c.per_ip.entry(ip).or_insert(0) += 1;
                         Some(Slot {
                             counts: counts.clone(),
-                            ip,
+                            ip: None,
                         })
                     }
                 };
+                if slot.is_some() {
+                    metrics::inc(Metric::SmtpConnections, &[("listener", kind.fd_name())]);
+                } else {
+                    metrics::inc(Metric::SmtpConnectionsRefused, &[("listener", kind.fd_name())]);
+                }
                 let backend = backend.clone();
                 tokio::spawn(async move {
                     let mut stream = stream;
-                    let Some(_slot) = slot else {
+                    let Some(mut slot) = slot else {
                         tracing::info!(%ip, "too many connections: refused");
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(5),
-                            stream.write_all(b"421 4.7.0 Too many connections, try again later\r\n"),
-                        )
-                        .await;
+                        refuse(&mut stream).await;
                         return;
                     };
+                    // The PROXY header comes before anything else (the
+                    // greeting, or the TLS handshake on the implicit-TLS
+                    // port); its client IP replaces the proxy's everywhere.
+                    let mut ip = ip;
+                    if settings.haproxy_incoming {
+                        match crate::proxy::read_header(&mut stream, proxy_timeout(&settings)).await {
+                            Ok(Some(client)) => ip = canonical_ip(client.ip()),
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::info!(proxy = %ip, "closing: {e}");
+                                return;
+                            }
+                        }
+                    }
+                    if !slot.claim_ip(ip, settings.max_connections_per_ip) {
+                        tracing::info!(%ip, "too many connections from this IP: refused");
+                        metrics::inc(Metric::SmtpConnectionsRefused, &[("listener", kind.fd_name())]);
+                        refuse(&mut stream).await;
+                        return;
+                    }
                     let timeout = Duration::from_secs(settings.command_timeout_secs);
                     let conn = Conn::new(Box::new(stream), timeout);
                     Session::new(conn, Peer { ip, listener: kind }, backend).run().await;
@@ -138,6 +179,21 @@ impl Listeners {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Tell a client over the connection limits so, and close.
+async fn refuse(stream: &mut tokio::net::TcpStream) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        stream.write_all(b"421 4.7.0 Too many connections, try again later\r\n"),
+    )
+    .await;
+}
+
+/// How long to wait for the PROXY header: the proxy sends it at once, so
+/// this is short, and never longer than the command timeout.
+fn proxy_timeout(settings: &crate::backend::Settings) -> Duration {
+    Duration::from_secs(settings.command_timeout_secs.min(30))
 }
 
 /// IPv4-mapped IPv6 addresses (from a dual-stack socket) as plain IPv4.

@@ -4,10 +4,14 @@
 
 mod address;
 mod backend;
+mod chunking;
 mod conn;
 mod data;
 mod listen;
+mod proxy;
+mod sasl;
 mod session;
+mod tls;
 
 use std::sync::Arc;
 
@@ -17,6 +21,7 @@ use tambo_ipc::worker::{ControlLink, bootstrap, single_stream};
 use crate::backend::{Backend, Settings};
 
 fn main() {
+    raise_nofile_limit();
     let (control, _plan) = match bootstrap(WorkerKind::Smtpd) {
         Ok(v) => v,
         Err(e) => {
@@ -69,7 +74,11 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 tokio::spawn(async move {
                     let r = match ch {
                         PeerChannel::SmtpdQueued => b.queued.install(stream).await,
-                        _ => b.authd.install(stream).await,
+                        _ => {
+                            let r = b.authd.install(stream).await;
+                            b.tls.authd_restarted();
+                            r
+                        }
                     };
                     if let Err(e) = r {
                         tracing::warn!("{}: {e}", ch.name());
@@ -81,6 +90,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             }
             ControlMsg::Reload(start) => {
                 backend.set_settings(Settings::from_start(&start));
+                backend.tls.reloaded();
                 link.send(WorkerMsg::Reloaded {
                     ok: true,
                     message: String::new(),
@@ -94,7 +104,22 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             }
             ControlMsg::Start(_) => tracing::warn!("smtpd: unexpected Start ignored"),
             ControlMsg::AdminClient { .. } => tracing::warn!("smtpd: unexpected AdminClient ignored"),
+            // Answered by ControlLink::recv.
+            ControlMsg::CollectMetrics { .. } => {}
         }
+    }
+}
+
+/// Each connection takes one fd: raise the soft limit on open files to the
+/// hard limit (an unprivileged process may), so that the default soft limit
+/// of 1024 does not cap the number of clients below `max_connections`.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        eprintln!("tambo-smtpd: raising the open-files limit from {soft} to {hard}: {e}");
     }
 }
 

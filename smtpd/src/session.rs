@@ -5,12 +5,21 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tambo_ipc::proto::{IncomingEnvelope, ListenerKind, QueueReply, QueueRequest, RcptVerdict, TlsInfo};
+use rustls::ServerConfig;
+use tambo_ipc::metrics::{self, Metric};
+use tambo_ipc::proto::{
+    AuthOutcome, AuthReply, AuthRequest, IncomingEnvelope, ListenerKind, MailLogEvent, QueueReply, QueueRequest,
+    RcptVerdict, TlsInfo,
+};
+use tambo_ipc::worker::mail_log;
 
 use crate::address::{PathError, parse_path_arg};
 use crate::backend::{Backend, Settings};
 use crate::conn::{Conn, ConnError, LineRead};
 use crate::data::{DataDecoder, DataError, Progress};
+use crate::sasl;
+
+mod bdat;
 
 /// Recipients accepted per transaction at most.
 pub const MAX_RCPTS: usize = 100;
@@ -18,6 +27,8 @@ pub const MAX_RCPTS: usize = 100;
 pub const MAX_ERRORS: u32 = 10;
 /// Flush the decoded body to the data file in pieces of this size.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// Failed AUTH commands tolerated per session: the last one gets 421.
+pub const MAX_AUTH_FAILURES: u32 = 3;
 
 /// Facts about the connection.
 #[derive(Debug, Clone)]
@@ -47,6 +58,11 @@ pub struct Session {
     auth_user: Option<String>,
     tls: Option<TlsInfo>,
     errors: u32,
+    /// The TLS configuration when the session started (None: no TLS).
+    tls_config: Option<Arc<ServerConfig>>,
+    auth_failures: u32,
+    /// A BDAT transaction in progress (CHUNKING, `session/bdat.rs`).
+    bdat: Option<Box<bdat::Bdat>>,
 }
 
 impl Session {
@@ -65,6 +81,9 @@ impl Session {
             auth_user: None,
             tls: None,
             errors: 0,
+            tls_config: None,
+            auth_failures: 0,
+            bdat: None,
         }
     }
 
@@ -88,6 +107,11 @@ impl Session {
     }
 
     async fn dialog(&mut self) -> Result<(), ConnError> {
+        self.tls_config = self.backend.tls.config().await;
+        // Implicit TLS: the handshake comes before the greeting.
+        if self.peer.listener == ListenerKind::SubmissionTls && !self.start_tls().await {
+            return Ok(());
+        }
         self.conn.reply(&format!("220 {} ESMTP tambo", self.settings.hostname));
         loop {
             let line = match self.conn.read_line().await? {
@@ -108,12 +132,16 @@ impl Session {
                 Some((v, a)) => (v.to_ascii_uppercase(), a.to_string()),
                 None => (line.to_ascii_uppercase(), String::new()),
             };
+            metrics::inc(Metric::SmtpCommands, &[("command", command_label(&verb))]);
             let next = match verb.as_str() {
                 "EHLO" => self.cmd_helo(&args, true),
                 "HELO" => self.cmd_helo(&args, false),
                 "MAIL" => self.cmd_mail(&args),
                 "RCPT" => self.cmd_rcpt(&args).await,
                 "DATA" => self.cmd_data(&args).await?,
+                "STARTTLS" => self.cmd_starttls(&args).await?,
+                "AUTH" => self.cmd_auth(&args).await?,
+                "BDAT" => self.cmd_bdat(&args).await?,
                 "RSET" => {
                     self.reset();
                     self.conn.reply("250 2.0.0 Ok");
@@ -170,6 +198,7 @@ impl Session {
     fn reset(&mut self) {
         self.mail_from = None;
         self.rcpts.clear();
+        self.bdat = None;
     }
 
     fn cmd_helo(&mut self, args: &str, esmtp: bool) -> Next {
@@ -191,9 +220,16 @@ impl Session {
             "PIPELINING".to_string(),
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
+            "CHUNKING".to_string(),
             format!("SIZE {}", self.settings.max_data_size),
             "HELP".to_string(),
         ];
+        if self.tls.is_none() && self.tls_config.is_some() {
+            lines.push("STARTTLS".to_string());
+        }
+        if self.tls.is_some() {
+            lines.push("AUTH PLAIN LOGIN".to_string());
+        }
         let last = lines.pop().unwrap_or_default();
         for l in lines {
             self.conn.reply(&format!("250-{l}"));
@@ -208,6 +244,14 @@ impl Session {
         }
         if self.mail_from.is_some() {
             return self.fail("503 5.5.1 Sender already specified");
+        }
+        if self.auth_user.is_none()
+            && matches!(
+                self.peer.listener,
+                ListenerKind::Submission | ListenerKind::SubmissionTls
+            )
+        {
+            return self.fail("530 5.7.0 Authentication required");
         }
         let Some(rest) = strip_keyword(args, "FROM:") else {
             return self.fail("501 5.5.4 Syntax: MAIL FROM:<address>");
@@ -239,6 +283,9 @@ impl Session {
         if self.mail_from.is_none() {
             return self.fail("503 5.5.1 Need MAIL first");
         }
+        if self.bdat.is_some() {
+            return self.fail("503 5.5.1 RCPT is not allowed after BDAT");
+        }
         let Some(rest) = strip_keyword(args, "TO:") else {
             return self.fail("501 5.5.4 Syntax: RCPT TO:<address>");
         };
@@ -262,7 +309,15 @@ impl Session {
         if self.settings.is_local(&addr.domain) {
             match self.backend.check_recipient(&full).await {
                 RcptVerdict::Accept => {}
-                RcptVerdict::Unknown => return self.fail("550 5.1.1 User unknown"),
+                RcptVerdict::Unknown => {
+                    self.rejected(vec![full], "550 5.1.1 User unknown");
+                    return self.fail("550 5.1.1 User unknown");
+                }
+                RcptVerdict::Refused(r) => {
+                    let reply = format!("{} {} {}", r.code, r.enhanced, r.text);
+                    self.rejected(vec![full], &reply);
+                    return self.fail(&reply);
+                }
                 RcptVerdict::TempFail(why) => {
                     tracing::warn!("recipient check failed: {why}");
                     self.conn
@@ -271,6 +326,7 @@ impl Session {
                 }
             }
         } else if self.auth_user.is_none() {
+            self.rejected(vec![full], "550 5.7.1 Relaying not allowed");
             return self.fail("550 5.7.1 Relaying not allowed");
         }
         self.rcpts.push(full);
@@ -284,6 +340,9 @@ impl Session {
         }
         if self.mail_from.is_none() {
             return Ok(self.fail("503 5.5.1 Need MAIL first"));
+        }
+        if self.bdat.is_some() {
+            return Ok(self.fail("503 5.5.1 DATA is not allowed after BDAT"));
         }
         if self.rcpts.is_empty() {
             return Ok(self.fail("503 5.5.1 Need RCPT first"));
@@ -322,8 +381,9 @@ impl Session {
                         DataError::Nul => "NUL byte",
                     };
                     tracing::info!(ip = %self.peer.ip, "DATA with a {what}: closing");
-                    self.conn
-                        .reply(&format!("521 5.5.2 Message contains a {what}; lines must end in CRLF"));
+                    let reply = format!("521 5.5.2 Message contains a {what}; lines must end in CRLF");
+                    self.rejected(self.rcpts.clone(), &reply);
+                    self.conn.reply(&reply);
                     return Ok(Next::Close);
                 }
             };
@@ -343,12 +403,14 @@ impl Session {
         drop(file);
         if decoder.overflow() {
             self.backend.abort(&id).await;
+            self.rejected(self.rcpts.clone(), "552 5.3.4 Message too big");
             self.reset();
             self.conn.reply("552 5.3.4 Message too big");
             return Ok(Next::Continue);
         }
         if decoder.looping() {
             self.backend.abort(&id).await;
+            self.rejected(self.rcpts.clone(), "554 5.4.6 Too many Received headers: mail loop?");
             self.reset();
             self.conn.reply("554 5.4.6 Too many Received headers: mail loop?");
             return Ok(Next::Continue);
@@ -360,6 +422,22 @@ impl Session {
             self.conn.reply("451 4.3.0 Error storing the message, try again later");
             return Ok(Next::Continue);
         }
+        self.commit_transaction(id, decoder.size()).await
+    }
+
+    /// Write a rejection to the mail log.
+    fn rejected(&self, to: Vec<String>, reason: &str) {
+        mail_log(MailLogEvent::Rejected {
+            ip: self.peer.ip.to_string(),
+            from: self.mail_from.clone().unwrap_or_default(),
+            to,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Hand the finished data file to queued and give the client its
+    /// answer; shared by DATA and BDAT.
+    async fn commit_transaction(&mut self, id: String, data_size: u64) -> Result<Next, ConnError> {
         let envelope = IncomingEnvelope {
             mail_from: self.mail_from.clone().unwrap_or_default(),
             rcpts: self.rcpts.clone(),
@@ -368,13 +446,199 @@ impl Session {
             auth_user: self.auth_user.clone(),
             tls: self.tls.clone(),
             protocol: self.protocol().to_string(),
-            data_size: decoder.size(),
+            data_size,
             listener: self.peer.listener,
+            spf_pass: None,
         };
         let reply = self.backend.commit(&id, envelope).await;
+        if !reply.starts_with('2') {
+            self.rejected(self.rcpts.clone(), &reply);
+        }
         self.conn.reply(&reply);
         self.reset();
         Ok(Next::Continue)
+    }
+
+    /// Run the TLS handshake on the connection (STARTTLS or implicit TLS).
+    /// Whatever the client sent before it is discarded. False when the
+    /// connection is unusable afterwards.
+    async fn start_tls(&mut self) -> bool {
+        let ip = self.peer.ip;
+        let Some(config) = self.tls_config.clone() else {
+            tracing::warn!(%ip, "TLS connection but no certificate: closing");
+            return false;
+        };
+        let stream = self.conn.take_stream();
+        match crate::tls::accept(config, stream, self.conn.read_timeout).await {
+            Ok((stream, info)) => {
+                tracing::debug!(%ip, "TLS: {} {}", info.version, info.cipher);
+                self.conn.replace_stream(stream);
+                self.tls = Some(info);
+                true
+            }
+            Err(e) => {
+                tracing::info!(%ip, "TLS handshake failed: {e}");
+                false
+            }
+        }
+    }
+
+    async fn cmd_starttls(&mut self, args: &str) -> Result<Next, ConnError> {
+        if !args.trim().is_empty() {
+            return Ok(self.fail("501 5.5.4 STARTTLS takes no arguments"));
+        }
+        if self.tls.is_some() {
+            return Ok(self.fail("503 5.5.1 TLS already active"));
+        }
+        if self.tls_config.is_none() {
+            return Ok(self.fail("454 4.7.0 TLS not available"));
+        }
+        self.conn.reply("220 2.0.0 Ready to start TLS");
+        self.conn.flush().await?;
+        if !self.start_tls().await {
+            return Ok(Next::Close);
+        }
+        // RFC 3207 §4.2: forget everything learnt before TLS.
+        self.helo = None;
+        self.esmtp = false;
+        self.reset();
+        Ok(Next::Continue)
+    }
+
+    /// Queue a reply to a failed AUTH; the last one allowed closes.
+    fn auth_failed(&mut self, reply: &str) -> Next {
+        self.auth_failures += 1;
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            self.conn
+                .reply("421 4.7.0 Too many failed authentication attempts, closing");
+            return Next::Close;
+        }
+        self.conn.reply(reply);
+        Next::Continue
+    }
+
+    /// Send a 334 challenge and read the client's response line. `None`
+    /// means the session must end (reply already queued when needed).
+    async fn sasl_response(&mut self, challenge: &str) -> Result<Option<String>, ConnError> {
+        self.conn.reply(challenge);
+        match self.conn.read_line().await? {
+            LineRead::Line(l) => Ok(Some(String::from_utf8_lossy(&l).into_owned())),
+            LineRead::TooLong => {
+                self.conn.reply("500 5.5.2 Line too long");
+                Ok(None)
+            }
+            LineRead::Eof => Ok(None),
+        }
+    }
+
+    async fn cmd_auth(&mut self, args: &str) -> Result<Next, ConnError> {
+        if self.helo.is_none() || !self.esmtp {
+            return Ok(self.fail("503 5.5.1 Send EHLO first"));
+        }
+        if self.tls.is_none() {
+            return Ok(self.fail("538 5.7.11 Encryption required for requested authentication mechanism"));
+        }
+        if self.auth_user.is_some() {
+            return Ok(self.fail("503 5.5.1 Already authenticated"));
+        }
+        if self.mail_from.is_some() {
+            return Ok(self.fail("503 5.5.1 AUTH not allowed during a mail transaction"));
+        }
+        let mut words = args.split_whitespace();
+        let (Some(mech), initial, None) = (words.next(), words.next(), words.next()) else {
+            return Ok(self.fail("501 5.5.4 Syntax: AUTH mechanism [initial-response]"));
+        };
+        const CANCEL: &str = "501 5.7.0 Authentication cancelled";
+        const BAD: &str = "501 5.5.2 Invalid base64 or SASL data";
+        let (login, authzid, password) = match mech.to_ascii_uppercase().as_str() {
+            "PLAIN" => {
+                let resp = match initial {
+                    Some(r) => r.to_string(),
+                    None => match self.sasl_response("334 ").await? {
+                        Some(r) => r,
+                        None => return Ok(Next::Close),
+                    },
+                };
+                if resp.trim() == "*" {
+                    return Ok(self.auth_failed(CANCEL));
+                }
+                match sasl::decode_base64(&resp).and_then(|raw| sasl::parse_plain(&raw)) {
+                    Ok(c) => (c.authcid, c.authzid, c.password),
+                    Err(_) => return Ok(self.auth_failed(BAD)),
+                }
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(r) => r.to_string(),
+                    // "Username:"
+                    None => match self.sasl_response("334 VXNlcm5hbWU6").await? {
+                        Some(r) => r,
+                        None => return Ok(Next::Close),
+                    },
+                };
+                if user.trim() == "*" {
+                    return Ok(self.auth_failed(CANCEL));
+                }
+                let Ok(user) = sasl::decode_text(&user) else {
+                    return Ok(self.auth_failed(BAD));
+                };
+                // "Password:"
+                let Some(pass) = self.sasl_response("334 UGFzc3dvcmQ6").await? else {
+                    return Ok(Next::Close);
+                };
+                if pass.trim() == "*" {
+                    return Ok(self.auth_failed(CANCEL));
+                }
+                let Ok(pass) = sasl::decode_text(&pass) else {
+                    return Ok(self.auth_failed(BAD));
+                };
+                (user, String::new(), pass)
+            }
+            _ => return Ok(self.fail("504 5.5.4 Unrecognized authentication mechanism")),
+        };
+        let (user, domain) = sasl::split_identity(&login, &self.settings.hostname);
+        if !authzid.is_empty()
+            && sasl::split_identity(&authzid, &self.settings.hostname) != (user.clone(), domain.clone())
+        {
+            tracing::info!(ip = %self.peer.ip, "AUTH: authorization identity differs from the login");
+            return Ok(self.auth_failed("535 5.7.8 Authorization identity must match the login"));
+        }
+        let req = AuthRequest::Authenticate {
+            user: user.clone(),
+            domain: domain.clone(),
+            password,
+            client_ip: self.peer.ip.to_string(),
+        };
+        let reply = self.backend.authd.call(req, Vec::new(), AUTHD_WAIT).await;
+        let ip = self.peer.ip;
+        match reply {
+            Ok((AuthReply::Auth(AuthOutcome::Success), _)) => {
+                tracing::info!(%ip, user = %format!("{user}@{domain}"), "AUTH succeeded");
+                self.auth_user = Some(format!("{user}@{domain}"));
+                self.conn.reply("235 2.7.0 Authentication successful");
+                Ok(Next::Continue)
+            }
+            Ok((AuthReply::Auth(AuthOutcome::Failure), _)) => {
+                tracing::info!(%ip, user = %format!("{user}@{domain}"), "AUTH failed");
+                Ok(self.auth_failed("535 5.7.8 Authentication credentials invalid"))
+            }
+            Ok((AuthReply::Auth(AuthOutcome::Throttled), _)) => {
+                tracing::info!(%ip, user = %format!("{user}@{domain}"), "AUTH throttled");
+                Ok(self.auth_failed("454 4.7.0 Too many failed attempts, try again later"))
+            }
+            Ok((AuthReply::Error(e), _)) => {
+                tracing::warn!("authd: {e}");
+                self.conn.reply("454 4.7.0 Temporary authentication failure");
+                Ok(Next::Continue)
+            }
+            Ok((AuthReply::Exists(_) | AuthReply::Certificates { .. } | AuthReply::Signature(_), _)) | Err(_) => {
+                if let Err(e) = reply {
+                    tracing::warn!("authd: {e}");
+                }
+                self.conn.reply("454 4.7.0 Temporary authentication failure");
+                Ok(Next::Continue)
+            }
+        }
     }
 
     /// The protocol name for the Received header (RFC 3848).
@@ -387,6 +651,16 @@ impl Session {
             (true, true, true) => "ESMTPSA",
         }
     }
+}
+
+/// The metrics label of a command verb: known verbs as they are, anything
+/// else `other` (so clients cannot create series at will).
+fn command_label(verb: &str) -> &'static str {
+    const KNOWN: [&str; 17] = [
+        "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "HELP", "VRFY", "EXPN", "QUIT", "STARTTLS",
+        "AUTH", "LHLO", "GET", "POST",
+    ];
+    KNOWN.iter().find(|k| **k == verb).copied().unwrap_or("other")
 }
 
 /// `FROM:<x>` with the keyword matched case-insensitively.
@@ -446,6 +720,9 @@ impl Backend {
     }
 }
 
+/// How long AUTH waits for authd when it is restarting.
+const AUTHD_WAIT: Duration = Duration::from_secs(5);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,5 +733,11 @@ mod tests {
         assert_eq!(strip_keyword("FROM: <a@b>", "FROM:"), Some(" <a@b>"));
         assert_eq!(strip_keyword("FRO", "FROM:"), None);
         assert_eq!(strip_keyword("TO:<x>", "FROM:"), None);
+    }
+
+    #[test]
+    fn command_labels_are_bounded() {
+        assert_eq!(command_label("EHLO"), "EHLO");
+        assert_eq!(command_label("XYZZY"), "other");
     }
 }

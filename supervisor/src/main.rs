@@ -6,6 +6,9 @@ mod args;
 mod control;
 mod dev;
 mod listeners;
+mod maillog;
+mod monitor;
+mod ops;
 mod setup;
 mod spawn;
 mod supervise;
@@ -14,7 +17,9 @@ use std::path::{Path, PathBuf};
 
 use tambo_ipc::proto::WorkerStart;
 
+use crate::ops::Ops;
 use crate::supervise::{Reloader, Supervisor};
+use tambo_ipc::proto::MailLogEvent;
 
 fn main() {
     let args = match args::parse(std::env::args().skip(1)) {
@@ -114,9 +119,18 @@ fn run(mut args: args::Args) -> Result<i32, String> {
     let dirs = setup::prepare_dirs(&config, &identities)?;
     let mut systemd = listeners::SystemdFds::take();
     let listeners = listeners::bind_all(&config, &mut systemd)?;
+    let mut ops = Ops::open(&config)?;
     for l in &listeners {
         let local = l.socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!("listening on {} ({:?}, {local})", l.addr, l.kind);
+        ops.log(&MailLogEvent::Listening {
+            addr: if l.addr == local {
+                local.clone()
+            } else {
+                format!("{} ({local})", l.addr)
+            },
+            kind: l.kind,
+        });
     }
     let plan = spawn::SpawnPlan {
         workers_dir,
@@ -147,7 +161,7 @@ fn run(mut args: args::Args) -> Result<i32, String> {
         },
     };
     let socket = control::ControlSocket::bind(Path::new(&start.config.run_dir), access, privileged)?;
-    Ok(Supervisor::new(plan, start, listeners, reloader)
+    Ok(Supervisor::new(plan, start, listeners, reloader, ops)
         .with_control_socket(socket)
         .run())
 }

@@ -21,6 +21,10 @@ pub fn load(config_dir: &Path, overrides: Option<&str>) -> Result<(Config, Vec<S
     for d in &domains {
         let path = config_dir.join("domains").join(d).join("users");
         tambo_common::userdb::UserDb::load_if_exists(&path).map_err(|e| e.to_string())?;
+        // Likewise for the aliases file, which queued reads.
+        let aliases = config_dir.join("domains").join(d).join("aliases");
+        tambo_common::aliases::load_aliases(&aliases, d, &config.drop_characters, &config.suffix_separators)
+            .map_err(|e| e.to_string())?;
     }
     Ok((config, domains))
 }

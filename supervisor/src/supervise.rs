@@ -16,6 +16,7 @@ use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg, WorkerSta
 
 use crate::control::{Accepted, ControlSocket};
 use crate::listeners::Listener;
+use crate::ops::Ops;
 use crate::spawn::{self, SpawnPlan, Started};
 
 /// Deaths within [`DEATH_WINDOW`] after which a worker is given up on.
@@ -50,11 +51,12 @@ pub struct Supervisor<R: Reloader> {
     slots: HashMap<WorkerKind, Slot>,
     reloader: R,
     control_socket: Option<ControlSocket>,
+    ops: Ops,
 }
 
 impl<R: Reloader> Supervisor<R> {
     /// A supervisor with nothing started yet.
-    pub fn new(plan: SpawnPlan, start: WorkerStart, listeners: Vec<Listener>, reloader: R) -> Self {
+    pub fn new(plan: SpawnPlan, start: WorkerStart, listeners: Vec<Listener>, reloader: R, ops: Ops) -> Self {
         let now = Instant::now();
         let slots = WorkerKind::ALL
             .into_iter()
@@ -75,6 +77,7 @@ impl<R: Reloader> Supervisor<R> {
             slots,
             reloader,
             control_socket: None,
+            ops,
         }
     }
 
@@ -114,9 +117,12 @@ impl<R: Reloader> Supervisor<R> {
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 }
             }
+            let cs_at = fds.len();
             if let Some(cs) = &self.control_socket {
                 fds.push(PollFd::new(cs.as_fd(), PollFlags::POLLIN));
             }
+            let ops_at = fds.len();
+            fds.extend(self.ops.poll_fds().into_iter().map(|(fd, fl)| PollFd::new(fd, fl)));
             let ready = match poll(&mut fds, timeout) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -125,17 +131,18 @@ impl<R: Reloader> Supervisor<R> {
                     return 1;
                 }
             };
+            let revents: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+            drop(fds);
+            self.ops_tick(&revents[ops_at..]);
             if ready == 0 {
                 continue;
             }
-            let revents: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
-            drop(fds);
             for (i, k) in kinds.iter().enumerate() {
                 if revents[i + 1] {
                     self.read_control(*k);
                 }
             }
-            if self.control_socket.is_some() && revents[kinds.len() + 1] {
+            if self.control_socket.is_some() && revents[cs_at] {
                 self.accept_admin();
             }
             if revents[0] {
@@ -201,6 +208,7 @@ impl<R: Reloader> Supervisor<R> {
                 SlotState::Waiting(t) => Some(t.saturating_duration_since(now)),
                 _ => None,
             })
+            .chain(self.ops.next_deadline().map(|t| t.saturating_duration_since(now)))
             .min();
         match next {
             Some(d) => PollTimeout::try_from(d.as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX),
@@ -258,6 +266,7 @@ impl<R: Reloader> Supervisor<R> {
             return;
         }
         tracing::info!("started {} (pid {})", kind.name(), started.child.id());
+        self.ops.worker_started(kind);
         self.slots.get_mut(&kind).expect("every kind has a slot").state = SlotState::Running(Box::new(started), false);
         self.connect_peers(kind);
     }
@@ -315,6 +324,8 @@ impl<R: Reloader> Supervisor<R> {
                     WorkerMsg::Reloaded { ok: false, message } => {
                         tracing::warn!("{} kept its old state on reload: {message}", kind.name())
                     }
+                    WorkerMsg::MailLog(ev) => self.ops.log(&ev),
+                    WorkerMsg::Metrics { seq, samples } => self.ops.metrics(kind, seq, samples),
                 },
                 Ok(None) => break,
                 Err(e) => {
@@ -346,6 +357,7 @@ impl<R: Reloader> Supervisor<R> {
     }
 
     fn record_death(&mut self, kind: WorkerKind) {
+        self.ops.worker_died(kind);
         let now = Instant::now();
         let slot = self.slots.get_mut(&kind).expect("slot");
         slot.deaths.push_back(now);
@@ -378,6 +390,7 @@ impl<R: Reloader> Supervisor<R> {
                 tracing::error!("reload: keeping the old configuration: {e}");
             }
         }
+        self.ops.reload(&self.start.config);
         tracing::info!("reloading workers");
         for kind in WorkerKind::ALL {
             if let SlotState::Running(s, false) = &mut self.slots.get_mut(&kind).expect("slot").state
@@ -385,6 +398,22 @@ impl<R: Reloader> Supervisor<R> {
             {
                 tracing::warn!("{}: cannot send reload: {e}", kind.name());
             }
+        }
+    }
+
+    /// Monitoring timers and sockets; asks the running workers for metrics
+    /// when a scrape needs them.
+    fn ops_tick(&mut self, ready: &[bool]) {
+        if let Some(seq) = self.ops.on_ready(ready) {
+            let mut asked = Vec::new();
+            for kind in WorkerKind::ALL {
+                if let SlotState::Running(s, false) = &mut self.slots.get_mut(&kind).expect("slot").state
+                    && s.control.send(&ControlMsg::CollectMetrics { seq }, &[]).is_ok()
+                {
+                    asked.push(kind);
+                }
+            }
+            self.ops.collecting(seq, asked);
         }
     }
 

@@ -41,6 +41,26 @@ pub fn bin(name: &str) -> PathBuf {
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--workspace", "--bins"])
             .current_dir(workspace_root());
+        // `cargo test` sets these for this crate; build scripts that track
+        // them (ring's) would otherwise rebuild on every switch between
+        // `cargo test` and this build.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+                || k == "OUT_DIR"
+            {
+                cmd.env_remove(&key);
+            }
+        }
         if bin_dir().file_name().and_then(|n| n.to_str()) == Some("release") {
             cmd.arg("--release");
         }
@@ -224,6 +244,28 @@ impl TestEnv {
         }
         let _ = Command::new("chmod").args(["-R", "a+rX"]).arg(self.tmp.path()).status();
         let _ = std::fs::set_permissions(&self.out_dir, std::fs::Permissions::from_mode(0o1777));
+        self.protect_private_keys();
+    }
+
+    /// When root: make every `certs/*/privkey.pem` readable by the authd
+    /// user only (owner tambo-auth, mode 0600), as in a real installation.
+    pub fn protect_private_keys(&self) {
+        if !is_root() {
+            return;
+        }
+        let user = nix::unistd::User::from_name("tambo-auth")
+            .expect("looking up tambo-auth")
+            .expect("user tambo-auth exists (packaging/create-users.sh)");
+        let Ok(dirs) = std::fs::read_dir(self.config_dir.join("certs")) else {
+            return;
+        };
+        for d in dirs.flatten() {
+            let key = d.path().join("privkey.pem");
+            if key.exists() {
+                nix::unistd::chown(&key, Some(user.uid), Some(user.gid)).expect("chown privkey.pem");
+                std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod privkey.pem");
+            }
+        }
     }
 
     /// Start tambod on this environment and wait until it accepts SMTP.
@@ -233,6 +275,17 @@ impl TestEnv {
 
     /// Start tambod with extra arguments.
     pub fn start_with_args(&self, args: &[&str]) -> Server {
+        self.start_with(args, b"")
+    }
+
+    /// Start tambod where every connection must begin with a PROXY header
+    /// (`haproxy_incoming: true`): readiness is probed with `PROXY UNKNOWN`.
+    pub fn start_haproxy_incoming(&self) -> Server {
+        self.start_with(&[], b"PROXY UNKNOWN\r\n")
+    }
+
+    /// Start tambod; the readiness probe sends `preamble` first.
+    fn start_with(&self, args: &[&str], preamble: &[u8]) -> Server {
         let log_path = self
             .tmp
             .path()
@@ -255,7 +308,7 @@ impl TestEnv {
             log_path,
             smtp_port: self.smtp_port,
         };
-        server.wait_ready();
+        server.wait_ready(preamble);
         server
     }
 
@@ -290,13 +343,15 @@ pub struct Server {
 }
 
 impl Server {
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self, preamble: &[u8]) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("tambod exited early ({status}); log:\n{}", self.log());
             }
-            if let Ok(s) = TcpStream::connect(("127.0.0.1", self.smtp_port)) {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.smtp_port))
+                && (preamble.is_empty() || s.write_all(preamble).is_ok())
+            {
                 let mut r = BufReader::new(s);
                 let mut line = String::new();
                 if r.read_line(&mut line).is_ok() && line.starts_with("220") {

@@ -295,3 +295,43 @@ fn bad_configs_name_file_and_line() {
     let err = start_fails(&env);
     assert!(err.contains("domains") && err.contains("missing"), "{err}");
 }
+
+#[test]
+fn a_worker_that_keeps_dying_is_given_up_on() {
+    let env = TestEnv::new("");
+    let mut server = env.start();
+    let mut pid = server.worker_pid("authd");
+    for round in 1..=5 {
+        kill9(pid);
+        if round == 5 {
+            break;
+        }
+        let old = pid;
+        wait_for(Duration::from_secs(20), "authd restart", || {
+            pid = server
+                .workers()
+                .into_iter()
+                .find(|(n, _)| n == "authd")
+                .map(|(_, p)| p)
+                .unwrap_or(0);
+            pid != 0 && pid != old
+        });
+    }
+    wait_for(Duration::from_secs(10), "the give-up log line", || {
+        server.log().contains("authd died 5 times within 60s: giving up on it")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let names: Vec<String> = server.workers().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        ["deliverd", "queued", "smtpd"],
+        "authd stays down, the others run"
+    );
+    // Without authd, recipients cannot be checked: a temporary error, not a 5xx.
+    let mut c = RawClient::connect(env.smtp_port);
+    c.cmd("EHLO client.example");
+    c.cmd("MAIL FROM:<a@remote.example>");
+    let r = c.cmd(&format!("RCPT TO:<{USER}>"));
+    assert!(r.starts_with("451"), "{r}");
+    assert!(server.stop().success());
+}
