@@ -1,6 +1,7 @@
 //! `tambo`, the administration command: users, configuration, and a small
 //! Maildir delivery agent.
 
+mod dkim;
 mod maildir;
 mod queue;
 mod users;
@@ -57,6 +58,27 @@ enum Command {
     /// Inspect and act on the queue of the running server.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Create a DKIM key: domains/DOMAIN/dkim:SELECTOR.pem (mode 0640,
+    /// group of authd's user when run as root; never overwritten), and
+    /// print the TXT record to publish.
+    #[command(name = "dkim-keygen")]
+    DkimKeygen {
+        /// The local domain.
+        domain: String,
+        /// The selector (default: today's date, YYYYMMDD).
+        selector: Option<String>,
+        /// Key type.
+        #[arg(long, value_enum, default_value = "rsa2048")]
+        algo: dkim::Algo,
+    },
+    /// Print the DNS TXT record of a domain's DKIM key(s).
+    #[command(name = "dkim-dns")]
+    DkimDns {
+        /// The local domain.
+        domain: String,
+        /// Only this selector.
+        selector: Option<String>,
+    },
     /// Delivery agent: write the message on stdin into DIR/ADDRESS/new/ as
     /// a Maildir file (used by the development setup).
     #[command(name = "maildir-deliver")]
@@ -181,6 +203,8 @@ fn main() {
             .map_err(|e| anyhow::anyhow!("{e}")),
         Command::MaildirDeliver { dir, address } => maildir::deliver(&dir, &address),
         Command::Queue(cmd) => queue_command(&cli.config_dir, cmd),
+        Command::DkimKeygen { domain, selector, algo } => dkim::keygen(&cli.config_dir, &domain, selector, algo),
+        Command::DkimDns { domain, selector } => dkim::dns(&cli.config_dir, &domain, selector),
     };
     if let Err(e) = result {
         eprintln!("tambo: {e:#}");

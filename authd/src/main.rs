@@ -2,6 +2,7 @@
 //! TLS private keys. It answers yes/no questions and signs TLS handshakes
 //! for smtpd; it never reveals a hash or a key.
 
+mod dkim;
 mod keys;
 mod service;
 mod throttle;
@@ -61,9 +62,16 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                         let svc = svc.clone();
                         async move {
                             // Only smtpd does TLS: queued may not use the keys.
+                            // Only queued may have messages DKIM-signed: smtpd
+                            // faces the network and must not get a signing
+                            // oracle.
                             let reply = match (&req, ch) {
                                 (AuthRequest::Certificates | AuthRequest::Sign { .. }, PeerChannel::QueuedAuthd) => {
                                     AuthReply::Error("TLS keys are for smtpd only".into())
+                                }
+                                (AuthRequest::DkimSign { .. }, PeerChannel::SmtpdAuthd) => {
+                                    tracing::warn!("smtpd asked for a DKIM signature: refused");
+                                    AuthReply::Error("not allowed on this channel".into())
                                 }
                                 _ => svc.handle(req).await,
                             };

@@ -12,6 +12,7 @@ use tambo_ipc::metrics::{self, Metric};
 use tambo_ipc::proto::{AuthOutcome, AuthReply, AuthRequest, MailLogEvent, WorkerStart};
 use tambo_ipc::worker::mail_log;
 
+use crate::dkim::{DkimKeys, SignError};
 use crate::keys::KeyStore;
 use crate::throttle::Throttle;
 
@@ -23,6 +24,7 @@ const AUTH_JITTER_MS: u64 = 50;
 /// authd's state.
 pub struct AuthService {
     dbs: RwLock<Arc<HashMap<String, UserDb>>>,
+    dkim: RwLock<Arc<DkimKeys>>,
     throttle: Throttle,
     keys: KeyStore,
 }
@@ -46,9 +48,14 @@ impl AuthService {
     /// Load the databases named by the start message.
     pub fn load(start: &WorkerStart) -> anyhow::Result<AuthService> {
         let dbs = load_dbs(Path::new(&start.config_dir), &start.local_domains).context("loading users")?;
+        let dkim = DkimKeys::load(Path::new(&start.config_dir), &start.local_domains).context("loading DKIM keys")?;
+        if dkim.len() > 0 {
+            tracing::info!("{} DKIM key(s) loaded", dkim.len());
+        }
         let keys = KeyStore::load(Path::new(&start.config_dir)).context("loading TLS certificates")?;
         Ok(AuthService {
             dbs: RwLock::new(Arc::new(dbs)),
+            dkim: RwLock::new(Arc::new(dkim)),
             throttle: Throttle::default(),
             keys,
         })
@@ -63,11 +70,17 @@ impl AuthService {
                 *self.dbs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dbs);
                 tracing::info!("users reloaded");
             });
+        let dkim = DkimKeys::load(Path::new(&start.config_dir), &start.local_domains)
+            .context("reloading DKIM keys")
+            .map(|dkim| {
+                *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dkim);
+                tracing::info!("DKIM keys reloaded");
+            });
         let keys = self
             .keys
             .reload(Path::new(&start.config_dir))
             .context("reloading TLS certificates");
-        users.and(keys)
+        users.and(dkim).and(keys)
     }
 
     fn dbs(&self) -> Arc<HashMap<String, UserDb>> {
@@ -79,6 +92,29 @@ impl AuthService {
         match req {
             AuthRequest::UserExists { user, domain } => {
                 AuthReply::Exists(self.dbs().get(&domain).is_some_and(|db| db.exists(&user)))
+            }
+            AuthRequest::DkimSign {
+                domain,
+                headers,
+                body_hash,
+            } => {
+                let keys = self.dkim.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let res = tokio::task::spawn_blocking(move || keys.sign(&domain, &headers, &body_hash, now)).await;
+                match res {
+                    Ok(Ok(sigs)) => AuthReply::DkimSignatures(sigs),
+                    // The message cannot be signed as it stands: it goes
+                    // out unsigned rather than never.
+                    Ok(Err(e @ (SignError::From | SignError::TooLarge))) => {
+                        tracing::warn!("not DKIM-signing a message: {e}");
+                        AuthReply::DkimSignatures(Vec::new())
+                    }
+                    Ok(Err(e)) => AuthReply::Error(format!("DKIM: {e}")),
+                    Err(e) => AuthReply::Error(format!("DKIM: {e}")),
+                }
             }
             AuthRequest::Authenticate {
                 user,
@@ -151,6 +187,7 @@ mod tests {
             local_domains: vec!["example.com".into(), "empty.org".into()],
             verbosity: 0,
             unprivileged: true,
+            dns_servers: Vec::new(),
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod aliases;
 pub mod config;
+pub mod dkimkey;
 pub mod names;
 pub mod textproto;
 pub mod userdb;

@@ -135,6 +135,12 @@ pub struct WorkerStart {
     pub verbosity: u8,
     /// True when the server runs without root (development, tests).
     pub unprivileged: bool,
+    /// DNS servers ("ip:port") for SPF, DKIM and DMARC lookups: the
+    /// configured `dns_servers`, or the `nameserver` lines of
+    /// /etc/resolv.conf read by the supervisor (smtpd is chrooted and
+    /// cannot read it).
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
 }
 
 /// Supervisor → worker, on the control channel.
@@ -373,6 +379,18 @@ pub enum AuthRequest {
         /// Normalised local domain.
         domain: String,
     },
+    /// Sign a message with every DKIM key of `domain` (queued only; authd
+    /// refuses it from smtpd). The private keys never leave authd: queued
+    /// sends the message's header section and the hash of its body.
+    DkimSign {
+        /// The signing domain (a local domain).
+        domain: String,
+        /// The header section as received (CRLF line endings, without the
+        /// blank line that ends it).
+        headers: Vec<u8>,
+        /// SHA-256 of the body under relaxed canonicalization (32 bytes).
+        body_hash: Vec<u8>,
+    },
     /// Check a password.
     Authenticate {
         /// Normalised user part.
@@ -406,6 +424,10 @@ pub enum AuthReply {
     Exists(bool),
     /// Answer to [`AuthRequest::Authenticate`].
     Auth(AuthOutcome),
+    /// Answer to [`AuthRequest::DkimSign`]: one `DKIM-Signature` header
+    /// per key of the domain (folded, each ending in CRLF); empty when the
+    /// domain has no key.
+    DkimSignatures(Vec<String>),
     /// The request could not be answered (temporary).
     Error(String),
     /// Answer to [`AuthRequest::Certificates`], sorted by name.
@@ -475,6 +497,10 @@ pub struct IncomingEnvelope {
     pub data_size: u64,
     /// The name of the listener kind, for the post-data hook.
     pub listener: ListenerKind,
+    /// Header lines smtpd adds (Received-SPF, Authentication-Results),
+    /// each ending in CRLF; queued puts them right under its Received.
+    #[serde(default)]
+    pub auth_headers: String,
     /// The SPF verdict for the sender: `Some(true)` on pass, `None` when
     /// no check was made (the post-data hook's SPF_PASS is then empty).
     pub spf_pass: Option<bool>,

@@ -4,6 +4,7 @@
 
 mod admin;
 mod aliases;
+mod dkim_sign;
 mod dsn;
 mod entry;
 mod hooks;

@@ -21,6 +21,7 @@ use tambo_ipc::worker::{PeerSlot, mail_log};
 use tokio::sync::Notify;
 
 use crate::aliases::AliasDb;
+use crate::dkim_sign::SignFailure;
 use crate::dsn;
 use crate::entry::{ENTRY_VERSION, QueueEntry, RcptEntry, RcptState};
 use crate::hooks::{POST_DATA_TIMEOUT, PostData, PostDataEnv, find_hook};
@@ -400,7 +401,16 @@ impl Queue {
         if rcpts.is_empty() {
             return Err(reply(554, "5.1.1", "No valid recipients"));
         }
-        let mut header_prefix = received_header(env, &s.config.hostname, id, now);
+        let dkim_headers = self.dkim_sign(id, env, &s, file, size).await?;
+        // Our Received first (the trace field of this hop), then the
+        // signatures and the authentication results under it, as Postfix
+        // with its milters and policy services lays them out. The post-data
+        // hook's headers go on top.
+        let mut header_prefix = format!(
+            "{}{dkim_headers}{}",
+            received_header(env, &s.config.hostname, id, now),
+            env.auth_headers
+        );
         if let Some(hook) = find_hook(&s.config_dir, "post-data") {
             let data = file.try_clone().map_err(|e| {
                 tracing::error!(id, "data file: {e}");
@@ -468,6 +478,42 @@ impl Queue {
         });
         self.launch(entry);
         Ok(QueueReply::Committed { id: id.to_string() })
+    }
+
+    /// DKIM-sign an authenticated submission with the keys of its user's
+    /// domain (through authd); the headers to prepend. authd being away
+    /// is a temporary failure: mail from a domain with keys is never queued
+    /// unsigned because of it.
+    async fn dkim_sign(
+        &self,
+        id: &str,
+        env: &IncomingEnvelope,
+        s: &Settings,
+        file: &File,
+        size: u64,
+    ) -> Result<String, QueueReply> {
+        let Some(domain) = env
+            .auth_user
+            .as_deref()
+            .and_then(|u| u.rsplit_once('@'))
+            .map(|(_, d)| d)
+        else {
+            return Ok(String::new());
+        };
+        if !s.local_domains.iter().any(|d| d == domain) {
+            return Ok(String::new());
+        }
+        match crate::dkim_sign::sign(&self.authd, domain, file, size).await {
+            Ok(h) => Ok(h),
+            Err(SignFailure::Skip(why)) => {
+                tracing::warn!(id, "not DKIM-signed: {why}");
+                Ok(String::new())
+            }
+            Err(SignFailure::Temporary(why)) => {
+                tracing::warn!(id, "DKIM signing failed: {why}");
+                Err(reply(451, "4.3.0", "Cannot sign the message now, try again later"))
+            }
+        }
     }
 
     /// Start the delivery task of a queued message.
@@ -765,6 +811,19 @@ impl Queue {
             self.store.discard_data(&id);
             return Err(Some(format!("writing the DSN: {e}")));
         }
+        // A DSN comes from MAILER-DAEMON@hostname: signed with the
+        // hostname's keys when it is a local domain that has some.
+        let mut signature = String::new();
+        if s.local_domains.iter().any(|d| *d == s.config.hostname) {
+            match crate::dkim_sign::sign(&self.authd, &s.config.hostname, &file, body.len() as u64).await {
+                Ok(h) => signature = h,
+                Err(SignFailure::Skip(why)) => tracing::warn!(id, "DSN not DKIM-signed: {why}"),
+                Err(SignFailure::Temporary(why)) => {
+                    self.store.discard_data(&id);
+                    return Err(Some(format!("DKIM signing: {why}")));
+                }
+            }
+        }
         drop(file);
         let dsn_entry = QueueEntry {
             version: ENTRY_VERSION,
@@ -772,7 +831,7 @@ impl Queue {
             from: String::new(),
             created: now,
             header_prefix: format!(
-                "Received: by {} (tambo) id {id};\r\n\t{}\r\n",
+                "Received: by {} (tambo) id {id};\r\n\t{}\r\n{signature}",
                 s.config.hostname,
                 rfc5322_date(now)
             ),

@@ -99,6 +99,7 @@ mod tests {
             protocol: "ESMTPS".into(),
             data_size: 0,
             listener: ListenerKind::Smtp,
+            auth_headers: String::new(),
             spf_pass: None,
         };
         let h = received_header(&env, "mx.l", "ID1", 0);

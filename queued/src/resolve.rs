@@ -280,9 +280,16 @@ impl ResolverContext<'_> {
         match self.authd.call(req, Vec::new(), AUTHD_WAIT).await {
             Ok((AuthReply::Exists(b), _)) => Ok(b),
             Ok((AuthReply::Error(e), _)) => Err(ResolveError::Temporary(format!("{user}@{domain}"), e)),
-            Ok((AuthReply::Auth(_) | AuthReply::Certificates { .. } | AuthReply::Signature(_), _)) => Err(
-                ResolveError::Temporary(format!("{user}@{domain}"), "unexpected reply from authd".into()),
-            ),
+            Ok((
+                AuthReply::Auth(_)
+                | AuthReply::Certificates { .. }
+                | AuthReply::Signature(_)
+                | AuthReply::DkimSignatures(_),
+                _,
+            )) => Err(ResolveError::Temporary(
+                format!("{user}@{domain}"),
+                "unexpected reply from authd".into(),
+            )),
             Err(e) => Err(ResolveError::Temporary(
                 format!("{user}@{domain}"),
                 format!("authd: {e}"),
@@ -327,9 +334,10 @@ mod tests {
                     AuthRequest::UserExists { user, domain } => AuthReply::Exists(
                         domain == "d.org" && ["alice", "bob", "carol", "dave"].contains(&user.as_str()),
                     ),
-                    AuthRequest::Authenticate { .. } | AuthRequest::Certificates | AuthRequest::Sign { .. } => {
-                        AuthReply::Error("no".into())
-                    }
+                    AuthRequest::Authenticate { .. }
+                    | AuthRequest::Certificates
+                    | AuthRequest::Sign { .. }
+                    | AuthRequest::DkimSign { .. } => AuthReply::Error("no".into()),
                 };
                 (rep, Vec::new())
             };

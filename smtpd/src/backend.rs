@@ -8,6 +8,8 @@ use std::time::Duration;
 use tambo_ipc::proto::{AuthReply, AuthRequest, PeerChannel, QueueReply, QueueRequest, WorkerStart};
 use tambo_ipc::worker::PeerSlot;
 
+use crate::emailauth::EmailAuth;
+
 /// How long a session waits for queued or authd when they are restarting;
 /// past it, the client gets a 4xx.
 const PEER_WAIT: Duration = Duration::from_secs(5);
@@ -29,6 +31,10 @@ pub struct Settings {
     pub max_connections: usize,
     /// Concurrent connections per client IP at most.
     pub max_connections_per_ip: usize,
+    /// Refuse DMARC `p=reject` failures at DATA.
+    pub reject_dmarc_failures: bool,
+    /// DNS servers ("ip:port") for SPF, DKIM and DMARC.
+    pub dns_servers: Vec<String>,
     /// A HAProxy PROXY header (v1 or v2) starts every connection.
     pub haproxy_incoming: bool,
 }
@@ -45,6 +51,8 @@ impl Settings {
             connection_timeout_secs: c.connection_timeout_secs.max(1) as u64,
             max_connections: c.max_connections.max(1) as usize,
             max_connections_per_ip: c.max_connections_per_ip.max(1) as usize,
+            reject_dmarc_failures: c.reject_dmarc_failures,
+            dns_servers: start.dns_servers.clone(),
             haproxy_incoming: c.haproxy_incoming,
         }
     }
@@ -62,6 +70,8 @@ pub struct Backend {
     pub queued: Arc<PeerSlot<QueueRequest, QueueReply>>,
     /// Client of authd.
     pub authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
+    /// SPF, DKIM and DMARC checks.
+    pub emailauth: EmailAuth,
     /// TLS certificates (from authd) and handshake signing (by authd).
     pub tls: crate::tls::Tls,
 }
@@ -71,6 +81,7 @@ impl Backend {
     pub fn new(settings: Settings) -> Arc<Backend> {
         let authd = PeerSlot::new(PeerChannel::SmtpdAuthd.name());
         Arc::new(Backend {
+            emailauth: EmailAuth::new(&settings.dns_servers),
             settings: RwLock::new(Arc::new(settings)),
             queued: PeerSlot::new(PeerChannel::SmtpdQueued.name()),
             tls: crate::tls::Tls::new(authd.clone()),
@@ -85,6 +96,9 @@ impl Backend {
 
     /// Replace the settings (reload); running sessions keep theirs.
     pub fn set_settings(&self, s: Settings) {
+        if s.dns_servers != self.settings().dns_servers {
+            self.emailauth.set_servers(&s.dns_servers);
+        }
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
     }
 

@@ -7,6 +7,7 @@ mod backend;
 mod chunking;
 mod conn;
 mod data;
+mod emailauth;
 mod listen;
 mod proxy;
 mod sasl;

@@ -17,6 +17,7 @@ use crate::address::{PathError, parse_path_arg};
 use crate::backend::{Backend, Settings};
 use crate::conn::{Conn, ConnError, LineRead};
 use crate::data::{DataDecoder, DataError, Progress};
+use crate::emailauth::SpfCheck;
 use crate::sasl;
 
 mod bdat;
@@ -63,6 +64,8 @@ pub struct Session {
     auth_failures: u32,
     /// A BDAT transaction in progress (CHUNKING, `session/bdat.rs`).
     bdat: Option<Box<bdat::Bdat>>,
+    /// SPF result of the transaction (unauthenticated sessions).
+    spf: Option<SpfCheck>,
 }
 
 impl Session {
@@ -84,6 +87,7 @@ impl Session {
             tls_config: None,
             auth_failures: 0,
             bdat: None,
+            spf: None,
         }
     }
 
@@ -136,7 +140,7 @@ impl Session {
             let next = match verb.as_str() {
                 "EHLO" => self.cmd_helo(&args, true),
                 "HELO" => self.cmd_helo(&args, false),
-                "MAIL" => self.cmd_mail(&args),
+                "MAIL" => self.cmd_mail(&args).await,
                 "RCPT" => self.cmd_rcpt(&args).await,
                 "DATA" => self.cmd_data(&args).await?,
                 "STARTTLS" => self.cmd_starttls(&args).await?,
@@ -198,6 +202,7 @@ impl Session {
     fn reset(&mut self) {
         self.mail_from = None;
         self.rcpts.clear();
+        self.spf = None;
         self.bdat = None;
     }
 
@@ -238,7 +243,7 @@ impl Session {
         Next::Continue
     }
 
-    fn cmd_mail(&mut self, args: &str) -> Next {
+    async fn cmd_mail(&mut self, args: &str) -> Next {
         if self.helo.is_none() {
             return self.fail("503 5.5.1 Send HELO/EHLO first");
         }
@@ -274,7 +279,24 @@ impl Session {
                 _ => return self.fail("555 5.5.4 Unsupported MAIL parameter"),
             }
         }
-        self.mail_from = Some(parsed.address.map(|a| a.full()).unwrap_or_default());
+        let mail_from = parsed.address.map(|a| a.full()).unwrap_or_default();
+        if self.auth_user.is_none() {
+            let helo = self.helo.clone().unwrap_or_default();
+            let check = self
+                .backend
+                .emailauth
+                .check_spf(self.peer.ip, &helo, &self.settings.hostname, &mail_from)
+                .await;
+            if let Some(reply) = check.rejection() {
+                tracing::info!(ip = %self.peer.ip, from = mail_from, "SPF fail: MAIL FROM refused");
+                self.mail_from = Some(mail_from);
+                self.rejected(Vec::new(), &reply);
+                self.mail_from = None;
+                return self.fail(&reply);
+            }
+            self.spf = Some(check);
+        }
+        self.mail_from = Some(mail_from);
         self.conn.reply("250 2.1.0 Ok");
         Next::Continue
     }
@@ -400,7 +422,6 @@ impl Session {
                 break;
             }
         }
-        drop(file);
         if decoder.overflow() {
             self.backend.abort(&id).await;
             self.rejected(self.rcpts.clone(), "552 5.3.4 Message too big");
@@ -422,7 +443,7 @@ impl Session {
             self.conn.reply("451 4.3.0 Error storing the message, try again later");
             return Ok(Next::Continue);
         }
-        self.commit_transaction(id, decoder.size()).await
+        self.commit_transaction(id, file, decoder.size()).await
     }
 
     /// Write a rejection to the mail log.
@@ -437,7 +458,34 @@ impl Session {
 
     /// Hand the finished data file to queued and give the client its
     /// answer; shared by DATA and BDAT.
-    async fn commit_transaction(&mut self, id: String, data_size: u64) -> Result<Next, ConnError> {
+    async fn commit_transaction(&mut self, id: String, file: std::fs::File, data_size: u64) -> Result<Next, ConnError> {
+        // SPF, DKIM, DMARC of unauthenticated mail (emailauth.rs).
+        let mut auth_headers = String::new();
+        if self.auth_user.is_none()
+            && let Some(spf) = &self.spf
+        {
+            let verdict = self
+                .backend
+                .emailauth
+                .check_data(
+                    &file,
+                    data_size,
+                    spf,
+                    &self.settings.hostname,
+                    self.settings.reject_dmarc_failures,
+                )
+                .await;
+            if let Some(reply) = verdict.reject {
+                tracing::info!(ip = %self.peer.ip, "DMARC policy reject: message refused");
+                self.backend.abort(&id).await;
+                self.rejected(self.rcpts.clone(), &reply);
+                self.reset();
+                self.conn.reply(&reply);
+                return Ok(Next::Continue);
+            }
+            auth_headers = verdict.headers;
+        }
+        drop(file);
         let envelope = IncomingEnvelope {
             mail_from: self.mail_from.clone().unwrap_or_default(),
             rcpts: self.rcpts.clone(),
@@ -448,7 +496,8 @@ impl Session {
             protocol: self.protocol().to_string(),
             data_size,
             listener: self.peer.listener,
-            spf_pass: None,
+            spf_pass: self.spf.as_ref().map(|s| s.word() == "pass"),
+            auth_headers,
         };
         let reply = self.backend.commit(&id, envelope).await;
         if !reply.starts_with('2') {
@@ -631,7 +680,14 @@ impl Session {
                 self.conn.reply("454 4.7.0 Temporary authentication failure");
                 Ok(Next::Continue)
             }
-            Ok((AuthReply::Exists(_) | AuthReply::Certificates { .. } | AuthReply::Signature(_), _)) | Err(_) => {
+            Ok((
+                AuthReply::Exists(_)
+                | AuthReply::Certificates { .. }
+                | AuthReply::Signature(_)
+                | AuthReply::DkimSignatures(_),
+                _,
+            ))
+            | Err(_) => {
                 if let Err(e) = reply {
                     tracing::warn!("authd: {e}");
                 }

@@ -153,9 +153,10 @@ async fn fetch(authd: &AuthdSlot) -> Result<(u64, Vec<CertChain>), String> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(Ok((AuthReply::Certificates { generation, chains }, _))) => Ok((generation, chains)),
         Ok(Ok((AuthReply::Error(e), _))) => Err(e),
-        Ok(Ok((AuthReply::Exists(_) | AuthReply::Auth(_) | AuthReply::Signature(_), _))) => {
-            Err("unexpected reply".into())
-        }
+        Ok(Ok((
+            AuthReply::Exists(_) | AuthReply::Auth(_) | AuthReply::Signature(_) | AuthReply::DkimSignatures(_),
+            _,
+        ))) => Err("unexpected reply".into()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timeout".into()),
     }
@@ -308,9 +309,13 @@ impl Signer for RemoteSigner {
         let why = match reply {
             Ok(Ok((AuthReply::Signature(sig), _))) => return Ok(sig),
             Ok(Ok((AuthReply::Error(e), _))) => e,
-            Ok(Ok((AuthReply::Exists(_) | AuthReply::Auth(_) | AuthReply::Certificates { .. }, _))) => {
-                "unexpected reply".into()
-            }
+            Ok(Ok((
+                AuthReply::Exists(_)
+                | AuthReply::Auth(_)
+                | AuthReply::Certificates { .. }
+                | AuthReply::DkimSignatures(_),
+                _,
+            ))) => "unexpected reply".into(),
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timeout".into(),
         };

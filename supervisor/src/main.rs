@@ -87,6 +87,7 @@ impl Reloader for ConfigReloader {
         // restart; everything the workers reload can.
         start.config = setup::keep_fixed_fields(&self.template.config, config);
         start.local_domains = domains;
+        start.dns_servers = setup::dns_servers(&start.config)?;
         Ok(start)
     }
 }
@@ -138,12 +139,14 @@ fn run(mut args: args::Args) -> Result<i32, String> {
         smtpd_chroot: if privileged { Some(dirs.smtpd_chroot) } else { None },
         log_filter: log_filter(args.verbosity).to_string(),
     };
+    let dns_servers = setup::dns_servers(&config)?;
     let start = WorkerStart {
         config,
         config_dir: path_string(&config_dir),
         local_domains,
         verbosity: args.verbosity,
         unprivileged: !privileged,
+        dns_servers,
     };
     let reloader = ConfigReloader {
         config_dir,

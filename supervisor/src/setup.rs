@@ -26,7 +26,72 @@ pub fn load(config_dir: &Path, overrides: Option<&str>) -> Result<(Config, Vec<S
         tambo_common::aliases::load_aliases(&aliases, d, &config.drop_characters, &config.suffix_separators)
             .map_err(|e| e.to_string())?;
     }
+    check_dkim_keys(config_dir, &domains)?;
     Ok((config, domains))
+}
+
+/// DKIM keys are loaded by authd; a key that does not load stops tambod
+/// at start-up (and fails a reload) with the file's name. A key readable by
+/// every user is reported, since only authd's user should read it.
+fn check_dkim_keys(config_dir: &Path, domains: &[String]) -> Result<(), String> {
+    let keys = tambo_common::dkimkey::load_all(config_dir, domains).map_err(|e| e.to_string())?;
+    for (domain, selector, _) in &keys {
+        let path = tambo_common::dkimkey::key_path(config_dir, domain, selector);
+        if let Ok(md) = std::fs::metadata(&path)
+            && md.permissions().mode() & 0o004 != 0
+        {
+            tracing::warn!(
+                "{}: DKIM private key readable by every user; chmod 0640 and chgrp it to authd's group",
+                path.display()
+            );
+        }
+    }
+    if !keys.is_empty() {
+        tracing::info!("{} DKIM key(s) found", keys.len());
+    }
+    Ok(())
+}
+
+/// The DNS servers the workers use ("ip:port"): the configured
+/// `dns_servers` (a missing port is 53), else the `nameserver` lines of
+/// /etc/resolv.conf (read here, since smtpd is chrooted), else
+/// 127.0.0.1:53 as the C library would.
+pub fn dns_servers(config: &Config) -> Result<Vec<String>, String> {
+    if !config.dns_servers.is_empty() {
+        return config
+            .dns_servers
+            .iter()
+            .map(|s| parse_dns_server(s).ok_or_else(|| format!("dns_servers: {s:?} is not an IP address or IP:port")))
+            .collect();
+    }
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let found = resolv_conf_servers(&text);
+    if found.is_empty() {
+        tracing::warn!("no nameserver in /etc/resolv.conf: using 127.0.0.1:53 for SPF/DKIM/DMARC");
+        return Ok(vec!["127.0.0.1:53".into()]);
+    }
+    Ok(found)
+}
+
+fn parse_dns_server(s: &str) -> Option<String> {
+    let s = s.trim();
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.to_string());
+    }
+    let ip: std::net::IpAddr = s.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, 53).to_string())
+}
+
+/// The `nameserver` addresses of a resolv.conf (link-local IPv6 with a
+/// scope cannot be used and is skipped).
+pub fn resolv_conf_servers(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next()).flatten()
+        })
+        .filter_map(parse_dns_server)
+        .collect()
 }
 
 /// Fields that need a restart to change: a reload keeps the old values.
@@ -147,4 +212,25 @@ pub fn redirect_stderr(path: &Path) -> Result<(), String> {
         return Err(format!("{}: dup2: {}", path.display(), std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod dns_tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf() {
+        let t = "# x\nsearch example.org\nnameserver 192.0.2.1\nnameserver ::1\nnameserver fe80::1%eth0\n";
+        assert_eq!(resolv_conf_servers(t), vec!["192.0.2.1:53", "[::1]:53"]);
+        let c = Config {
+            dns_servers: vec!["127.0.0.1:5353".into(), "192.0.2.2".into()],
+            ..Default::default()
+        };
+        assert_eq!(dns_servers(&c).unwrap(), vec!["127.0.0.1:5353", "192.0.2.2:53"]);
+        let bad = Config {
+            dns_servers: vec!["dns.example".into()],
+            ..Default::default()
+        };
+        assert!(dns_servers(&bad).unwrap_err().contains("dns.example"));
+    }
 }

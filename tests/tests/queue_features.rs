@@ -362,7 +362,7 @@ fn post_data_hook_outcomes() {
     let got = env.wait_delivered(USER, "a fine message");
     let expected = format!(
         "X-Hook: from=bob@example.com rcpt={USER} bob@example.com tls=0 local=1 ip=127.0.0.1\r\n\
-         X-Hook-Env: ehlo=client.test raw=client.test auth= spf= pwd={}\r\n\tcontinued\r\n\
+         X-Hook-Env: ehlo=client.test raw=client.test auth= spf=0 pwd={}\r\n\tcontinued\r\n\
          Received: from client.test",
         env.config_dir.display()
     );

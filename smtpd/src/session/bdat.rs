@@ -191,7 +191,6 @@ impl Session {
         let Some((id, file)) = bdat.slot.take() else {
             return Ok(Next::Close);
         };
-        drop(file);
-        self.commit_transaction(id, data_size).await
+        self.commit_transaction(id, file, data_size).await
     }
 }
