@@ -3,6 +3,7 @@
 
 mod dkim;
 mod maildir;
+mod queue;
 mod users;
 
 use std::path::PathBuf;
@@ -54,6 +55,9 @@ enum Command {
     /// Print the effective configuration.
     #[command(name = "print-config")]
     PrintConfig,
+    /// Inspect and act on the queue of the running server.
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Create a DKIM key: domains/DOMAIN/dkim:SELECTOR.pem (mode 0640,
     /// group of authd's user when run as root; never overwritten), and
     /// print the TXT record to publish.
@@ -108,7 +112,104 @@ fn domaininfo_remove(config_dir: &std::path::Path, domain: &str) -> anyhow::Resu
     Ok(())
 }
 
+/// `tambo queue …` actions.
+#[derive(Subcommand, Debug)]
+enum QueueCommand {
+    /// List the queued messages (like mailq).
+    List {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Show one message: envelope, recipients, headers.
+    Show {
+        /// Queue ID.
+        id: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Retry now: every message, or one.
+    Flush {
+        /// Queue ID (all messages when absent).
+        id: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Keep a message from being delivered.
+    Hold {
+        /// Queue ID.
+        id: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Release a held message.
+    Release {
+        /// Queue ID.
+        id: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Delete a message for good, without telling the sender.
+    Remove {
+        /// Queue ID.
+        id: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+/// Where the control socket is.
+#[derive(clap::Args, Debug)]
+struct SocketArg {
+    /// The control socket (default: run_dir/control.sock from the config).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+/// `mailq`: the queue listing.
+#[derive(Parser, Debug)]
+#[command(name = "mailq", version, about = "list tambo's mail queue")]
+struct MailqCli {
+    /// Configuration directory.
+    #[arg(short = 'C', long = "config_dir", default_value = "/etc/tambo")]
+    config_dir: PathBuf,
+    /// The control socket (default: run_dir/control.sock from the config).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+fn queue_command(config_dir: &std::path::Path, cmd: QueueCommand) -> anyhow::Result<()> {
+    use tambo_ipc::proto::AdminRequest;
+    let (socket, req) = match cmd {
+        QueueCommand::List { socket } => (socket, AdminRequest::List),
+        QueueCommand::Show { id, socket } => (socket, AdminRequest::Show { id }),
+        QueueCommand::Flush { id, socket } => (socket, AdminRequest::Flush { id }),
+        QueueCommand::Hold { id, socket } => (socket, AdminRequest::Hold { id }),
+        QueueCommand::Release { id, socket } => (socket, AdminRequest::Release { id }),
+        QueueCommand::Remove { id, socket } => (socket, AdminRequest::Remove { id }),
+    };
+    let path = queue::socket_path(config_dir, socket.socket)?;
+    queue::run(&path, req)
+}
+
+fn invoked_as_mailq() -> bool {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n == "mailq"))
+        .unwrap_or(false)
+}
+
 fn main() {
+    if invoked_as_mailq() {
+        let cli = MailqCli::parse();
+        let result = queue::socket_path(&cli.config_dir, cli.socket)
+            .and_then(|p| queue::run(&p, tambo_ipc::proto::AdminRequest::List));
+        if let Err(e) = result {
+            eprintln!("mailq: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::UserAdd {
@@ -124,6 +225,7 @@ fn main() {
             .map_err(|e| anyhow::anyhow!("{e}")),
         Command::DomaininfoRemove { domain } => domaininfo_remove(&cli.config_dir, &domain),
         Command::MaildirDeliver { dir, address } => maildir::deliver(&dir, &address),
+        Command::Queue(cmd) => queue_command(&cli.config_dir, cmd),
         Command::DkimKeygen { domain, selector, algo } => dkim::keygen(&cli.config_dir, &domain, selector, algo),
         Command::DkimDns { domain, selector } => dkim::dns(&cli.config_dir, &domain, selector),
     };

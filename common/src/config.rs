@@ -509,6 +509,15 @@ fn validate(cfg: &Config, origins: &Origins, default_file: &str) -> Result<(), C
             return Err(err(name, format!("{name} must be positive, got {v}")));
         }
     }
+    if !cfg.lmtp_address.is_empty() && !lmtp_address_ok(&cfg.lmtp_address) {
+        return Err(err(
+            "lmtp_address",
+            format!(
+                "lmtp_address {:?}: expected \"unix:/absolute/path\" or \"host:port\"",
+                cfg.lmtp_address
+            ),
+        ));
+    }
     if cfg.outgoing_smtp_port > 65535 {
         return Err(err(
             "outgoing_smtp_port",
@@ -516,6 +525,14 @@ fn validate(cfg: &Config, origins: &Origins, default_file: &str) -> Result<(), C
         ));
     }
     Ok(())
+}
+
+/// Whether an `lmtp_address` value is "unix:/path" or "host:port".
+fn lmtp_address_ok(s: &str) -> bool {
+    if let Some(path) = s.strip_prefix("unix:") {
+        return path.starts_with('/');
+    }
+    matches!(s.rsplit_once(':'), Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 impl Config {
@@ -797,6 +814,9 @@ reject_dmarc_failures: True
         assert!(err("hostname: \"a b\"").contains("spaces"));
         assert!(err("outgoing_smtp_port: 70000").contains("out of range"));
         assert!(err("max_connections: 0").contains("max_connections must be positive"));
+        let e = err("\nlmtp_address: \"dovecot\"");
+        assert!(e.contains(":2:") && e.contains("lmtp_address"), "{e}");
+        assert!(err("lmtp_address: \"unix:relative\"").contains("lmtp_address"));
     }
 
     #[test]

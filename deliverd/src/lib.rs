@@ -1,5 +1,6 @@
 //! deliverd's delivery agents, as a library so that integration tests can
 //! drive the remote courier against real peers.
 
+pub mod lmtp;
 pub mod mda;
 pub mod remote;

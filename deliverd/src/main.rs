@@ -5,8 +5,8 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, RwLock};
 
 use tambo_common::config::Config;
-use tambo_deliverd::mda;
 use tambo_deliverd::remote::{Courier, Settings};
+use tambo_deliverd::{lmtp, mda};
 use tambo_ipc::proto::{
     ControlMsg, DeliverReply, DeliverRequest, DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, PeerChannel,
     RcptRoute, WorkerKind, WorkerMsg,
@@ -111,8 +111,39 @@ impl Deliverer {
                 results.push((index, outcome));
             }
         }
+        // With lmtp_address, every local recipient goes in one LMTP
+        // transaction, with one answer each.
+        let mut lmtp_done: std::collections::HashMap<u32, DeliveryOutcome> = std::collections::HashMap::new();
+        if !config.lmtp_address.is_empty() {
+            let local: Vec<(u32, String)> = job
+                .rcpts
+                .iter()
+                .filter_map(|r| match &r.route {
+                    RcptRoute::Local { user, domain } => Some((r.index, format!("{user}@{domain}"))),
+                    _ => None,
+                })
+                .collect();
+            if !local.is_empty() {
+                let addrs: Vec<String> = local.iter().map(|(_, a)| a.clone()).collect();
+                let outcomes = lmtp::deliver(
+                    &config.lmtp_address,
+                    &config.hostname,
+                    lmtp::Message {
+                        from: &job.from,
+                        rcpts: &addrs,
+                        header_prefix: &job.header_prefix,
+                        data: data.clone(),
+                    },
+                )
+                .await;
+                lmtp_done.extend(local.into_iter().map(|(i, _)| i).zip(outcomes));
+            }
+        }
         for rcpt in &job.rcpts {
             let outcome = match &rcpt.route {
+                RcptRoute::Local { .. } if lmtp_done.contains_key(&rcpt.index) => {
+                    lmtp_done.remove(&rcpt.index).expect("checked")
+                }
                 RcptRoute::Local { user, domain } => {
                     let to = format!("{user}@{domain}");
                     let mut argv = vec![config.mail_delivery_agent_bin.clone()];
@@ -198,7 +229,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             ControlMsg::Shutdown { .. } => return Ok(()),
             // Answered by ControlLink::recv.
             ControlMsg::CollectMetrics { .. } => {}
-            ControlMsg::Start(_) | ControlMsg::Listener { .. } => {
+            ControlMsg::Start(_) | ControlMsg::Listener { .. } | ControlMsg::AdminClient { .. } => {
                 tracing::warn!("deliverd: unexpected control message ignored");
             }
         }

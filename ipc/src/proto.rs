@@ -166,6 +166,13 @@ pub enum ControlMsg {
         /// Seconds allowed for running transactions.
         grace_secs: u32,
     },
+    /// To queued: a connection accepted on the control socket whose peer
+    /// credentials the supervisor checked (one fd attached). queued speaks
+    /// the [`ADMIN_CHANNEL`] protocol on it.
+    AdminClient {
+        /// The client's uid, for the log.
+        uid: u32,
+    },
     /// Send a [`WorkerMsg::Metrics`] snapshot back, tagged with `seq`.
     /// Answered inside [`crate::worker::ControlLink::recv`]; workers never
     /// see it.
@@ -654,6 +661,108 @@ pub struct DeliveryReport {
     pub results: Vec<(u32, DeliveryOutcome)>,
     /// (domain, level reached) for each domain a connection was made for.
     pub levels_seen: Vec<(String, SecLevel)>,
+}
+
+/// Name of the control-socket protocol in the handshake. A client sends its
+/// `Hello` and one [`AdminRequest`] frame; the server answers with its
+/// `Hello` and [`AdminReply`] frames, the last of which is
+/// [`AdminReply::End`] or [`AdminReply::Error`], then closes.
+pub const ADMIN_CHANNEL: &str = "admin";
+
+/// Largest request frame queued accepts on the control socket.
+pub const MAX_ADMIN_REQUEST: usize = 4096;
+
+/// An operator's request on the control socket.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// Every queued message ([`AdminReply::Message`] each, then `End`).
+    List,
+    /// One message: its envelope and headers.
+    Show {
+        /// Queue ID.
+        id: String,
+    },
+    /// Retry now: every message (`None`) or one.
+    Flush {
+        /// Queue ID, or every message.
+        id: Option<String>,
+    },
+    /// Keep a message from being delivered until released.
+    Hold {
+        /// Queue ID.
+        id: String,
+    },
+    /// Undo a hold.
+    Release {
+        /// Queue ID.
+        id: String,
+    },
+    /// Delete a message durably, without a DSN.
+    Remove {
+        /// Queue ID.
+        id: String,
+    },
+}
+
+/// One recipient in a queue listing.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AdminRcpt {
+    /// Final address.
+    pub address: String,
+    /// The address given at RCPT TO, when it differs.
+    pub original: String,
+    /// "pending", "delivered" or "failed".
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// The last error (bounded), empty if none.
+    pub last_error: String,
+    /// Unix time of the next attempt (pending recipients).
+    pub next_attempt: u64,
+}
+
+/// One message in a queue listing.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AdminMessage {
+    /// Queue ID.
+    pub id: String,
+    /// Bytes of the data file.
+    pub size: u64,
+    /// Unix time it was accepted.
+    pub created: u64,
+    /// Envelope sender; empty for `<>`.
+    pub from: String,
+    /// Held by the operator.
+    pub held: bool,
+    /// Recipients (at most a bounded number).
+    pub rcpts: Vec<AdminRcpt>,
+    /// Recipients left out of `rcpts` to bound the frame.
+    pub more_rcpts: u32,
+}
+
+/// queued's answers on the control socket.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum AdminReply {
+    /// A message's summary (list, show).
+    Message(Box<AdminMessage>),
+    /// Details of a shown message: client, EHLO, authenticated user, the
+    /// header lines tambo adds and the message's own header (bounded).
+    Details {
+        /// Client IP address.
+        remote_ip: String,
+        /// EHLO name.
+        helo: String,
+        /// Authenticated user, if any.
+        auth_user: Option<String>,
+        /// The header section as delivered (bounded, lossy UTF-8).
+        headers: String,
+    },
+    /// An action was done; the text says what.
+    Done(String),
+    /// The request failed; the text says why. Last frame.
+    Error(String),
+    /// Last frame of a successful answer.
+    End,
 }
 
 #[cfg(test)]

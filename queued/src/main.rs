@@ -2,6 +2,7 @@
 //! accepted message durable before smtpd acknowledges it and drives its
 //! delivery through deliverd.
 
+mod admin;
 mod aliases;
 mod dkim_sign;
 mod domaininfo;
@@ -46,6 +47,7 @@ fn main() {
 async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
     let (mut link, start) = ControlLink::start(control).await?;
     let queue = Queue::start(&start)?;
+    let admin_gate = std::sync::Arc::new(admin::AdminGate::new());
     link.send(WorkerMsg::Ready).await?;
     loop {
         let (msg, fds) = match link.recv().await {
@@ -97,6 +99,15 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                     Err(e) => (false, e),
                 };
                 link.send(WorkerMsg::Reloaded { ok, message }).await?;
+            }
+            ControlMsg::AdminClient { uid } => {
+                let Some(stream) = single_stream(fds) else {
+                    tracing::warn!("control client: expected one fd");
+                    continue;
+                };
+                let q = queue.clone();
+                let gate = admin_gate.clone();
+                tokio::spawn(async move { admin::serve(q, &gate, stream, uid).await });
             }
             ControlMsg::Shutdown { .. } => return Ok(()),
             // Answered by ControlLink::recv.

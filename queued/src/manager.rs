@@ -84,8 +84,24 @@ impl Settings {
 /// A message in the queue, shared between its delivery task and the
 /// admin commands.
 pub struct Message {
-    entry: Mutex<QueueEntry>,
-    wake: Notify,
+    pub(crate) entry: Mutex<QueueEntry>,
+    pub(crate) wake: Notify,
+    /// Serialises the durable writes of this message's envelope, so an
+    /// older snapshot never overwrites a newer one, and a removal is final.
+    pub(crate) io: tokio::sync::Mutex<()>,
+    /// Removed by the operator: the delivery task stops, writes nothing.
+    pub(crate) removed: std::sync::atomic::AtomicBool,
+}
+
+impl Message {
+    pub(crate) fn is_removed(&self) -> bool {
+        self.removed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A copy of the envelope as it stands.
+    pub(crate) fn snapshot(&self) -> QueueEntry {
+        self.entry.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// A data file handed to smtpd and not yet committed.
@@ -96,10 +112,10 @@ struct Incoming {
 
 /// The queue manager.
 pub struct Queue {
-    store: Store,
+    pub(crate) store: Store,
     settings: RwLock<Arc<Settings>>,
     incoming: Mutex<HashMap<String, Incoming>>,
-    messages: Mutex<HashMap<String, Arc<Message>>>,
+    pub(crate) messages: Mutex<HashMap<String, Arc<Message>>>,
     /// Per-domain security levels (`data_dir/domaininfo`).
     domaininfo: DomainInfo,
     aliases: AliasDb,
@@ -195,6 +211,26 @@ impl Queue {
     /// Number of messages in the queue.
     pub fn len(&self) -> usize {
         self.messages.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Every message in the queue.
+    pub(crate) fn all_messages(&self) -> Vec<Arc<Message>> {
+        self.messages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// One message by ID.
+    pub(crate) fn message(&self, id: &str) -> Option<Arc<Message>> {
+        self.messages.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// Drop a removed message from the table.
+    pub(crate) fn forget(&self, id: &str) {
+        self.messages.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     /// Answer smtpd.
@@ -491,6 +527,8 @@ impl Queue {
         let msg = Arc::new(Message {
             entry: Mutex::new(entry),
             wake: Notify::new(),
+            io: tokio::sync::Mutex::new(()),
+            removed: std::sync::atomic::AtomicBool::new(false),
         });
         self.messages
             .lock()
@@ -506,6 +544,9 @@ impl Queue {
     /// Deliver a message until no recipient is pending, then remove it.
     async fn deliver_loop(self: &Arc<Self>, msg: &Message) {
         loop {
+            if msg.is_removed() {
+                return;
+            }
             let (job_entry, wait) = {
                 let e = msg.entry.lock().unwrap_or_else(|p| p.into_inner());
                 if !e.has_pending() {
@@ -546,6 +587,10 @@ impl Queue {
                 e.held = held;
                 changed
             };
+            let _io = msg.io.lock().await;
+            if msg.is_removed() {
+                return;
+            }
             let snapshot = msg.entry.lock().unwrap_or_else(|p| p.into_inner()).clone();
             // Record the results, unless every recipient was delivered (the
             // entry is removed next, which records that just as well). When
@@ -558,6 +603,10 @@ impl Queue {
             {
                 tracing::error!("cannot record delivery results: {err}");
             }
+        }
+        let _io = msg.io.lock().await;
+        if msg.is_removed() {
+            return;
         }
         let entry = msg.entry.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let failed: Vec<&RcptEntry> = entry.rcpts.iter().filter(|r| r.state == RcptState::Failed).collect();

@@ -104,6 +104,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 return Ok(());
             }
             ControlMsg::Start(_) => tracing::warn!("smtpd: unexpected Start ignored"),
+            ControlMsg::AdminClient { .. } => tracing::warn!("smtpd: unexpected AdminClient ignored"),
             // Answered by ControlLink::recv.
             ControlMsg::CollectMetrics { .. } => {}
         }

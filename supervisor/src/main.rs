@@ -3,6 +3,7 @@
 //! them. See DESIGN.md §1.
 
 mod args;
+mod control;
 mod dev;
 mod listeners;
 mod maillog;
@@ -154,7 +155,18 @@ fn run(mut args: args::Args) -> Result<i32, String> {
         logfile: args.logfile.clone(),
     };
     tracing::info!("tambod {} starting", env!("CARGO_PKG_VERSION"));
-    Ok(Supervisor::new(plan, start, listeners, reloader, ops).run())
+    let access = control::Access {
+        admin_group: start.config.admin_group.clone(),
+        own_uid: if privileged {
+            None
+        } else {
+            Some(nix::unistd::getuid().as_raw())
+        },
+    };
+    let socket = control::ControlSocket::bind(Path::new(&start.config.run_dir), access, privileged)?;
+    Ok(Supervisor::new(plan, start, listeners, reloader, ops)
+        .with_control_socket(socket)
+        .run())
 }
 
 fn path_string(p: &Path) -> String {

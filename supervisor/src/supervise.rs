@@ -14,6 +14,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg, WorkerStart};
 
+use crate::control::{Accepted, ControlSocket};
 use crate::listeners::Listener;
 use crate::ops::Ops;
 use crate::spawn::{self, SpawnPlan, Started};
@@ -49,6 +50,7 @@ pub struct Supervisor<R: Reloader> {
     listeners: Vec<Listener>,
     slots: HashMap<WorkerKind, Slot>,
     reloader: R,
+    control_socket: Option<ControlSocket>,
     ops: Ops,
 }
 
@@ -74,8 +76,15 @@ impl<R: Reloader> Supervisor<R> {
             listeners,
             slots,
             reloader,
+            control_socket: None,
             ops,
         }
+    }
+
+    /// Serve the control socket (connections go to queued).
+    pub fn with_control_socket(mut self, socket: ControlSocket) -> Self {
+        self.control_socket = Some(socket);
+        self
     }
 
     /// Run until SIGTERM/SIGINT; returns the process exit code.
@@ -108,6 +117,10 @@ impl<R: Reloader> Supervisor<R> {
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 }
             }
+            let cs_at = fds.len();
+            if let Some(cs) = &self.control_socket {
+                fds.push(PollFd::new(cs.as_fd(), PollFlags::POLLIN));
+            }
             let ops_at = fds.len();
             fds.extend(self.ops.poll_fds().into_iter().map(|(fd, fl)| PollFd::new(fd, fl)));
             let ready = match poll(&mut fds, timeout) {
@@ -129,6 +142,9 @@ impl<R: Reloader> Supervisor<R> {
                     self.read_control(*k);
                 }
             }
+            if self.control_socket.is_some() && revents[cs_at] {
+                self.accept_admin();
+            }
             if revents[0] {
                 while let Ok(Some(info)) = sigfd.read_signal() {
                     match Signal::try_from(info.ssi_signo as i32) {
@@ -141,6 +157,30 @@ impl<R: Reloader> Supervisor<R> {
                         _ => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// Hand each accepted control-socket connection to queued, or tell the
+    /// client queued is not there.
+    fn accept_admin(&mut self) {
+        let Some(cs) = &self.control_socket else {
+            return;
+        };
+        for a in cs.accept() {
+            let Accepted::Allowed(fd, peer) = a else {
+                continue;
+            };
+            let sent = match &mut self.slots.get_mut(&WorkerKind::Queued).expect("slot").state {
+                SlotState::Running(s, false) => s
+                    .control
+                    .send(&ControlMsg::AdminClient { uid: peer.uid }, &[fd.as_fd()])
+                    .map_err(|e| e.to_string()),
+                _ => Err("queued is not running (restarting or stopped); try again".to_string()),
+            };
+            if let Err(e) = sent {
+                tracing::warn!("control socket: {e}");
+                crate::control::refuse(&std::os::unix::net::UnixStream::from(fd), &e);
             }
         }
     }
@@ -380,6 +420,8 @@ impl<R: Reloader> Supervisor<R> {
     /// Ask every worker to stop, wait for them (killing the late ones) and
     /// return the exit code.
     fn shutdown(mut self, sigfd: &mut SignalFd) -> i32 {
+        // Clients now get "not running" instead of a hang.
+        self.control_socket = None;
         let grace = SHUTDOWN_GRACE.as_secs() as u32;
         // smtpd first, so no new mail arrives while queued finishes.
         for kind in [

@@ -1,0 +1,539 @@
+//! Issue 4 acceptance, part 2: the control socket (`tambo queue`, `mailq`)
+//! against a running server, LMTP delivery to a real Dovecot, and kill -9
+//! of every worker during a stream of messages.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tambo_tests::*;
+
+/// An environment whose MDA fails temporarily (exit 75) until `gate`
+/// exists, with a first retry an hour away: nothing is retried unless the
+/// operator flushes.
+fn deferred_env() -> (TestEnv, PathBuf) {
+    let env = TestEnv::new("min_retry_delay: \"1h\"");
+    let gate = env.tmp.path().join("gate");
+    std::fs::write(
+        env.tmp.path().join("mda.sh"),
+        format!(
+            "#!/bin/sh\n[ -e '{}' ] || {{ echo gate closed; exit 75; }}\ncat >> '{}'/\"$1\"\n",
+            gate.display(),
+            env.out_dir.display()
+        ),
+    )
+    .expect("write mda");
+    (env, gate)
+}
+
+fn tambo(env: &TestEnv, args: &[&str]) -> (bool, String) {
+    run(Command::new(bin("tambo"))
+        .arg("-C")
+        .arg(&env.config_dir)
+        .arg("queue")
+        .args(args))
+}
+
+fn send(port: u16, to: &str, marker: &str) -> String {
+    let (ok, out) = run(Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{port}")])
+        .args(["--from", "sender@remote.example", "--to", to])
+        .args(["--add-header", &format!("X-Marker: {marker}")])
+        .args(["--body", marker, "--timeout", "30"]));
+    assert!(ok, "{out}");
+    let id = out
+        .lines()
+        .find_map(|l| l.split("queued as ").nth(1))
+        .unwrap_or_else(|| panic!("no queue id in: {out}"));
+    id.trim().to_string()
+}
+
+fn delivered_count(env: &TestEnv, addr: &str, marker: &str) -> usize {
+    env.delivered(addr)
+        .unwrap_or_default()
+        .matches(&format!("X-Marker: {marker}\r\n"))
+        .count()
+}
+
+#[test]
+fn every_queue_action_and_mailq() {
+    let (env, gate) = deferred_env();
+    let server = env.start();
+    let ids: Vec<String> = (1..=4)
+        .map(|i| send(env.smtp_port, USER, &format!("queue-marker-{i}")))
+        .collect();
+    // Every message has had its first (failed) attempt.
+    let mut listing = String::new();
+    wait_for(Duration::from_secs(20), "four deferred messages", || {
+        let (ok, out) = tambo(&env, &["list"]);
+        listing = out;
+        ok && listing.matches("gate closed").count() >= 4
+    });
+    for id in &ids {
+        assert!(listing.contains(id.as_str()), "{listing}");
+    }
+    assert!(listing.contains("<sender@remote.example>"), "{listing}");
+    assert!(
+        listing.contains("pending   alice@example.com, 1 attempt(s), next in"),
+        "{listing}"
+    );
+    assert!(listing.contains("-- "), "{listing}");
+
+    // mailq: the same binary under another name.
+    let mailq = env.tmp.path().join("mailq");
+    std::os::unix::fs::symlink(bin("tambo"), &mailq).expect("symlink mailq");
+    let (ok, out) = run(Command::new(&mailq).arg("-C").arg(&env.config_dir));
+    assert!(ok, "{out}");
+    assert!(out.starts_with("-Queue ID-"), "{out}");
+    assert!(ids.iter().all(|id| out.contains(id.as_str())), "{out}");
+    assert!(out.contains("gate closed"), "{out}");
+
+    // show
+    let (ok, out) = tambo(&env, &["show", &ids[0]]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("ID:       {}", ids[0])), "{out}");
+    assert!(out.contains("From:     <sender@remote.example>"), "{out}");
+    assert!(out.contains("To:       alice@example.com [pending"), "{out}");
+    assert!(out.contains("Received: from "), "{out}");
+    assert!(out.contains("X-Marker: queue-marker-1"), "{out}");
+    assert!(!out.contains("queue-marker-1\n\n"), "no body: {out}");
+    let (ok, out) = tambo(&env, &["show", "NoSuchId123"]);
+    assert!(!ok && out.contains("NoSuchId123 is not in the queue"), "{out}");
+    let (ok, out) = tambo(&env, &["hold", "../etc"]);
+    assert!(!ok && out.contains("is not a queue ID"), "{out}");
+
+    // hold 1, remove 2
+    let (ok, out) = tambo(&env, &["hold", &ids[0]]);
+    assert!(ok && out.contains("held"), "{out}");
+    let (_, out) = tambo(&env, &["list"]);
+    assert!(out.contains(&format!("{}!", ids[0])) && out.contains("(held)"), "{out}");
+    let (ok, out) = tambo(&env, &["remove", &ids[1]]);
+    assert!(ok && out.contains("removed"), "{out}");
+    assert!(!env.data_dir.join(format!("queue/{}.env", ids[1])).exists());
+    assert!(!env.data_dir.join(format!("queue/{}.data", ids[1])).exists());
+    let (_, out) = tambo(&env, &["list"]);
+    assert!(!out.contains(ids[1].as_str()), "{out}");
+    let (ok, out) = tambo(&env, &["remove", &ids[1]]);
+    assert!(!ok && out.contains("not in the queue"), "{out}");
+
+    // flush one ID: only that one is delivered.
+    std::fs::write(&gate, b"").expect("open the gate");
+    let (ok, out) = tambo(&env, &["flush", &ids[2]]);
+    assert!(ok && out.contains("1 message(s) scheduled"), "{out}");
+    env.wait_delivered(USER, "queue-marker-3");
+    assert_eq!(
+        delivered_count(&env, USER, "queue-marker-4"),
+        0,
+        "4 waits for its retry"
+    );
+
+    // flush everything: 4 goes, the held 1 stays.
+    let (ok, out) = tambo(&env, &["flush"]);
+    assert!(ok && out.contains("1 held"), "{out}");
+    env.wait_delivered(USER, "queue-marker-4");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(delivered_count(&env, USER, "queue-marker-1"), 0, "held");
+
+    // release, then flush it.
+    let (ok, out) = tambo(&env, &["release", &ids[0]]);
+    assert!(ok && out.contains("released"), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        delivered_count(&env, USER, "queue-marker-1"),
+        0,
+        "released, but its retry is an hour away"
+    );
+    let (ok, out) = tambo(&env, &["flush", &ids[0]]);
+    assert!(ok, "{out}");
+    env.wait_delivered(USER, "queue-marker-1");
+    wait_for(Duration::from_secs(20), "an empty queue", || {
+        tambo(&env, &["list"]).1 == "Mail queue is empty\n"
+    });
+    for (i, n) in [(1, 1), (2, 0), (3, 1), (4, 1)] {
+        assert_eq!(
+            delivered_count(&env, USER, &format!("queue-marker-{i}")),
+            n,
+            "message {i}"
+        );
+    }
+    drop(server);
+
+    // Stopped: a clear message, non-zero exit.
+    let (ok, out) = tambo(&env, &["list"]);
+    assert!(!ok);
+    let sock = env.tmp.path().join("run/control.sock");
+    assert!(
+        out.contains(&format!(
+            "tambod is not running (no control socket at {})",
+            sock.display()
+        )),
+        "{out}"
+    );
+    let (ok, out) = run(Command::new(&mailq).arg("--socket").arg("/nonexistent/control.sock"));
+    assert!(!ok && out.contains("tambod is not running"), "{out}");
+}
+
+/// Run `tambo queue list` as another user.
+fn list_as(socket: &Path, user: &str, group: &str) -> (bool, String) {
+    run(Command::new("setpriv")
+        .args(["--reuid", user, "--regid", group, "--clear-groups"])
+        .arg(bin("tambo"))
+        .arg("queue")
+        .arg("list")
+        .arg("--socket")
+        .arg(socket))
+}
+
+#[test]
+fn control_socket_admits_root_and_admin_group_only() {
+    if !is_root() || !have("setpriv") {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let env = TestEnv::new("");
+    let _server = env.start();
+    let sock = env.tmp.path().join("run/control.sock");
+    let meta = std::fs::metadata(&sock).expect("socket");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    let tambo_gid = nix::unistd::Group::from_name("tambo")
+        .expect("getgrnam")
+        .expect("group tambo")
+        .gid;
+    assert_eq!(meta.gid(), tambo_gid.as_raw());
+    // The file mode stops nobody first.
+    let (ok, out) = list_as(&sock, "nobody", "nogroup");
+    assert!(!ok && out.contains("permission denied"), "{out}");
+    // With the mode opened, the peer-credential check still refuses.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let (ok, out) = list_as(&sock, "nobody", "nogroup");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("permission denied: uid 65534 is neither root nor a member of group tambo"),
+        "{out}"
+    );
+    // A member of the admin group is admitted, and so is root.
+    let (ok, out) = list_as(&sock, "nobody", "tambo");
+    assert!(ok && out.contains("Mail queue is empty"), "{out}");
+    let (ok, out) = run(Command::new(bin("tambo"))
+        .args(["queue", "list", "--socket"])
+        .arg(&sock));
+    assert!(ok && out.contains("Mail queue is empty"), "{out}");
+}
+
+#[test]
+fn control_socket_survives_a_silent_client_and_a_queued_restart() {
+    let env = TestEnv::new("");
+    let server = env.start();
+    let sock = env.tmp.path().join("run/control.sock");
+    // A client that connects and says nothing does not block anyone.
+    let _silent: Vec<_> = (0..20)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).expect("connect"))
+        .collect();
+    let (ok, out) = tambo(&env, &["list"]);
+    assert!(ok && out.contains("Mail queue is empty"), "{out}");
+    // SMTP still works meanwhile.
+    send(env.smtp_port, USER, "while-silent-clients");
+    env.wait_delivered(USER, "while-silent-clients");
+    // Garbage gets an error, not a hang.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        s.write_all(&[0xff; 64]).expect("write");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        assert!(String::from_utf8_lossy(&buf).contains("too large"), "{buf:?}");
+    }
+    let old = server.worker_pid("queued");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    wait_for(Duration::from_secs(20), "queued restarted and answering", || {
+        tambo(&env, &["list"]).0
+    });
+}
+
+/// A Dovecot LMTP server in a temporary directory (unix socket and a
+/// loopback TCP port), storing mail in Maildirs under `mail/`.
+struct Dovecot {
+    child: std::process::Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Dovecot {
+    fn start(dir: &Path) -> Dovecot {
+        let mail = dir.join("mail");
+        std::fs::create_dir_all(&mail).expect("mkdir");
+        let port = free_port();
+        let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .expect("getpwuid")
+            .expect("me");
+        // As root, Dovecot runs its helpers as its own users and stores
+        // mail as nobody; otherwise everything runs as us.
+        let (internal, login, uid, gid) = if is_root() {
+            let nobody = nix::unistd::User::from_name("nobody")
+                .expect("getpwnam")
+                .expect("nobody");
+            nix::unistd::chown(&mail, Some(nobody.uid), Some(nobody.gid)).expect("chown mail");
+            (
+                "dovecot".to_string(),
+                "dovenull".to_string(),
+                nobody.uid.as_raw(),
+                nobody.gid.as_raw(),
+            )
+        } else {
+            (me.name.clone(), me.name.clone(), me.uid.as_raw(), me.gid.as_raw())
+        };
+        let conf = format!(
+            "base_dir = {d}/run\n\
+             state_dir = {d}/state\n\
+             log_path = {d}/dovecot.log\n\
+             protocols = lmtp\n\
+             listen = 127.0.0.1\n\
+             ssl = no\n\
+             default_internal_user = {internal}\n\
+             default_login_user = {login}\n\
+             mail_location = maildir:~/Maildir\n\
+             postmaster_address = postmaster@example.com\n\
+             passdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
+             userdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
+             service lmtp {{\n\
+               inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n\
+               unix_listener lmtp {{\n    mode = 0666\n  }}\n\
+             }}\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("dovecot.conf"), conf).expect("write dovecot.conf");
+        let passwd: String = ["alice", "bob"]
+            .iter()
+            .map(|u| format!("{u}@example.com:{{PLAIN}}x:{uid}:{gid}::{}/{u}::\n", mail.display()))
+            .collect();
+        std::fs::write(dir.join("passwd"), passwd).expect("write passwd");
+        let child = Command::new("dovecot")
+            .arg("-F")
+            .arg("-c")
+            .arg(dir.join("dovecot.conf"))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start dovecot");
+        let d = Dovecot {
+            child,
+            dir: dir.to_path_buf(),
+            port,
+        };
+        wait_for(Duration::from_secs(20), "dovecot's LMTP listeners", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && d.socket().exists()
+        });
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("run/lmtp")
+    }
+
+    /// Contents of the messages in `user`'s Maildir/new.
+    fn mailbox(&self, user: &str) -> Vec<String> {
+        let new = self.dir.join("mail").join(user).join("Maildir/new");
+        let mut out: Vec<String> = std::fs::read_dir(new)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn lmtp_delivery_to_dovecot() {
+    if !have("dovecot") {
+        panic!("dovecot is missing: scripts/test installs dovecot-core and dovecot-lmtpd");
+    }
+    let env = TestEnv::new("");
+    // carol exists for tambo but not for Dovecot: a per-recipient 550.
+    let (ok, out) = run(Command::new(bin("tambo")).arg("-C").arg(&env.config_dir).args([
+        "user-add",
+        "carol@example.com",
+        "--password",
+        "x",
+    ]));
+    assert!(ok, "{out}");
+    env.fix_permissions();
+    let dovecot = Dovecot::start(&env.tmp.path().join("dovecot"));
+    env.write_conf(&format!("lmtp_address: \"unix:{}\"", dovecot.socket().display()));
+    let mut server = env.start();
+    let (ok, out) = run(Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", env.smtp_port)])
+        .args(["--from", "sender@remote.example"])
+        .args(["--to", "alice@example.com,bob@example.com,carol@example.com"])
+        .args([
+            "--body",
+            "lmtp over unix\r\n.leading dot line\r\nend",
+            "--timeout",
+            "30",
+        ]));
+    assert!(ok, "{out}");
+    wait_for(Duration::from_secs(20), "Dovecot stored the message", || {
+        dovecot.mailbox("alice").len() == 1 && dovecot.mailbox("bob").len() == 1
+    });
+    for user in ["alice", "bob"] {
+        let m = &dovecot.mailbox(user)[0];
+        assert!(m.contains("lmtp over unix"), "{m}");
+        assert!(m.contains("\n.leading dot line\n"), "dot-unstuffed by Dovecot: {m}");
+        assert!(m.contains("by mx.example.com (tambo)"), "{m}");
+    }
+    wait_for(Duration::from_secs(20), "carol's permanent failure", || {
+        server.log().contains("permanent failure: LMTP server")
+    });
+    let log = server.log();
+    assert!(log.contains("550 5.1.1"), "{log}");
+    assert!(dovecot.log().contains("saved mail to INBOX"), "{}", dovecot.log());
+    assert!(server.stop().success());
+
+    // Over TCP this time.
+    env.write_conf(&format!("lmtp_address: \"127.0.0.1:{}\"", dovecot.port));
+    let _server = env.start();
+    send(env.smtp_port, USER, "lmtp-over-tcp");
+    wait_for(Duration::from_secs(20), "the TCP delivery", || {
+        dovecot
+            .mailbox("alice")
+            .iter()
+            .any(|m| m.contains("X-Marker: lmtp-over-tcp"))
+    });
+    assert_eq!(dovecot.mailbox("alice").len(), 2);
+}
+
+/// Sends numbered messages one by one (reconnecting after any failure)
+/// until at least `min` were tried and the stop file exists; prints the
+/// numbers the server acknowledged with 250.
+const STREAM_CLIENT: &str = r#"
+import json, os, smtplib, sys, time
+port, stop, min_n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+acked, failed, s, i = [], 0, None, 0
+while i < 3000 and (i < min_n or not os.path.exists(stop)):
+    i += 1
+    try:
+        if s is None:
+            s = smtplib.SMTP('127.0.0.1', port, timeout=30)
+        s.sendmail('sender@remote.example', ['alice@example.com'],
+                   ('Subject: stream %d\r\n\r\nstream-marker-%05d-end\r\n' % (i, i)).encode())
+        acked.append(i)
+    except Exception as e:
+        failed += 1
+        try:
+            s.close()
+        except Exception:
+            pass
+        s = None
+        time.sleep(0.05)
+    time.sleep(0.01)
+print(json.dumps({'tried': i, 'acked': acked, 'failed': failed}))
+"#;
+
+#[test]
+fn kill_9_of_every_worker_during_a_stream_loses_and_duplicates_nothing() {
+    let env = TestEnv::new("min_retry_delay: \"1s\"\nmax_queue_items: 5000");
+    let gate = env.tmp.path().join("gate");
+    std::fs::write(
+        env.tmp.path().join("mda.sh"),
+        format!(
+            "#!/bin/sh\n[ -e '{}' ] || {{ echo gate closed; exit 75; }}\ncat >> '{}'/\"$1\"\n",
+            gate.display(),
+            env.out_dir.display()
+        ),
+    )
+    .expect("write mda");
+    let server = env.start();
+    let stop = env.tmp.path().join("stop");
+    let client = Command::new("python3")
+        .args(["-c", STREAM_CLIENT, &env.smtp_port.to_string()])
+        .arg(&stop)
+        .arg("200")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let kill = |name: &str| {
+        std::thread::sleep(Duration::from_millis(700));
+        let old = server.worker_pid(name);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(old as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill -9");
+        wait_for(Duration::from_secs(20), &format!("{name} restarted"), || {
+            server.workers().iter().any(|(n, p)| n == name && *p != old)
+        });
+    };
+    // While the gate is open messages are delivered as they arrive; while
+    // it is closed they wait in the queue. queued and deliverd die while
+    // deliveries only fail: the window in which a killed deliverd or
+    // queued can cause a duplicate (the agent succeeded, the result was not
+    // recorded yet; see README) is documented, not tested.
+    std::fs::write(&gate, b"").expect("open the gate");
+    kill("smtpd");
+    kill("authd");
+    std::fs::remove_file(&gate).expect("close the gate");
+    std::thread::sleep(Duration::from_millis(300));
+    kill("queued");
+    kill("deliverd");
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop, b"").expect("stop file");
+    let out = client.wait_with_output().expect("client");
+    assert!(out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let nums = |key: &str| -> Vec<u32> {
+        let start = report.find(&format!("\"{key}\": [")).expect("key") + key.len() + 5;
+        let end = start + report[start..].find(']').expect("]");
+        report[start..end]
+            .split(',')
+            .filter_map(|x| x.trim().parse().ok())
+            .collect()
+    };
+    let acked = nums("acked");
+    let tried: u32 = report
+        .split("\"tried\": ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .expect("tried");
+    assert!(acked.len() >= 150, "most messages get through: {report}");
+    std::fs::write(&gate, b"").expect("open the gate");
+    wait_for(Duration::from_secs(60), "the queue to drain", || {
+        let _ = tambo(&env, &["flush"]);
+        tambo(&env, &["list"]).1 == "Mail queue is empty\n"
+    });
+    let got = env.delivered(USER).unwrap_or_default();
+    for i in 1..=tried {
+        let n = got.matches(&format!("stream-marker-{i:05}-end")).count();
+        if acked.contains(&i) {
+            assert_eq!(n, 1, "acknowledged message {i} delivered exactly once");
+        } else {
+            assert!(n <= 1, "unacknowledged message {i} delivered at most once");
+        }
+    }
+    eprintln!(
+        "stream: {tried} tried, {} acknowledged, {} delivered",
+        acked.len(),
+        got.matches("stream-marker-").count()
+    );
+}
