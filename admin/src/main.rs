@@ -4,6 +4,7 @@
 mod dkim;
 mod maildir;
 mod queue;
+mod sendmail;
 mod users;
 
 use std::path::PathBuf;
@@ -86,6 +87,13 @@ enum Command {
     DomaininfoRemove {
         /// The domain.
         domain: String,
+    },
+    /// Queue the message on stdin, like sendmail(8) (also run as
+    /// `sendmail`): -i/-oi, -t, -f ADDR, recipients as arguments.
+    Sendmail {
+        /// sendmail's flags and recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Delivery agent: write the message on stdin into DIR/ADDRESS/new/ as
     /// a Maildir file (used by the development setup).
@@ -191,16 +199,20 @@ fn queue_command(config_dir: &std::path::Path, cmd: QueueCommand) -> anyhow::Res
     queue::run(&path, req)
 }
 
-fn invoked_as_mailq() -> bool {
+fn invoked_as(name: &str) -> bool {
     std::env::args_os()
         .next()
         .map(PathBuf::from)
-        .and_then(|p| p.file_name().map(|n| n == "mailq"))
+        .and_then(|p| p.file_name().map(|n| n == name))
         .unwrap_or(false)
 }
 
 fn main() {
-    if invoked_as_mailq() {
+    if invoked_as("sendmail") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        std::process::exit(sendmail::main(&args, std::path::Path::new("/etc/tambo")));
+    }
+    if invoked_as("mailq") {
         let cli = MailqCli::parse();
         let result = queue::socket_path(&cli.config_dir, cli.socket)
             .and_then(|p| queue::run(&p, tambo_ipc::proto::AdminRequest::List));
@@ -224,6 +236,7 @@ fn main() {
             .map(|c| print!("{}", tambo_common::config::print_config(&c)))
             .map_err(|e| anyhow::anyhow!("{e}")),
         Command::DomaininfoRemove { domain } => domaininfo_remove(&cli.config_dir, &domain),
+        Command::Sendmail { args } => std::process::exit(sendmail::main(&args, &cli.config_dir)),
         Command::MaildirDeliver { dir, address } => maildir::deliver(&dir, &address),
         Command::Queue(cmd) => queue_command(&cli.config_dir, cmd),
         Command::DkimKeygen { domain, selector, algo } => dkim::keygen(&cli.config_dir, &domain, selector, algo),

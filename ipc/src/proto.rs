@@ -702,7 +702,21 @@ pub enum AdminRequest {
         /// Queue ID.
         id: String,
     },
+    /// Queue a message from a local program (`sendmail`). After the
+    /// server's `Hello`, the client sends the message (CRLF line endings)
+    /// as frames of `Vec<u8>`, each at most [`SUBMIT_CHUNK`] bytes, then an
+    /// empty one. The answer is `Done("queued as ID")` and `End`, or an
+    /// `Error` starting with an SMTP reply code ("550 5.1.1 …").
+    Submit {
+        /// Envelope sender; empty for `<>`.
+        from: String,
+        /// Envelope recipients.
+        rcpts: Vec<String>,
+    },
 }
+
+/// Largest data frame of an [`AdminRequest::Submit`].
+pub const SUBMIT_CHUNK: usize = 64 * 1024;
 
 /// One recipient in a queue listing.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

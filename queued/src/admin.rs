@@ -57,7 +57,7 @@ pub async fn serve(queue: Arc<Queue>, gate: &AdminGate, stream: UnixStream, uid:
     } else {
         Err("too many control connections at once, try again".to_string())
     };
-    let (tx, _rx) = match split(stream) {
+    let (tx, mut rx) = match split(stream) {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!("control client: {e}");
@@ -78,6 +78,19 @@ pub async fn serve(queue: Arc<Queue>, gate: &AdminGate, stream: UnixStream, uid:
     let Ok(_running) = gate.1.acquire().await else {
         return;
     };
+    if let AdminRequest::Submit { from, rcpts } = req {
+        tracing::info!(uid, from, ?rcpts, "control: local submission");
+        let reply = match crate::submit::submit(&queue, &mut rx, uid, from, rcpts).await {
+            Ok(id) => send(&tx, AdminReply::Done(format!("queued as {id}")))
+                .await
+                .and(send(&tx, AdminReply::End).await),
+            Err(e) => send(&tx, AdminReply::Error(e)).await,
+        };
+        if let Err(e) = reply {
+            tracing::warn!(uid, "control client: {e}");
+        }
+        return;
+    }
     tracing::info!(uid, "control: {req:?}");
     if let Err(e) = answer(&queue, &tx, req).await {
         tracing::warn!(uid, "control client: {e}");
@@ -214,6 +227,10 @@ async fn answer(queue: &Arc<Queue>, tx: &FrameSender, req: AdminRequest) -> Resu
         }
         AdminRequest::Hold { id } => set_held(queue, tx, &id, true).await,
         AdminRequest::Release { id } => set_held(queue, tx, &id, false).await,
+        AdminRequest::Submit { .. } => {
+            // Served by `submit`, which needs the receiving half.
+            send(tx, AdminReply::Error("submission is not possible here".into())).await
+        }
         AdminRequest::Remove { id } => {
             let msg = match find(queue, &id) {
                 Ok(m) => m,

@@ -13,6 +13,7 @@ mod manager;
 mod received;
 mod resolve;
 mod store;
+mod submit;
 
 use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg};
 use tambo_ipc::worker::{ControlLink, bootstrap, single_stream};

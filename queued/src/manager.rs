@@ -182,7 +182,7 @@ impl Queue {
             .map_err(|e| e.to_string())
     }
 
-    fn settings(&self) -> Arc<Settings> {
+    pub(crate) fn settings(&self) -> Arc<Settings> {
         self.settings.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -288,7 +288,7 @@ impl Queue {
         }
     }
 
-    fn new_message(&self) -> (QueueReply, Vec<OwnedFd>) {
+    pub(crate) fn new_message(&self) -> (QueueReply, Vec<OwnedFd>) {
         let full = self.len() as i64 >= self.settings().config.max_queue_items;
         if full {
             return (reply(451, "4.3.0", "Queue full, try again later"), vec![]);
@@ -334,7 +334,7 @@ impl Queue {
         }
     }
 
-    async fn commit(self: &Arc<Self>, id: &str, env: IncomingEnvelope) -> QueueReply {
+    pub(crate) async fn commit(self: &Arc<Self>, id: &str, env: IncomingEnvelope) -> QueueReply {
         let incoming = self.incoming.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         let Some(incoming) = incoming.filter(|_| valid_id(id)) else {
             return reply(451, "4.3.0", "Unknown message, try again");
