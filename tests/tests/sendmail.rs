@@ -80,6 +80,11 @@ fn sendmail_injects_messages() {
     let (code, out) = pipe(&sendmail, &["-C", &conf, "nobody@example.com"], b"Subject: x\n\nx\n");
     assert_eq!(code, 67, "{out}");
     assert!(out.contains("5.1.1"), "{out}");
+    // Refused before the data is read: the answer still arrives.
+    let big = format!("Subject: big\n\n{}", "0123456789abcdef\n".repeat(200_000));
+    let (code, out) = pipe(&sendmail, &["-C", &conf, "-i", "a@@b"], big.as_bytes());
+    assert_eq!(code, 67, "{out}");
+    assert!(out.contains("5.1.3"), "{out}");
     let (code, out) = pipe(&sendmail, &["-C", &conf, "-bs"], b"");
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("-bs"), "{out}");
