@@ -3,6 +3,7 @@
 //! for smtpd; it never reveals a hash or a key.
 
 mod dkim;
+mod dovecot;
 mod keys;
 mod service;
 mod throttle;

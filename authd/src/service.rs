@@ -13,6 +13,7 @@ use tambo_ipc::proto::{AuthOutcome, AuthReply, AuthRequest, MailLogEvent, Worker
 use tambo_ipc::worker::mail_log;
 
 use crate::dkim::{DkimKeys, SignError};
+use crate::dovecot::Dovecot;
 use crate::keys::KeyStore;
 use crate::throttle::Throttle;
 
@@ -27,6 +28,8 @@ pub struct AuthService {
     dkim: RwLock<Arc<DkimKeys>>,
     throttle: Throttle,
     keys: KeyStore,
+    /// Dovecot, when `dovecot_auth` is on: consulted after the users file.
+    dovecot: Option<Dovecot>,
 }
 
 /// Load `domains/<d>/users` for every local domain. A domain without a
@@ -53,11 +56,19 @@ impl AuthService {
             tracing::info!("{} DKIM key(s) loaded", dkim.len());
         }
         let keys = KeyStore::load(Path::new(&start.config_dir)).context("loading TLS certificates")?;
+        let c = &start.config;
+        let dovecot = c
+            .dovecot_auth
+            .then(|| Dovecot::new(&c.dovecot_userdb_path, &c.dovecot_client_path));
+        if dovecot.is_some() {
+            tracing::info!("Dovecot authentication enabled");
+        }
         Ok(AuthService {
             dbs: RwLock::new(Arc::new(dbs)),
             dkim: RwLock::new(Arc::new(dkim)),
             throttle: Throttle::default(),
             keys,
+            dovecot,
         })
     }
 
@@ -91,7 +102,25 @@ impl AuthService {
     pub async fn handle(self: &Arc<Self>, req: AuthRequest) -> AuthReply {
         match req {
             AuthRequest::UserExists { user, domain } => {
-                AuthReply::Exists(self.dbs().get(&domain).is_some_and(|db| db.exists(&user)))
+                let dbs = self.dbs();
+                let Some(db) = dbs.get(&domain) else {
+                    return AuthReply::Exists(false);
+                };
+                if db.exists(&user) {
+                    return AuthReply::Exists(true);
+                }
+                match &self.dovecot {
+                    None => AuthReply::Exists(false),
+                    Some(d) => match d.exists(&format!("{user}@{domain}")).await {
+                        Ok(found) => AuthReply::Exists(found),
+                        // Not "no": smtpd then answers with a temporary
+                        // failure instead of bouncing a real user's mail.
+                        Err(e) => {
+                            tracing::warn!("{e}");
+                            AuthReply::Error(format!("{e}"))
+                        }
+                    },
+                }
             }
             AuthRequest::DkimSign {
                 domain,
@@ -158,15 +187,29 @@ impl AuthService {
             return AuthOutcome::Throttled;
         }
         let dbs = self.dbs();
-        let ok = tokio::task::spawn_blocking(move || match dbs.get(&domain) {
-            Some(db) => db.authenticate(&user, &password),
+        let local = dbs.contains_key(&domain);
+        let (u, d, p) = (user.clone(), domain.clone(), password.clone());
+        let mut ok = tokio::task::spawn_blocking(move || match dbs.get(&d) {
+            Some(db) => db.authenticate(&u, &p),
             None => {
                 // Same work for an unknown domain as for an unknown user.
-                UserDb::default().authenticate(&user, &password)
+                UserDb::default().authenticate(&u, &p)
             }
         })
         .await
         .unwrap_or(false);
+        if !ok
+            && local
+            && let Some(dc) = &self.dovecot
+        {
+            ok = match dc.authenticate(&key, &password).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    false
+                }
+            };
+        }
         if ok {
             AuthOutcome::Success
         } else {

@@ -3,6 +3,7 @@
 
 pub mod aliases;
 pub mod config;
+pub mod dates;
 pub mod dkimkey;
 pub mod domaininfo;
 pub mod names;

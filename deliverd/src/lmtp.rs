@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tambo_ipc::proto::DeliveryOutcome;
+
+use crate::mda::read_at;
+use crate::remote::body::DotStuffer;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 
 /// Time allowed to connect.
@@ -291,43 +294,8 @@ async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<String,
     }
 }
 
-/// Dot-stuffs CRLF text across chunk boundaries.
-#[derive(Debug)]
-struct DotStuffer {
-    at_line_start: bool,
-    last_two: [u8; 2],
-}
-
-impl DotStuffer {
-    fn new() -> Self {
-        DotStuffer {
-            at_line_start: true,
-            last_two: [b'\r', b'\n'],
-        }
-    }
-
-    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        for &b in chunk {
-            if self.at_line_start && b == b'.' {
-                out.push(b'.');
-            }
-            out.push(b);
-            self.at_line_start = b == b'\n';
-            self.last_two = [self.last_two[1], b];
-        }
-    }
-
-    /// The end of data: a CRLF if the text did not end with one, then ".".
-    fn finish(&self, out: &mut Vec<u8>) {
-        if self.last_two != [b'\r', b'\n'] {
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b".\r\n");
-    }
-}
-
 async fn send_data<W: AsyncWrite + Unpin>(w: &mut BufWriter<W>, msg: &Message<'_>) -> std::io::Result<()> {
-    let mut stuffer = DotStuffer::new();
+    let mut stuffer = DotStuffer::default();
     let mut out = Vec::with_capacity(72 * 1024);
     stuffer.push(msg.header_prefix, &mut out);
     let file = std::fs::File::from(msg.data.try_clone()?);
@@ -355,17 +323,6 @@ async fn send_data<W: AsyncWrite + Unpin>(w: &mut BufWriter<W>, msg: &Message<'_
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
 }
 
-async fn read_at(file: &std::fs::File, mut buf: Vec<u8>, pos: u64) -> std::io::Result<(usize, Vec<u8>)> {
-    let file = file.try_clone()?;
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let n = file.read_at(&mut buf, pos)?;
-        Ok((n, buf))
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,14 +347,14 @@ mod tests {
 
     #[test]
     fn dot_stuffing_across_chunks() {
-        let mut s = DotStuffer::new();
+        let mut s = DotStuffer::default();
         let mut out = Vec::new();
         s.push(b".a\r\nb\r", &mut out);
         s.push(b"\n.", &mut out);
         s.push(b".c\r\n", &mut out);
         s.finish(&mut out);
         assert_eq!(out, b"..a\r\nb\r\n...c\r\n.\r\n");
-        let mut s = DotStuffer::new();
+        let mut s = DotStuffer::default();
         let mut out = Vec::new();
         s.push(b"no newline", &mut out);
         s.finish(&mut out);

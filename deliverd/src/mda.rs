@@ -150,7 +150,7 @@ pub async fn run_command(argv: &[String], header_prefix: &[u8], data: Arc<OwnedF
 }
 
 /// Read at an offset without moving a shared file position.
-async fn read_at(file: &std::fs::File, mut buf: Vec<u8>, pos: u64) -> std::io::Result<(usize, Vec<u8>)> {
+pub(crate) async fn read_at(file: &std::fs::File, mut buf: Vec<u8>, pos: u64) -> std::io::Result<(usize, Vec<u8>)> {
     let file = file.try_clone()?;
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::FileExt;
