@@ -51,7 +51,6 @@ pub struct Conn {
     pub read_timeout: Duration,
 }
 
-#[allow(dead_code)] // STARTTLS and BDAT use the stream and exact-read helpers.
 impl Conn {
     /// Wrap a stream.
     pub fn new(stream: Box<dyn Stream>, read_timeout: Duration) -> Conn {
@@ -225,7 +224,6 @@ impl Conn {
 }
 
 /// `tokio::io::empty()` only reads; this placeholder also "writes".
-#[allow(dead_code)]
 mod empty_impl {
     use std::pin::Pin;
     use std::task::{Context, Poll};
