@@ -24,6 +24,17 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Ask the running server what an address resolves to (users,
+    /// aliases, catch-all, the alias-resolve hook): each final recipient
+    /// and how it is reached.
+    #[command(name = "aliases-resolve")]
+    AliasesResolve {
+        /// The address.
+        address: String,
+        /// The control socket (default: run_dir/control.sock from the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Add a user (or change their password).
     #[command(name = "user-add")]
     UserAdd {
@@ -236,6 +247,8 @@ fn main() {
             .map(|c| print!("{}", tambo_common::config::print_config(&c)))
             .map_err(|e| anyhow::anyhow!("{e}")),
         Command::DomaininfoRemove { domain } => domaininfo_remove(&cli.config_dir, &domain),
+        Command::AliasesResolve { address, socket } => queue::socket_path(&cli.config_dir, socket)
+            .and_then(|path| queue::run(&path, tambo_ipc::proto::AdminRequest::ResolveAddress { address })),
         Command::Sendmail { args } => std::process::exit(sendmail::main(&args, &cli.config_dir)),
         Command::MaildirDeliver { dir, address } => maildir::deliver(&dir, &address),
         Command::Queue(cmd) => queue_command(&cli.config_dir, cmd),

@@ -713,6 +713,13 @@ pub enum AdminRequest {
         /// Envelope recipients.
         rcpts: Vec<String>,
     },
+    /// Resolve an address as RCPT would (users, aliases, catch-all, the
+    /// alias-resolve hook): one `Done("ADDRESS\tKIND")` per final
+    /// recipient, then `End`; `Error` when it does not resolve.
+    ResolveAddress {
+        /// The address to resolve.
+        address: String,
+    },
 }
 
 /// Largest data frame of an [`AdminRequest::Submit`].

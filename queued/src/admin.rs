@@ -227,6 +227,15 @@ async fn answer(queue: &Arc<Queue>, tx: &FrameSender, req: AdminRequest) -> Resu
         }
         AdminRequest::Hold { id } => set_held(queue, tx, &id, true).await,
         AdminRequest::Release { id } => set_held(queue, tx, &id, false).await,
+        AdminRequest::ResolveAddress { address } => match queue.resolve_address(&address).await {
+            Ok(list) => {
+                for r in list {
+                    send(tx, AdminReply::Done(format!("{}\t{}", r.address, route_kind(&r.route)))).await?;
+                }
+                send(tx, AdminReply::End).await
+            }
+            Err(e) => send(tx, AdminReply::Error(e)).await,
+        },
         AdminRequest::Submit { .. } => {
             // Served by `submit`, which needs the receiving half.
             send(tx, AdminReply::Error("submission is not possible here".into())).await
@@ -363,4 +372,15 @@ fn read_headers(queue: &Queue, e: &QueueEntry) -> String {
         out.extend_from_slice(b"[... header truncated]\r\n");
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How a resolved recipient is reached, for `tambo aliases-resolve`.
+fn route_kind(route: &tambo_ipc::proto::RcptRoute) -> String {
+    use tambo_ipc::proto::RcptRoute;
+    match route {
+        RcptRoute::Local { .. } => "local mailbox".to_string(),
+        RcptRoute::Pipe { argv } => format!("pipe: {}", argv.join(" ")),
+        RcptRoute::Remote { via } if via.is_empty() => "remote (MX)".to_string(),
+        RcptRoute::Remote { via } => format!("remote via {}", via.join("/")),
+    }
 }

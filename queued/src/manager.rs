@@ -277,6 +277,13 @@ impl Queue {
         }
     }
 
+    /// Resolve an address for the operator (`tambo aliases-resolve`).
+    pub(crate) async fn resolve_address(&self, address: &str) -> Result<Vec<crate::resolve::Resolved>, String> {
+        let address = normalize_address(address).map_err(|e| format!("{address}: {e}"))?;
+        let s = self.settings();
+        self.resolver(&s).resolve(&address).await.map_err(|e| e.to_string())
+    }
+
     fn resolver<'a>(&'a self, s: &'a Settings) -> ResolverContext<'a> {
         ResolverContext {
             local_domains: &s.local_domains,
