@@ -45,6 +45,10 @@ done
 if "$bin/tambo" help queue >/dev/null 2>&1; then
     ln -s /usr/bin/tambo "$pkg/usr/lib/tambo/mailq"
 fi
+# sendmail likewise (the tambo command is the injector under that name).
+if "$bin/tambo" help sendmail >/dev/null 2>&1; then
+    ln -s /usr/bin/tambo "$pkg/usr/lib/tambo/sendmail"
+fi
 strip --strip-debug "$pkg/usr/sbin/tambod" "$pkg/usr/bin/tambo" "$pkg"/usr/lib/tambo/tambo-*
 install -D -m 0644 packaging/chasquid.conf.example "$pkg/etc/tambo/chasquid.conf"
 install -d -m 0755 "$pkg/etc/tambo/domains" "$pkg/etc/tambo/certs"

@@ -50,6 +50,8 @@ fn deb_has_the_expected_layout() {
         "./usr/lib/tambo/tambo-authd",
         "./usr/lib/tambo/tambo-queued",
         "./usr/lib/tambo/tambo-deliverd",
+        "./usr/lib/tambo/mailq",
+        "./usr/lib/tambo/sendmail",
         "./etc/tambo/chasquid.conf",
         "./etc/tambo/domains/",
         "./etc/tambo/certs/",
@@ -210,8 +212,25 @@ fn deb_installs_runs_reloads_and_purges() {
     let out = tempfile::tempdir().unwrap();
     let deb = build_deb(out.path());
     let mut restore = Restore { tambod: None };
+    // Another MTA's mailq and sendmail (the Postfix the tests install owns
+    // both; its mailq is a symlink) must survive install and purge as they
+    // were.
+    let other_mta = |p: &str| {
+        std::fs::symlink_metadata(p)
+            .ok()
+            .map(|m| (m.len(), std::fs::read_link(p).ok()))
+    };
+    let before: Vec<_> = ["/usr/bin/mailq", "/usr/sbin/sendmail"]
+        .iter()
+        .map(|p| other_mta(p))
+        .collect();
     let (ok, text) = run(Command::new("dpkg").arg("-i").arg(&deb));
     assert!(ok, "dpkg -i: {text}");
+    for (p, was) in ["/usr/bin/mailq", "/usr/sbin/sendmail"].iter().zip(&before) {
+        if was.is_some() {
+            assert_eq!(&other_mta(p), was, "{p} of another MTA was changed by the install");
+        }
+    }
 
     // What postinst created.
     for u in ["tambo-smtpd", "tambo-auth", "tambo-queue", "tambo-deliver"] {
@@ -229,9 +248,20 @@ fn deb_installs_runs_reloads_and_purges() {
     std::fs::create_dir(&mail_out).unwrap();
     std::fs::set_permissions(&mail_out, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let mda = tmp.path().join("mda.sh");
-    std::fs::write(&mda, format!("#!/bin/sh\ncat >> '{}'/\"$1\"\n", mail_out.display())).unwrap();
+    // Deliveries are deferred (exit 75) until the gate file exists, so the
+    // queue listing has something to show.
+    let gate = tmp.path().join("gate");
+    std::fs::write(
+        &mda,
+        format!(
+            "#!/bin/sh\n[ -e '{}' ] || exit 75\ncat >> '{}'/\"$1\"\n",
+            gate.display(),
+            mail_out.display()
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&mda, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (smtp, mon) = (free_port(), free_port());
+    let (smtp, submission, mon) = (free_port(), free_port(), free_port());
     std::fs::write(
         "/etc/tambo/chasquid.conf",
         format!(
@@ -242,8 +272,9 @@ fn deb_installs_runs_reloads_and_purges() {
              monitoring_address: \"127.0.0.1:{mon}\"\n\
              mail_delivery_agent_bin: \"{}\"\n\
              mail_delivery_agent_args: \"%to%\"\n\
-             mail_log_path: \"/var/log/tambo/mail.log\"\n",
-            free_port(),
+             mail_log_path: \"/var/log/tambo/mail.log\"\n\
+             min_retry_delay: \"1s\"\n",
+            submission,
             free_port(),
             mda.display()
         ),
@@ -300,16 +331,53 @@ fn deb_installs_runs_reloads_and_purges() {
             .unwrap_or(false)
     });
 
-    // Mail through port 25 to the local user, delivered by the MDA.
-    let mut c = RawClient::connect(smtp);
-    c.cmd("EHLO client.test");
-    assert!(c.cmd("MAIL FROM:<someone@remote.test>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<alice@example.com>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(b"Subject: from the package\r\n\r\npackaged hello\r\n.\r\n");
-    let r = c.reply();
-    assert!(r.starts_with("250"), "{r}\n{}", log());
-    c.cmd("QUIT");
+    // Mail through 587 with msmtp (STARTTLS + AUTH), to the local user; the
+    // delivery is deferred until the gate opens.
+    let msmtprc = tmp.path().join("msmtprc");
+    std::fs::write(
+        &msmtprc,
+        format!(
+            "account default\nhost 127.0.0.1\nport {submission}\ntls on\ntls_starttls on\n\
+             tls_certcheck off\nauth plain\nuser alice@example.com\npassword alice-pw\n\
+             from alice@example.com\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&msmtprc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut msmtp = Command::new("msmtp")
+        .args(["-C", msmtprc.to_str().unwrap(), "alice@example.com"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("msmtp");
+    {
+        use std::io::Write;
+        let mut stdin = msmtp.stdin.take().unwrap();
+        stdin
+            .write_all(b"Subject: from the package\r\n\r\npackaged hello\r\n")
+            .unwrap();
+    }
+    let out = msmtp.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "msmtp: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        log()
+    );
+
+    // The deferred message in the queue listing: tambo's mailq as shipped
+    // (/usr/bin/mailq points at it through the alternatives system unless
+    // another MTA, such as the Postfix the tests install, owns that path).
+    assert!(Path::new("/usr/lib/tambo/mailq").exists(), "the package ships mailq");
+    let mut listing = String::new();
+    wait_for(Duration::from_secs(20), "a deferred message in mailq", || {
+        let (ok, text) = run(&mut Command::new("/usr/lib/tambo/mailq"));
+        listing = text;
+        ok && listing.contains("alice@example.com") && listing.contains("exit")
+    });
+    std::fs::write(&gate, b"").unwrap();
     wait_for(Duration::from_secs(20), "delivery to alice", || {
         std::fs::read_to_string(mail_out.join("alice@example.com")).is_ok_and(|m| m.contains("packaged hello"))
     });
@@ -327,14 +395,6 @@ fn deb_installs_runs_reloads_and_purges() {
     ] {
         let uid = workers.iter().find(|(n, _)| n == name).map(|(_, u)| *u);
         assert_eq!(uid, uid_of(user), "{name} must run as {user}: {workers:?}");
-    }
-
-    // The queue listing, when the package ships mailq.
-    if Path::new("/usr/lib/tambo/mailq").exists() {
-        let (ok, text) = run(&mut Command::new("/usr/bin/mailq"));
-        assert!(ok, "mailq: {text}");
-    } else {
-        eprintln!("this build has no queue listing yet: mailq not shipped");
     }
 
     // Metrics through the supervisor.
@@ -369,6 +429,11 @@ fn deb_installs_runs_reloads_and_purges() {
 
     // Purge removes the configuration, the queue, the logs and the users.
     let (ok, text) = run(Command::new("dpkg").args(["--purge", "tambo"]));
+    for (p, was) in ["/usr/bin/mailq", "/usr/sbin/sendmail"].iter().zip(&before) {
+        if was.is_some() {
+            assert_eq!(&other_mta(p), was, "{p} of another MTA was changed by the purge");
+        }
+    }
     assert!(ok, "dpkg --purge: {text}");
     for p in [
         "/usr/sbin/tambod",
