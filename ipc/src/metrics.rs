@@ -50,11 +50,22 @@ pub enum Metric {
     Deliveries,
     /// Delivery status notifications (bounces) generated.
     DsnsSent,
+    /// TLS handshakes completed by smtpd, by protocol version.
+    TlsHandshakes,
+    /// SPF checks of incoming mail, by result.
+    SpfResults,
+    /// DKIM verifications of incoming mail, by result (one per signature;
+    /// `none` for a message without one).
+    DkimResults,
+    /// DMARC evaluations of incoming mail, by result.
+    DmarcResults,
+    /// Hook runs, by hook and outcome.
+    HookRuns,
 }
 
 impl Metric {
     /// Every family, in exposition order.
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 15] = [
         Metric::SmtpConnections,
         Metric::SmtpConnectionsRefused,
         Metric::SmtpCommands,
@@ -65,6 +76,11 @@ impl Metric {
         Metric::QueueOldestAge,
         Metric::Deliveries,
         Metric::DsnsSent,
+        Metric::TlsHandshakes,
+        Metric::SpfResults,
+        Metric::DkimResults,
+        Metric::DmarcResults,
+        Metric::HookRuns,
     ];
 
     /// The exposed name (counters get `_total` appended on exposition).
@@ -80,6 +96,11 @@ impl Metric {
             Metric::QueueOldestAge => "tambo_queue_oldest_message_age_seconds",
             Metric::Deliveries => "tambo_deliveries",
             Metric::DsnsSent => "tambo_dsns_sent",
+            Metric::TlsHandshakes => "tambo_tls_handshakes",
+            Metric::SpfResults => "tambo_spf_results",
+            Metric::DkimResults => "tambo_dkim_results",
+            Metric::DmarcResults => "tambo_dmarc_results",
+            Metric::HookRuns => "tambo_hook_runs",
         }
     }
 
@@ -96,6 +117,11 @@ impl Metric {
             Metric::QueueOldestAge => "Age of the oldest message in the queue, in seconds.",
             Metric::Deliveries => "Delivery attempts per recipient, by result and route.",
             Metric::DsnsSent => "Delivery status notifications generated.",
+            Metric::TlsHandshakes => "TLS handshakes completed by smtpd, by version.",
+            Metric::SpfResults => "SPF checks of incoming mail, by result.",
+            Metric::DkimResults => "DKIM verifications of incoming mail, by result.",
+            Metric::DmarcResults => "DMARC evaluations of incoming mail, by result.",
+            Metric::HookRuns => "Hook runs, by hook and outcome.",
         }
     }
 
@@ -110,7 +136,12 @@ impl Metric {
             | Metric::AuthAttempts
             | Metric::QueueAccepted
             | Metric::Deliveries
-            | Metric::DsnsSent => MetricKind::Counter,
+            | Metric::DsnsSent
+            | Metric::TlsHandshakes
+            | Metric::SpfResults
+            | Metric::DkimResults
+            | Metric::DmarcResults
+            | Metric::HookRuns => MetricKind::Counter,
         }
     }
 }

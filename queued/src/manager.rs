@@ -443,8 +443,13 @@ impl Queue {
             )
             .await
             {
-                PostData::Accept(headers) => header_prefix.insert_str(0, &headers),
+                PostData::Accept(headers) => {
+                    metrics::inc(Metric::HookRuns, &[("hook", "post-data"), ("outcome", "accept")]);
+                    header_prefix.insert_str(0, &headers)
+                }
                 PostData::Refuse(r) => {
+                    let outcome = if r.code >= 500 { "permanent" } else { "temporary" };
+                    metrics::inc(Metric::HookRuns, &[("hook", "post-data"), ("outcome", outcome)]);
                     tracing::info!(
                         id,
                         from = env.mail_from,

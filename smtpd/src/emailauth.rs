@@ -39,6 +39,7 @@ use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput, DmarcResult,
     MessageAuthenticator, ReceivedSpf, SpfOutput, SpfResult,
 };
+use tambo_ipc::metrics::{self, Metric};
 use tokio::sync::Semaphore;
 
 /// Signatures verified per message at most; later ones are ignored.
@@ -96,6 +97,30 @@ impl SpfCheck {
         }
         Some(format!("550 5.7.23 {text}"))
     }
+}
+
+/// The RFC 8601 result words that follow `key` (e.g. `dkim=`) in a piece
+/// of an Authentication-Results header, for the metrics; only the known
+/// words, so a label can never carry message data.
+fn result_words<'a>(part: &'a str, key: &str) -> Vec<&'static str> {
+    const WORDS: [&str; 9] = [
+        "pass",
+        "fail",
+        "softfail",
+        "neutral",
+        "none",
+        "temperror",
+        "permerror",
+        "policy",
+        "hardfail",
+    ];
+    part.match_indices(key)
+        .filter_map(|(i, _)| {
+            let rest = &part[i + key.len()..];
+            let word: &'a str = rest.split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+            WORDS.iter().copied().find(|w| *w == word)
+        })
+        .collect()
 }
 
 /// Result words of RFC 8601.
@@ -223,6 +248,7 @@ impl EmailAuth {
                 }
             }
         };
+        metrics::inc(Metric::SpfResults, &[("result", spf_word(output.result()))]);
         SpfCheck {
             output,
             mail_from: mail_from.to_string(),
@@ -271,6 +297,7 @@ impl EmailAuth {
                         Err(_) => Vec::new(),
                     },
                 };
+                let dkim_start = results.len();
                 if too_large {
                     results.push_str(&format!(
                         ";\r\n\tdkim=neutral (message larger than {} MiB not verified)",
@@ -285,6 +312,9 @@ impl EmailAuth {
                         results.push_str(&dkim_result(o));
                     }
                 }
+                for word in result_words(&results[dkim_start..], "dkim=") {
+                    metrics::inc(Metric::DkimResults, &[("result", word)]);
+                }
                 let mail_from_domain = if spf.mail_from.is_empty() {
                     spf.helo.clone()
                 } else {
@@ -298,11 +328,15 @@ impl EmailAuth {
                     let dmarc: DmarcOutput = tokio::time::timeout(CHECK_TIMEOUT, r.verify_dmarc(params))
                         .await
                         .unwrap_or_default();
+                    let dmarc_start = results.len();
                     if !dmarc.domain().is_empty() {
                         let part = AuthenticationResults::new(hostname).with_dmarc_result(&dmarc);
                         results.push_str(&strip_host(&part.to_string(), hostname));
                     } else {
                         results.push_str(";\r\n\tdmarc=none");
+                    }
+                    for word in result_words(&results[dmarc_start..], "dmarc=") {
+                        metrics::inc(Metric::DmarcResults, &[("result", word)]);
                     }
                     if enforce_dmarc
                         && dmarc.policy() == Policy::Reject
@@ -481,5 +515,18 @@ mod tests {
     fn mapped_ips() {
         let ip: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         assert_eq!(canonical_ip(ip), "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+}
+
+#[cfg(test)]
+mod metric_word_tests {
+    use super::result_words;
+
+    #[test]
+    fn only_known_result_words_become_labels() {
+        let part = ";\r\n\tdkim=pass header.d=a.b;\r\n\tdkim=fail (bad) header.d=c;\r\n\tdkim=evil\"label";
+        assert_eq!(result_words(part, "dkim="), ["pass", "fail"]);
+        assert_eq!(result_words(";\r\n\tdmarc=none", "dmarc="), ["none"]);
+        assert!(result_words("nothing here", "dkim=").is_empty());
     }
 }

@@ -522,6 +522,12 @@ impl Session {
             Ok((stream, info)) => {
                 tracing::debug!(%ip, "TLS: {} {}", info.version, info.cipher);
                 self.conn.replace_stream(stream);
+                let version = match info.version.as_str() {
+                    "TLSv1.3" => "TLSv1.3",
+                    "TLSv1.2" => "TLSv1.2",
+                    _ => "other",
+                };
+                metrics::inc(Metric::TlsHandshakes, &[("version", version)]);
                 self.tls = Some(info);
                 true
             }

@@ -117,6 +117,13 @@ fn mail_log_metrics_restarts_and_rotation() {
         "{text}"
     );
     assert_eq!(sample(&text, "tambo_queue_messages"), Some(0.0), "{text}");
+    // Email authentication of the unauthenticated message, by result.
+    assert!(text.contains("tambo_spf_results_total{result=\""), "{text}");
+    assert!(
+        sample(&text, "tambo_dkim_results_total{result=\"none\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(text.contains("tambo_dmarc_results_total{result=\""), "{text}");
     assert_eq!(sample(&text, "tambo_worker_up{worker=\"smtpd\"}"), Some(1.0), "{text}");
     if have("promtool") {
         let body = text
