@@ -170,32 +170,21 @@ impl TestEnv {
         std::fs::write(certs.join("fullchain.pem"), cert.cert.pem()).expect("write cert");
         std::fs::write(certs.join("privkey.pem"), cert.key_pair.serialize_pem()).expect("write key");
         std::fs::write(domain.join("aliases"), "").expect("write aliases");
-        let status = Command::new(bin("tambo"))
-            .args([
-                "-C",
-                config_dir.to_str().expect("utf8"),
-                "user-add",
-                USER,
-                "--password",
-                PASSWORD,
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .expect("tambo user-add");
-        assert!(status.success());
-        let status = Command::new(bin("tambo"))
-            .args([
-                "-C",
-                config_dir.to_str().expect("utf8"),
-                "user-add",
-                "bob@example.com",
-                "--password",
-                PASSWORD,
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .expect("tambo user-add");
-        assert!(status.success());
+        for user in [USER, "bob@example.com"] {
+            let status = Command::new(bin("tambo"))
+                .args([
+                    "-C",
+                    config_dir.to_str().expect("utf8"),
+                    "user-add",
+                    user,
+                    "--password",
+                    PASSWORD,
+                ])
+                .stdout(Stdio::null())
+                .status()
+                .expect("tambo user-add");
+            assert!(status.success(), "tambo user-add {user}");
+        }
         let mda = root.join("mda.sh");
         std::fs::write(
             &mda,
