@@ -61,11 +61,15 @@ pub enum Metric {
     DmarcResults,
     /// Hook runs, by hook and outcome.
     HookRuns,
+    /// MTA-STS (RFC 8461) decisions of the remote courier, by decision
+    /// (`policy_fetched`, `fetch_failed`, `cached_policy_used`,
+    /// `mx_skipped`, `enforce_deferred`, `testing_violation`).
+    MtaSts,
 }
 
 impl Metric {
     /// Every family, in exposition order.
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 16] = [
         Metric::SmtpConnections,
         Metric::SmtpConnectionsRefused,
         Metric::SmtpCommands,
@@ -81,6 +85,7 @@ impl Metric {
         Metric::DkimResults,
         Metric::DmarcResults,
         Metric::HookRuns,
+        Metric::MtaSts,
     ];
 
     /// The exposed name (counters get `_total` appended on exposition).
@@ -101,6 +106,7 @@ impl Metric {
             Metric::DkimResults => "tambo_dkim_results",
             Metric::DmarcResults => "tambo_dmarc_results",
             Metric::HookRuns => "tambo_hook_runs",
+            Metric::MtaSts => "tambo_mta_sts_decisions",
         }
     }
 
@@ -122,6 +128,7 @@ impl Metric {
             Metric::DkimResults => "DKIM verifications of incoming mail, by result.",
             Metric::DmarcResults => "DMARC evaluations of incoming mail, by result.",
             Metric::HookRuns => "Hook runs, by hook and outcome.",
+            Metric::MtaSts => "MTA-STS decisions of remote delivery, by decision.",
         }
     }
 
@@ -141,7 +148,8 @@ impl Metric {
             | Metric::SpfResults
             | Metric::DkimResults
             | Metric::DmarcResults
-            | Metric::HookRuns => MetricKind::Counter,
+            | Metric::HookRuns
+            | Metric::MtaSts => MetricKind::Counter,
         }
     }
 }

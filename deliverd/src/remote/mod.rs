@@ -1,6 +1,6 @@
 //! Remote delivery over SMTP: routing (MX, A/AAAA, null MX, alias `via`,
 //! `relay_host`), the SMTP client, TLS with per-domain security levels,
-//! connection reuse and concurrency limits.
+//! MTA-STS ([`sts`]), connection reuse and concurrency limits.
 //!
 //! The courier never touches the queue or the domaininfo store: queued
 //! sends the recorded level of each domain with the job and records what
@@ -10,11 +10,13 @@ pub mod body;
 pub mod client;
 pub mod dns;
 pub mod pool;
+pub mod sts;
 pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ use body::Body;
 use client::{Envelope, RcptResult, Session, SessionLimits, SmtpError};
 use dns::{Dns, DnsError, MxAnswer};
 use pool::{Limits, Pool};
+use sts::{Sts, StsDecision, StsSettings};
 use tls::TlsClient;
 
 /// Settings of the courier, from the configuration (tests change the
@@ -55,6 +58,10 @@ pub struct Settings {
     pub max_sessions_per_domain: usize,
     /// DNS query timeout.
     pub dns_timeout: Duration,
+    /// MTA-STS: the policy cache (`data_dir/sts-cache`, written by
+    /// deliverd), the policy servers' HTTPS port (`mta_sts_port`) and the
+    /// fetch timeout.
+    pub sts: StsSettings,
 }
 
 impl Settings {
@@ -72,6 +79,11 @@ impl Settings {
             max_sessions: 100,
             max_sessions_per_domain: 20,
             dns_timeout: Duration::from_secs(5),
+            sts: StsSettings {
+                cache_dir: Some(PathBuf::from(&c.data_dir).join("sts-cache")),
+                port: u16::try_from(c.mta_sts_port).unwrap_or(443),
+                fetch_timeout: Duration::from_secs(30),
+            },
         }
     }
 }
@@ -85,6 +97,9 @@ pub enum CourierError {
     /// TLS configuration.
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
+    /// MTA-STS client configuration.
+    #[error("{0}")]
+    Sts(String),
     /// `relay_host` or a `via` server is not "host" or "host:port".
     #[error("bad server {0:?}: {1}")]
     Server(String, String),
@@ -97,6 +112,7 @@ pub struct Courier {
     tls: TlsClient,
     pool: Arc<Pool>,
     limits: Limits,
+    sts: Sts,
 }
 
 /// Where to send mail for one group of recipients.
@@ -107,6 +123,13 @@ enum Target {
     /// Through these servers ("host" or "host:port"): alias `via` or
     /// `relay_host`.
     Servers(Vec<String>),
+}
+
+/// The lowest security level a connection may have, and why.
+#[derive(Debug, Clone, Copy)]
+struct Floor {
+    level: SecLevel,
+    why: &'static str,
 }
 
 /// The outcome of trying one server.
@@ -152,6 +175,7 @@ impl Courier {
         let dns = Dns::new(&settings.dns_servers, settings.dns_timeout)?;
         let tls = TlsClient::new(&settings.tls_extra_ca_file)?;
         tracing::debug!(roots = tls.roots, "remote delivery ready");
+        let sts = Sts::new(dns.clone(), &tls, settings.sts.clone()).map_err(CourierError::Sts)?;
         let pool = Pool::new(settings.idle_timeout, 8, 256);
         let weak = Arc::downgrade(&pool);
         let every = settings.idle_timeout.max(Duration::from_secs(1));
@@ -170,6 +194,7 @@ impl Courier {
             dns,
             tls,
             pool,
+            sts,
         }))
     }
 
@@ -280,19 +305,43 @@ impl Courier {
                 Err(e) => return all(DeliveryOutcome::TempFail(e.to_string())),
             },
         };
+        // MTA-STS (RFC 8461) for MX routing: enforce keeps only the MXs
+        // the policy names and requires a valid certificate. (DANE, where
+        // a domain has usable TLSA records, takes precedence over this.)
+        let sts = match target {
+            Target::Mx(domain) => self.sts.decide(domain).await,
+            Target::Servers(_) => StsDecision::default(),
+        };
+        let servers = match sts.filter_hosts(key, servers) {
+            Ok(s) => s,
+            Err(e) => return all(DeliveryOutcome::TempFail(e)),
+        };
+        let floor = Floor {
+            level: recorded.max(sts.floor()),
+            why: if sts.floor() > recorded {
+                "required by the domain's MTA-STS policy (enforce)"
+            } else {
+                "recorded for this domain"
+            },
+        };
         let _permits = self.limits.acquire(key).await;
         let mut errors: Vec<String> = Vec::new();
         for (host, port) in servers.iter().take(dns::MAX_MX) {
             match self
-                .try_host(job, host, *port, group, body, recorded, needs_utf8, implicit)
+                .try_host(job, host, *port, group, body, floor, needs_utf8, implicit)
                 .await
             {
-                Ok(HostOutcome::Done(outcomes, level)) => return (outcomes, Some(level)),
+                Ok(HostOutcome::Done(outcomes, level)) => {
+                    sts.note_delivery(key, level);
+                    return (outcomes, Some(level));
+                }
                 Ok(HostOutcome::Next(e)) => errors.push(e),
                 Err(perm) => return all(DeliveryOutcome::PermFail(perm)),
             }
         }
-        all(DeliveryOutcome::TempFail(errors.join("; ")))
+        let why = errors.join("; ");
+        sts.note_deferred(key, &why);
+        all(DeliveryOutcome::TempFail(why))
     }
 
     /// Try one server: a pooled session or new connections to each of its
@@ -305,10 +354,11 @@ impl Courier {
         port: u16,
         group: &[&JobRcpt],
         body: &Body,
-        recorded: SecLevel,
+        floor: Floor,
         needs_utf8: bool,
         implicit: bool,
     ) -> Result<HostOutcome, String> {
+        let recorded = floor.level;
         let pool_key = format!("{host}:{port}");
         let mut session = None;
         while let Some(mut s) = self.pool.take(&pool_key) {
@@ -341,11 +391,17 @@ impl Courier {
         let who = format!("{host}[{}]", session.addr.ip());
         if session.level < recorded {
             let level = session.level;
+            let problem = session
+                .tls_problem
+                .take()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default();
             tokio::spawn(session.quit());
             return Ok(HostOutcome::Next(format!(
-                "{who}: security level {} is below the {} recorded for this domain; not sending",
+                "{who}: security level {} is below the {} {}; not sending{problem}",
                 level.name(),
-                recorded.name()
+                recorded.name(),
+                floor.why,
             )));
         }
         if let Some(limit) = session.ext.size
