@@ -93,6 +93,16 @@ impl FakeDns {
         self.add(name, RecordType::TXT, RData::TXT(TXT::new(vec![text.to_string()])));
     }
 
+    /// Replace every TXT record of `name` with this one.
+    pub fn set_txt(&self, name: &str, text: &str) {
+        self.zone
+            .lock()
+            .expect("zone")
+            .records
+            .remove(&(key(name), RecordType::TXT));
+        self.txt(name, text);
+    }
+
     /// Answer SERVFAIL for every query of `name`.
     pub fn servfail(&self, name: &str) {
         self.zone.lock().expect("zone").servfail.insert(key(name));
