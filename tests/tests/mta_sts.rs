@@ -630,3 +630,24 @@ async fn changed_id_refreshes_the_policy() {
     assert_eq!(o, DeliveryOutcome::Delivered);
     assert_eq!(https.requests_for("mta-sts.refresh.test"), 2);
 }
+
+/// Concurrent deliveries to a domain whose policy is not cached yet share
+/// one fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deliveries_fetch_once() {
+    let w = World::new();
+    w.domain("busy.test", "b1");
+    let https = PolicyServer::start(w.ca.server(&["mta-sts.busy.test"])).await;
+    https.serve("mta-sts.busy.test", policy_response(&enforce_policy("mx.busy.test")));
+    let peer = Peer::start(Some(w.ca.server(&["mx.busy.test"]))).await;
+    let courier = w.courier(peer.port, https.port);
+    let sends = (0..8).map(|_| {
+        let c = courier.clone();
+        tokio::spawn(async move { send(&c, "bob@busy.test").await.0 })
+    });
+    for s in sends.collect::<Vec<_>>() {
+        assert_eq!(s.await.expect("task"), DeliveryOutcome::Delivered);
+    }
+    assert_eq!(peer.messages(), 8);
+    assert_eq!(https.requests_for("mta-sts.busy.test"), 1, "one fetch for all");
+}

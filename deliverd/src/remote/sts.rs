@@ -413,6 +413,15 @@ fn write_cache_file(dir: &Path, domain: &str, c: &CachedPolicy) -> std::io::Resu
     result
 }
 
+/// The cached policy when a fresh one cannot be had (logged and counted).
+fn fall_back(domain: &str, cached: &Option<Arc<CachedPolicy>>, why: &str) -> Option<Arc<CachedPolicy>> {
+    if let Some(c) = cached {
+        tracing::info!(domain, id = %c.id, mode = c.policy.mode.name(), "MTA-STS: {why}; using the cached policy");
+        count("cached_policy_used");
+    }
+    cached.clone()
+}
+
 fn count(decision: &str) {
     metrics::inc(Metric::MtaSts, &[("decision", decision)]);
 }
@@ -517,6 +526,9 @@ struct Memory {
     policies: HashMap<String, Arc<CachedPolicy>>,
     /// Domain → (id, when the failure was) of recent failed fetches.
     failures: HashMap<String, (String, std::time::Instant)>,
+    /// Domains being fetched now: concurrent deliveries to one domain wait
+    /// for a single fetch.
+    fetching: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// The MTA-STS client: TXT lookups, policy fetches, the cache.
@@ -622,13 +634,7 @@ impl Sts {
     async fn policy(&self, domain: &str) -> Option<Arc<CachedPolicy>> {
         let now = unix_now();
         let cached = self.cached(domain, now);
-        let use_cached = |why: &str| {
-            if let Some(c) = &cached {
-                tracing::info!(domain, id = %c.id, mode = c.policy.mode.name(), "MTA-STS: {why}; using the cached policy");
-                count("cached_policy_used");
-            }
-            cached.clone()
-        };
+        let use_cached = |why: &str| fall_back(domain, &cached, why);
         let id = match self.dns.txt(&format!("_mta-sts.{domain}")).await {
             Ok(records) => match parse_txt(&records) {
                 Ok(Some(id)) => id,
@@ -647,6 +653,30 @@ impl Sts {
             && c.id == id
         {
             return cached;
+        }
+        // One fetch per domain at a time; whoever waited finds the result.
+        let lock = self.memory().fetching.entry(domain.to_string()).or_default().clone();
+        let _fetching = lock.lock().await;
+        let result = self.fetch_and_store(domain, id, now, &cached).await;
+        self.memory().fetching.remove(domain);
+        result
+    }
+
+    async fn fetch_and_store(
+        &self,
+        domain: &str,
+        id: String,
+        now: u64,
+        cached: &Option<Arc<CachedPolicy>>,
+    ) -> Option<Arc<CachedPolicy>> {
+        let use_cached = |why: &str| fall_back(domain, cached, why);
+        // The cached policy (if any) has another id: one in memory with
+        // this id was fetched meanwhile by another delivery.
+        if let Some(c) = self.memory().policies.get(domain)
+            && c.id == id
+            && c.expires > now
+        {
+            return Some(c.clone());
         }
         if let Some((failed_id, at)) = self.memory().failures.get(domain)
             && *failed_id == id
