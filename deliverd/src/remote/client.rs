@@ -290,20 +290,26 @@ impl Session {
                 return Err(SmtpError::Tls("STARTTLS on a connection that is not plain TCP".into()));
             };
             let name = host.trim_end_matches('.');
+            let verifier = match policy {
+                HostPolicy::Dane(check) => Some(Arc::new(DaneVerifier::new(check.clone(), tls.provider()))),
+                _ => None,
+            };
             let handshake = async {
-                match policy {
-                    HostPolicy::Dane(check) => {
-                        let verifier = Arc::new(DaneVerifier::new(check.clone(), tls.provider()));
-                        let stream = tls.handshake_with(tcp, name, verifier).await?;
+                match &verifier {
+                    Some(v) => {
+                        let stream = tls.handshake_with(tcp, name, v.clone()).await?;
                         Ok((stream, SecLevel::TlsSecure, None))
                     }
-                    _ => tls.handshake(tcp, name).await,
+                    None => tls.handshake(tcp, name).await,
                 }
             };
             let (stream, level, problem) = match tokio::time::timeout(limits.reply, handshake).await {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) if policy.requires_tls() => {
-                    return Err(SmtpError::TlsRequired(format!("TLS handshake (required by DANE): {e}")));
+                    let why = verifier.and_then(|v| v.refusal()).unwrap_or_else(|| e.to_string());
+                    return Err(SmtpError::TlsRequired(format!(
+                        "TLS handshake (required by DANE): {why}"
+                    )));
                 }
                 Ok(Err(e)) => return Err(SmtpError::Tls(e.to_string())),
                 Err(_) => return Err(SmtpError::Timeout("the TLS handshake")),

@@ -544,12 +544,23 @@ impl DaneCheck {
 pub struct DaneVerifier {
     check: Arc<DaneCheck>,
     provider: Arc<CryptoProvider>,
+    /// Why the certificate was refused, for the delivery report.
+    refused: Mutex<Option<String>>,
 }
 
 impl DaneVerifier {
     /// A verifier for `check`, with the signature algorithms of `provider`.
     pub fn new(check: Arc<DaneCheck>, provider: Arc<CryptoProvider>) -> DaneVerifier {
-        DaneVerifier { check, provider }
+        DaneVerifier {
+            check,
+            provider,
+            refused: Mutex::new(None),
+        }
+    }
+
+    /// Why the last certificate was refused, if it was.
+    pub fn refusal(&self) -> Option<String> {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -576,9 +587,12 @@ impl ServerCertVerifier for DaneVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         match self.check.verify(end_entity, intermediates, &self.provider, now) {
             Ok(()) => Ok(ServerCertVerified::assertion()),
-            Err(e) => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
-                rustls::OtherError(Arc::new(DaneMismatch(e))),
-            ))),
+            Err(e) => {
+                *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("DANE: {e}"));
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                    rustls::OtherError(Arc::new(DaneMismatch(e))),
+                )))
+            }
         }
     }
 
