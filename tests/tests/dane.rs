@@ -1,7 +1,9 @@
 //! DANE (RFC 7672) in remote delivery: the courier, driven as a library,
 //! sends through a fake DNS server that acts as a validating resolver (AD
 //! bit on request) to SMTP servers written here that offer STARTTLS with
-//! rcgen certificates (self-signed, or issued by a test CA).
+//! rcgen certificates (self-signed, or issued by a test CA). The last test
+//! replaces the fake with a real validating resolver: Unbound serving a
+//! zone signed with ldns-signzone, trusted through a configured anchor.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -13,9 +15,11 @@ use std::time::Duration;
 use hickory_resolver::proto::rr::RecordType;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tambo_common::domaininfo::SecLevel;
+use tambo_deliverd::remote::dane::DaneResolver;
 use tambo_deliverd::remote::{Courier, Settings};
 use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, RcptRoute};
 use tambo_tests::fakedns::FakeDns;
+use tambo_tests::{free_port, have};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -519,5 +523,149 @@ async fn unusable_records_require_tls_and_implicit_mx() {
     let r = send(&courier, "d@implicit-ok.test").await;
     assert_eq!(outcome(&r), DeliveryOutcome::Delivered, "{r:?}");
     assert_eq!(level(&r), Some(SecLevel::TlsSecure));
+    assert_eq!(p1.messages(), 2);
+}
+
+// ------------------------------------------------------- real Unbound
+
+/// An Unbound process, stopped when dropped.
+struct Unbound(std::process::Child);
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn run_in(dir: &std::path::Path, program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Through a real validating resolver (Unbound) and a DNSSEC-signed zone:
+/// a matching TLSA record delivers with DANE, a mismatching one defers, a
+/// TLSA RRset whose signature is broken (bogus: Unbound answers SERVFAIL)
+/// defers without connecting, and no TLSA means opportunistic TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_unbound_with_a_signed_zone() {
+    let unbound_bin = if have("unbound") {
+        "unbound".to_string()
+    } else if std::path::Path::new("/usr/sbin/unbound").exists() {
+        "/usr/sbin/unbound".to_string()
+    } else {
+        println!("SKIPPED: unbound (Debian package unbound) is not installed");
+        return;
+    };
+    if !have("ldns-signzone") || !have("ldns-keygen") {
+        println!("SKIPPED: ldns-signzone (Debian package ldnsutils) is not installed");
+        return;
+    }
+    let cert = self_signed("mx-ok.dane.test");
+    let [p1, _p2, _p3] = peers([Some(cert.config.clone()), None, None]).await;
+    let port = p1.port;
+    let good = hex(&sha256(&cert.spki));
+    let placeholder = hex(&[0x5a; 32]);
+    let wrong = hex(&[0xa5; 32]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let zone = format!(
+        "$ORIGIN dane.test.\n$TTL 300\n\
+         @ IN SOA ns.dane.test. hostmaster.dane.test. 1 3600 600 86400 300\n\
+         @ IN NS ns.dane.test.\nns IN A 127.0.0.1\n\
+         ok IN MX 10 mx-ok.dane.test.\nmx-ok IN A 127.0.0.1\n\
+         _{port}._tcp.mx-ok IN TLSA 3 1 1 {good}\n\
+         bad IN MX 10 mx-bad.dane.test.\nmx-bad IN A 127.0.0.1\n\
+         _{port}._tcp.mx-bad IN TLSA 3 1 1 {wrong}\n\
+         bogus IN MX 10 mx-bogus.dane.test.\nmx-bogus IN A 127.0.0.1\n\
+         _{port}._tcp.mx-bogus IN TLSA 3 1 1 {placeholder}\n\
+         none IN MX 10 mx-none.dane.test.\nmx-none IN A 127.0.0.1\n"
+    );
+    std::fs::write(dir.path().join("dane.test.zone"), zone).expect("zone");
+    let ksk = run_in(dir.path(), "ldns-keygen", &["-a", "ECDSAP256SHA256", "-k", "dane.test"]);
+    let zsk = run_in(dir.path(), "ldns-keygen", &["-a", "ECDSAP256SHA256", "dane.test"]);
+    run_in(dir.path(), "ldns-signzone", &["dane.test.zone", &zsk, &ksk]);
+    // Break one RRset after signing: its RRSIG no longer matches the data
+    // (which would match the certificate).
+    let signed_path = dir.path().join("dane.test.zone.signed");
+    let signed = std::fs::read_to_string(&signed_path).expect("signed zone");
+    assert_eq!(signed.matches(&placeholder).count(), 1, "{signed}");
+    std::fs::write(&signed_path, signed.replace(&placeholder, &good)).expect("write");
+
+    let dns_port = free_port();
+    let d = dir.path().display();
+    let conf = format!(
+        "server:\n  interface: 127.0.0.1\n  port: {dns_port}\n  do-daemonize: no\n  username: \"\"\n\
+         \x20 chroot: \"\"\n  directory: \"{d}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n\
+         \x20 verbosity: 1\n  access-control: 127.0.0.0/8 allow\n  module-config: \"validator iterator\"\n\
+         \x20 trust-anchor-file: \"{d}/{ksk}.key\"\n  root-hints: \"\"\n  local-zone: \"test.\" nodefault\n\
+         auth-zone:\n  name: \"dane.test.\"\n  zonefile: \"{d}/dane.test.zone.signed\"\n\
+         \x20 for-upstream: yes\n  for-downstream: no\n  fallback-enabled: no\n\
+         remote-control:\n  control-enable: no\n"
+    );
+    std::fs::write(dir.path().join("unbound.conf"), conf).expect("conf");
+    let child = std::process::Command::new(&unbound_bin)
+        .args(["-d", "-c"])
+        .arg(dir.path().join("unbound.conf"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start unbound");
+    let _unbound = Unbound(child);
+    let server = format!("127.0.0.1:{dns_port}");
+
+    // Wait until Unbound answers, and check it validates: AD on the MX.
+    let mut ready = None;
+    for _ in 0..100 {
+        let probe = DaneResolver::new(std::slice::from_ref(&server), Duration::from_millis(500)).expect("resolver");
+        if let Ok(a) = probe.query("ok.dane.test", RecordType::MX).await {
+            ready = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mx = ready.expect("unbound answers within 10 s");
+    assert!(mx.authenticated, "Unbound validated the signed MX: {mx:?}");
+    assert_eq!(mx.records.len(), 1);
+
+    let mut s = Settings::from_config(&tambo_common::config::Config::default());
+    s.hostname = "sender.test".into();
+    s.port = port;
+    s.dns_servers = vec![server.clone()];
+    s.session.connect = Duration::from_secs(3);
+    s.session.reply = Duration::from_secs(3);
+    s.dns_timeout = Duration::from_secs(3);
+    let courier = Courier::new(s).expect("courier");
+
+    let r = send(&courier, "a@ok.dane.test").await;
+    assert_eq!(outcome(&r), DeliveryOutcome::Delivered, "{r:?}");
+    assert_eq!(level(&r), Some(SecLevel::TlsSecure));
+    assert_eq!(p1.messages(), 1);
+
+    let r = send(&courier, "b@bad.dane.test").await;
+    assert!(temp_with(&r, "no TLSA record matches"), "{r:?}");
+    assert_eq!(p1.messages(), 1);
+
+    let before = p1.connections();
+    let r = send(&courier, "c@bogus.dane.test").await;
+    assert!(temp_with(&r, "TLSA lookup"), "{r:?}");
+    assert_eq!(p1.connections(), before, "no connection when the TLSA RRset is bogus");
+    assert_eq!(p1.messages(), 1);
+
+    let r = send(&courier, "d@none.dane.test").await;
+    assert_eq!(outcome(&r), DeliveryOutcome::Delivered, "{r:?}");
+    assert_eq!(level(&r), Some(SecLevel::TlsInsecure));
     assert_eq!(p1.messages(), 2);
 }
