@@ -8,6 +8,7 @@
 //! directories are made readable (and the mail output directory writable)
 //! for them.
 
+pub mod dovecot;
 pub mod fakedns;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -449,6 +450,16 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A failing test shows what the server said: the end of its log
+        // goes to the test's captured output.
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!("---- last lines of {} ----", self.log_path.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
