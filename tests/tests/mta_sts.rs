@@ -651,3 +651,49 @@ async fn concurrent_deliveries_fetch_once() {
     assert_eq!(peer.messages(), 8);
     assert_eq!(https.requests_for("mta-sts.busy.test"), 1, "one fetch for all");
 }
+
+/// DANE takes precedence over MTA-STS (RFC 8461 §2), host by host: with
+/// authenticated answers and a matching DANE-EE TLSA record, an MX that
+/// the enforce policy does not name, with a self-signed certificate, gets
+/// the mail; the same kind of MX without TLSA records stays under the
+/// policy and is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dane_takes_precedence() {
+    let w = World::new();
+    w.dns.set_authenticated(true);
+    for d in ["both.test", "stsonly.test"] {
+        w.domain(d, "d1");
+    }
+    let https = PolicyServer::start(w.ca.server(&["mta-sts.both.test", "mta-sts.stsonly.test"])).await;
+    https.serve("mta-sts.both.test", policy_response(&enforce_policy("mx.other.test")));
+    https.serve(
+        "mta-sts.stsonly.test",
+        policy_response(&enforce_policy("mx.other.test")),
+    );
+    let c = rcgen::generate_simple_self_signed(vec!["mx.both.test".to_string(), "mx.stsonly.test".to_string()])
+        .expect("rcgen");
+    let spki_sha256 = ring::digest::digest(&ring::digest::SHA256, &c.key_pair.public_key_der());
+    let peer = Peer::start(Some(server_config(
+        vec![c.cert.der().clone()],
+        c.key_pair.serialize_der(),
+    )))
+    .await;
+    w.dns.tlsa(
+        &format!("_{}._tcp.mx.both.test", peer.port),
+        3,
+        1,
+        1,
+        spki_sha256.as_ref(),
+    );
+    let courier = w.courier(peer.port, https.port);
+
+    let (o, report) = send(&courier, "bob@both.test").await;
+    assert_eq!(o, DeliveryOutcome::Delivered);
+    assert_eq!(report.levels_seen, vec![("both.test".to_string(), SecLevel::TlsSecure)]);
+    assert_eq!(https.requests_for("mta-sts.both.test"), 1, "the policy was there");
+    assert_eq!(peer.messages(), 1);
+
+    let (o, _) = send(&courier, "bob@stsonly.test").await;
+    assert!(temp_fail_with(&o, &["MTA-STS", "mx.stsonly.test"]), "{o:?}");
+    assert_eq!(peer.messages(), 1);
+}

@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod client;
+pub mod dane;
 pub mod dns;
 pub mod pool;
 pub mod sts;
@@ -27,6 +28,7 @@ use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, Rc
 
 use body::Body;
 use client::{Envelope, RcptResult, Session, SessionLimits, SmtpError};
+use dane::{DaneResolver, HostPolicy};
 use dns::{Dns, DnsError, MxAnswer};
 use pool::{Limits, Pool};
 use sts::{Sts, StsDecision, StsSettings};
@@ -109,6 +111,7 @@ pub enum CourierError {
 pub struct Courier {
     settings: Settings,
     dns: Dns,
+    dane: DaneResolver,
     tls: TlsClient,
     pool: Arc<Pool>,
     limits: Limits,
@@ -123,13 +126,6 @@ enum Target {
     /// Through these servers ("host" or "host:port"): alias `via` or
     /// `relay_host`.
     Servers(Vec<String>),
-}
-
-/// The lowest security level a connection may have, and why.
-#[derive(Debug, Clone, Copy)]
-struct Floor {
-    level: SecLevel,
-    why: &'static str,
 }
 
 /// The outcome of trying one server.
@@ -173,6 +169,7 @@ impl Courier {
             parse_host_port(r, settings.port).map_err(|e| CourierError::Server(r.clone(), e))?;
         }
         let dns = Dns::new(&settings.dns_servers, settings.dns_timeout)?;
+        let dane = DaneResolver::new(&settings.dns_servers, settings.dns_timeout)?;
         let tls = TlsClient::new(&settings.tls_extra_ca_file)?;
         tracing::debug!(roots = tls.roots, "remote delivery ready");
         let sts = Sts::new(dns.clone(), &tls, settings.sts.clone()).map_err(CourierError::Sts)?;
@@ -192,6 +189,7 @@ impl Courier {
             limits: Limits::new(settings.max_sessions, settings.max_sessions_per_domain),
             settings,
             dns,
+            dane,
             tls,
             pool,
             sts,
@@ -287,6 +285,8 @@ impl Courier {
         let all = |o: DeliveryOutcome| (group.iter().map(|_| o.clone()).collect::<Vec<_>>(), None);
         // Addresses as the peer will see them, and the SMTPUTF8 need.
         let needs_utf8 = !is_ascii_local(&job.from) || group.iter().any(|r| !is_ascii_local(&r.address));
+        // DANE applies when the MX answer is DNSSEC-authenticated.
+        let mut dane_domain: Option<&str> = None;
         let (servers, implicit) = match target {
             Target::Servers(list) => {
                 let mut v = Vec::new();
@@ -298,41 +298,45 @@ impl Courier {
                 }
                 (v, false)
             }
-            Target::Mx(domain) => match self.dns.mx(domain).await {
-                Ok(MxAnswer::Hosts(h)) => (h.into_iter().map(|h| (h, self.settings.port)).collect(), false),
-                Ok(MxAnswer::Implicit) => (vec![(domain.clone(), self.settings.port)], true),
-                Err(e) if e.is_permanent() => return all(DeliveryOutcome::PermFail(e.to_string())),
-                Err(e) => return all(DeliveryOutcome::TempFail(e.to_string())),
-            },
+            Target::Mx(domain) => {
+                let (mx, secure) = tokio::join!(self.dns.mx(domain), self.dane.mx_secure(domain));
+                if secure {
+                    dane_domain = Some(domain.as_str());
+                }
+                match mx {
+                    Ok(MxAnswer::Hosts(h)) => (h.into_iter().map(|h| (h, self.settings.port)).collect(), false),
+                    Ok(MxAnswer::Implicit) => (vec![(domain.clone(), self.settings.port)], true),
+                    Err(e) if e.is_permanent() => return all(DeliveryOutcome::PermFail(e.to_string())),
+                    Err(e) => return all(DeliveryOutcome::TempFail(e.to_string())),
+                }
+            }
         };
-        // MTA-STS (RFC 8461) for MX routing: enforce keeps only the MXs
-        // the policy names and requires a valid certificate. (DANE, where
-        // a domain has usable TLSA records, takes precedence over this.)
+        // MTA-STS (RFC 8461) for MX routing, applied per MX host in
+        // try_host where DANE does not authenticate the host.
         let sts = match target {
             Target::Mx(domain) => self.sts.decide(domain).await,
             Target::Servers(_) => StsDecision::default(),
-        };
-        let servers = match sts.filter_hosts(key, servers) {
-            Ok(s) => s,
-            Err(e) => return all(DeliveryOutcome::TempFail(e)),
-        };
-        let floor = Floor {
-            level: recorded.max(sts.floor()),
-            why: if sts.floor() > recorded {
-                "required by the domain's MTA-STS policy (enforce)"
-            } else {
-                "recorded for this domain"
-            },
         };
         let _permits = self.limits.acquire(key).await;
         let mut errors: Vec<String> = Vec::new();
         for (host, port) in servers.iter().take(dns::MAX_MX) {
             match self
-                .try_host(job, host, *port, group, body, floor, needs_utf8, implicit)
+                .try_host(
+                    job,
+                    host,
+                    *port,
+                    group,
+                    body,
+                    recorded,
+                    needs_utf8,
+                    implicit,
+                    dane_domain,
+                    &sts,
+                )
                 .await
             {
                 Ok(HostOutcome::Done(outcomes, level)) => {
-                    sts.note_delivery(key, level);
+                    sts.note_delivery(level);
                     return (outcomes, Some(level));
                 }
                 Ok(HostOutcome::Next(e)) => errors.push(e),
@@ -340,7 +344,7 @@ impl Courier {
             }
         }
         let why = errors.join("; ");
-        sts.note_deferred(key, &why);
+        sts.note_deferred(&why);
         all(DeliveryOutcome::TempFail(why))
     }
 
@@ -354,15 +358,42 @@ impl Courier {
         port: u16,
         group: &[&JobRcpt],
         body: &Body,
-        floor: Floor,
+        recorded: SecLevel,
         needs_utf8: bool,
         implicit: bool,
+        dane_domain: Option<&str>,
+        sts: &StsDecision,
     ) -> Result<HostOutcome, String> {
-        let recorded = floor.level;
+        let policy = match dane_domain {
+            Some(domain) => match self.dane.host_policy(host, port, domain).await {
+                Ok(p) => p,
+                Err(e) => return Ok(HostOutcome::Next(format!("{host}: {e}"))),
+            },
+            None => HostPolicy::Opportunistic,
+        };
+        // MTA-STS where DANE does not authenticate this host (DANE takes
+        // precedence, RFC 8461 §2): under enforce, an MX the policy does
+        // not name is not contacted, and the others need TLS_SECURE.
+        let mut floor_why = "recorded for this domain";
+        let mut recorded = recorded;
+        if !policy.is_dane() {
+            if let Err(e) = sts.check_host(host) {
+                return Ok(HostOutcome::Next(e));
+            }
+            if sts.floor() > recorded {
+                recorded = sts.floor();
+                floor_why = "required by the domain's MTA-STS policy (enforce)";
+            }
+        }
         let pool_key = format!("{host}:{port}");
         let mut session = None;
         while let Some(mut s) = self.pool.take(&pool_key) {
-            if s.level >= recorded && s.reset().await.is_ok() {
+            let fits = match &policy {
+                HostPolicy::Opportunistic => true,
+                HostPolicy::EncryptOnly => s.level >= SecLevel::TlsInsecure,
+                HostPolicy::Dane(_) => s.dane,
+            };
+            if fits && s.level >= recorded && s.reset().await.is_ok() {
                 session = Some(s);
                 break;
             }
@@ -376,7 +407,7 @@ impl Courier {
             };
             for ip in addrs.into_iter().take(4) {
                 let addr = SocketAddr::new(ip, port);
-                match self.open(addr, host, recorded).await {
+                match self.open(addr, host, recorded, &policy).await {
                     Ok(s) => {
                         session = Some(s);
                         break;
@@ -401,7 +432,7 @@ impl Courier {
                 "{who}: security level {} is below the {} {}; not sending{problem}",
                 level.name(),
                 recorded.name(),
-                floor.why,
+                floor_why,
             )));
         }
         if let Some(limit) = session.ext.size
@@ -504,9 +535,15 @@ impl Courier {
 
     /// A new session to `addr`. When TLS fails and the domain has no
     /// recorded TLS level, try once more in plain text, as other MTAs do.
-    async fn open(&self, addr: SocketAddr, host: &str, recorded: SecLevel) -> Result<Session, String> {
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        recorded: SecLevel,
+        policy: &HostPolicy,
+    ) -> Result<Session, String> {
         let s = &self.settings;
-        match Session::connect(addr, host, &s.hostname, Some(&self.tls), &s.session).await {
+        match Session::connect_with(addr, host, &s.hostname, Some(&self.tls), policy, &s.session).await {
             Ok(sess) => Ok(sess),
             Err(SmtpError::Tls(e)) if recorded == SecLevel::Plain => {
                 tracing::info!(host, %addr, "TLS handshake failed ({e}); retrying without TLS");

@@ -12,8 +12,9 @@
 //! that match the policy and requires TLS with a certificate valid for the
 //! MX name ([`SecLevel::TlsSecure`]); anything less is a temporary failure,
 //! never a downgrade. `testing` only logs and counts what `enforce` would
-//! have refused. `none` does nothing. DANE, when it applies to a domain,
-//! takes precedence over MTA-STS: the caller skips this module then.
+//! have refused. `none` does nothing. DANE takes precedence over MTA-STS
+//! (RFC 8461 §2): the courier applies [`StsDecision::check_host`] and
+//! [`StsDecision::floor`] only to MX hosts that DANE does not authenticate.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -429,6 +430,8 @@ fn count(decision: &str) {
 /// What the policy of a domain means for one delivery attempt.
 #[derive(Debug, Clone, Default)]
 pub struct StsDecision {
+    /// The domain (ASCII, lower case).
+    pub domain: String,
     /// The policy in force (mode `enforce` or `testing`), if any.
     pub policy: Option<Arc<CachedPolicy>>,
 }
@@ -448,44 +451,35 @@ impl StsDecision {
         }
     }
 
-    /// Keep the MX hosts the policy allows (in `enforce`; in `testing` the
-    /// ones that do not match are only logged). `Err` when `enforce`
-    /// leaves none: a temporary failure.
-    pub fn filter_hosts<T>(&self, domain: &str, hosts: Vec<(String, T)>) -> Result<Vec<(String, T)>, String> {
+    /// Whether the MX `host` may be used: under `enforce`, one that no
+    /// `mx` pattern matches is refused (`Err`, a temporary failure for
+    /// this host); under `testing` it is only logged and counted.
+    pub fn check_host(&self, host: &str) -> Result<(), String> {
         let Some(c) = &self.policy else {
-            return Ok(hosts);
+            return Ok(());
         };
-        let mode = c.policy.mode;
-        let mut kept = Vec::new();
-        let mut skipped = Vec::new();
-        for (h, extra) in hosts {
-            if c.policy.allows(&h) {
-                kept.push((h, extra));
-            } else if mode == Mode::Enforce {
-                tracing::warn!(domain, mx = %h, id = %c.id, "MTA-STS enforce: MX does not match the policy; skipped");
-                count("mx_skipped");
-                skipped.push(h);
-            } else {
-                tracing::warn!(domain, mx = %h, id = %c.id, "MTA-STS testing: MX does not match the policy (enforce would skip it)");
-                count("testing_violation");
-                kept.push((h, extra));
-            }
+        if c.policy.allows(host) {
+            return Ok(());
         }
-        if kept.is_empty() {
-            count("enforce_deferred");
+        let domain = self.domain.as_str();
+        if c.policy.mode == Mode::Enforce {
+            tracing::warn!(domain, mx = %host, id = %c.id, "MTA-STS enforce: MX does not match the policy; skipped");
+            count("mx_skipped");
             return Err(format!(
-                "4.7.5 MTA-STS policy of {domain} (enforce, id {}) allows none of the MXs {}; allowed: {}",
+                "4.7.5 {host}: not allowed by the MTA-STS policy of {domain} (enforce, id {}; allowed: {})",
                 c.id,
-                skipped.join(", "),
                 c.policy.mx.join(", ")
             ));
         }
-        Ok(kept)
+        tracing::warn!(domain, mx = %host, id = %c.id, "MTA-STS testing: MX does not match the policy (enforce would skip it)");
+        count("testing_violation");
+        Ok(())
     }
 
     /// Note the level a delivery actually went at (for `testing`, where
     /// a level below [`SecLevel::TlsSecure`] is what enforce would refuse).
-    pub fn note_delivery(&self, domain: &str, level: SecLevel) {
+    pub fn note_delivery(&self, level: SecLevel) {
+        let domain = self.domain.as_str();
         if let Some(c) = &self.policy
             && c.policy.mode == Mode::Testing
             && level < SecLevel::TlsSecure
@@ -501,7 +495,8 @@ impl StsDecision {
     }
 
     /// Note that every MX failed under `enforce`.
-    pub fn note_deferred(&self, domain: &str, why: &str) {
+    pub fn note_deferred(&self, why: &str) {
+        let domain = self.domain.as_str();
         if self.enforced() {
             tracing::warn!(domain, "MTA-STS enforce: no MX met the policy; deferred: {why}");
             count("enforce_deferred");
@@ -628,6 +623,7 @@ impl Sts {
         let c = self.policy(&domain).await;
         StsDecision {
             policy: c.filter(|c| c.policy.mode != Mode::None),
+            domain,
         }
     }
 
