@@ -697,3 +697,71 @@ async fn dane_takes_precedence() {
     assert!(temp_fail_with(&o, &["MTA-STS", "mx.stsonly.test"]), "{o:?}");
     assert_eq!(peer.messages(), 1);
 }
+
+/// The whole server: tambod with `dns_servers`, `tls_extra_ca_file` and
+/// `mta_sts_port`; mail submitted with swaks goes out under an enforce
+/// policy, and deliverd (as `tambo-deliver` when run as root) writes the
+/// cache file in `data_dir/sts-cache`.
+#[test]
+fn through_the_whole_server() {
+    if !tambo_tests::have("swaks") {
+        println!("SKIPPED: swaks is not installed");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dns = FakeDns::start();
+    let ca = Ca::new();
+    dns.mx("sts.test", 10, "mx.sts.test");
+    dns.addr("mx.sts.test", LOCALHOST);
+    dns.addr("mta-sts.sts.test", LOCALHOST);
+    dns.txt("_mta-sts.sts.test", "v=STSv1; id=e2e;");
+    let (https, peer) = rt.block_on(async {
+        let https = PolicyServer::start(ca.server(&["mta-sts.sts.test"])).await;
+        https.serve("mta-sts.sts.test", policy_response(&enforce_policy("*.sts.test")));
+        let peer = Peer::start(Some(ca.server(&["mx.sts.test"]))).await;
+        (https, peer)
+    });
+    let sender = tambo_tests::TestEnv::new("");
+    let ca_file = ca.write_pem(sender.tmp.path());
+    sender.write_conf(&format!(
+        "dns_servers: \"{}\"\noutgoing_smtp_port: {}\nmta_sts_port: {}\ntls_extra_ca_file: \"{}\"\n",
+        dns.addr,
+        peer.port,
+        https.port,
+        ca_file.display()
+    ));
+    sender.fix_permissions();
+    let mut tx = sender.start();
+    let (ok, out) = tambo_tests::run(
+        std::process::Command::new("swaks")
+            .args(["--server", &format!("127.0.0.1:{}", sender.submission_port)])
+            .args(["--from", "alice@example.com", "--to", "carol@sts.test"])
+            .args(["--auth", "PLAIN", "--auth-user", "alice@example.com", "--auth-password"])
+            .arg(tambo_tests::PASSWORD)
+            .args(["--tls", "--header", "Subject: sts", "--body", "under an enforce policy"]),
+    );
+    assert!(ok, "swaks failed:\n{out}");
+    tambo_tests::wait_for(Duration::from_secs(30), "delivery to the MTA-STS peer", || {
+        peer.messages() == 1
+    });
+    assert_eq!(peer.tls_sessions(), 1);
+    assert_eq!(https.requests_for("mta-sts.sts.test"), 1);
+    let cache = sender.data_dir.join("sts-cache/sts.test");
+    let text = std::fs::read_to_string(&cache).expect("cache file written by deliverd");
+    assert!(text.contains("id: e2e") && text.contains("mode: enforce"), "{text}");
+    if tambo_tests::is_root() {
+        use std::os::unix::fs::MetadataExt;
+        let deliver = nix::unistd::User::from_name("tambo-deliver")
+            .expect("lookup")
+            .expect("user tambo-deliver");
+        assert_eq!(std::fs::metadata(&cache).expect("stat").uid(), deliver.uid.as_raw());
+        let dir = std::fs::metadata(sender.data_dir.join("sts-cache")).expect("stat");
+        assert_eq!(dir.uid(), deliver.uid.as_raw(), "sts-cache belongs to deliverd's user");
+    }
+    tx.stop();
+    drop(rt);
+}
