@@ -17,34 +17,13 @@ mod tls;
 use std::sync::Arc;
 
 use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg};
-use tambo_ipc::worker::{ControlLink, bootstrap, single_stream};
+use tambo_ipc::worker::{ControlLink, single_stream};
 
 use crate::backend::{Backend, Settings};
 
 fn main() {
     raise_nofile_limit();
-    let (control, _plan) = match bootstrap(WorkerKind::Smtpd) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("tambo-smtpd: {e}");
-            std::process::exit(1);
-        }
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let code = rt.block_on(async move {
-        match run(control).await {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                1
-            }
-        }
-    });
-    std::process::exit(code);
+    tambo_ipc::worker::worker_main(WorkerKind::Smtpd, run)
 }
 
 async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
