@@ -422,14 +422,14 @@ impl Session {
                 break;
             }
         }
-        if decoder.overflow() {
+        if decoder.stored().overflow() {
             self.backend.abort(&id).await;
             self.rejected(self.rcpts.clone(), "552 5.3.4 Message too big");
             self.reset();
             self.conn.reply("552 5.3.4 Message too big");
             return Ok(Next::Continue);
         }
-        if decoder.looping() {
+        if decoder.stored().looping() {
             self.backend.abort(&id).await;
             self.rejected(self.rcpts.clone(), "554 5.4.6 Too many Received headers: mail loop?");
             self.reset();
@@ -443,7 +443,7 @@ impl Session {
             self.conn.reply("451 4.3.0 Error storing the message, try again later");
             return Ok(Next::Continue);
         }
-        self.commit_transaction(id, file, decoder.size()).await
+        self.commit_transaction(id, file, decoder.stored().size()).await
     }
 
     /// Write a rejection to the mail log.
