@@ -529,6 +529,19 @@ pub enum QueueRequest {
         /// The ID from [`QueueReply::MessageSlot`].
         id: String,
     },
+    /// The incoming security-level check (chasquid's "check connection
+    /// security level"), asked at MAIL FROM for an unauthenticated sender
+    /// whose SPF passed: may `domain` send over a connection at `level`?
+    /// Answered with [`QueueReply::IncomingLevel`]. Levels are raised by
+    /// [`QueueRequest::Commit`] (unauthenticated, SPF pass, over TLS), not
+    /// by this check.
+    IncomingLevel {
+        /// The MAIL FROM domain, normalised.
+        domain: String,
+        /// The connection's level: [`SecLevel::Plain`] or
+        /// [`SecLevel::TlsClient`].
+        level: SecLevel,
+    },
 }
 
 /// What queued says of a recipient.
@@ -574,6 +587,14 @@ pub enum QueueReply {
     Refused(SmtpReply),
     /// Generic acknowledgement (Abort).
     Done,
+    /// Answer to [`QueueRequest::IncomingLevel`].
+    IncomingLevel {
+        /// The level recorded for the domain.
+        recorded: SecLevel,
+        /// False when the connection is below `recorded`: smtpd refuses
+        /// the sender with 550 5.7.3.
+        allowed: bool,
+    },
 }
 
 /// How deliverd must deliver to one recipient.
@@ -719,6 +740,13 @@ pub enum AdminRequest {
     ResolveAddress {
         /// The address to resolve.
         address: String,
+    },
+    /// Forget the security levels recorded for a domain (`tambo
+    /// domaininfo-remove`): queued removes its `domaininfo` file and its
+    /// copy in memory. One `Done` with what happened, then `End`.
+    DomainInfoRemove {
+        /// The domain.
+        domain: String,
     },
 }
 
