@@ -16,6 +16,9 @@ const PYTHON: &str = "/usr/bin/python3";
 struct FakeDns {
     child: Child,
     port: u16,
+    /// Where dnsmasq forwards `sub.temperror.test`: it answers SERVFAIL at
+    /// once, so the temporary error is quick and deterministic.
+    _failing: tambo_tests::fakedns::FakeDns,
 }
 
 impl FakeDns {
@@ -26,7 +29,8 @@ impl FakeDns {
             "dnsmasq".to_string()
         };
         let port = free_port();
-        let dead = free_port();
+        let failing = tambo_tests::fakedns::FakeDns::start();
+        failing.servfail("sub.temperror.test");
         let mut cmd = Command::new(dnsmasq);
         cmd.args([
             "--keep-in-foreground",
@@ -39,9 +43,11 @@ impl FakeDns {
             "--local=/test/",
         ])
         .arg(format!("--port={port}"))
-        // Names under temperror.test are forwarded to a port where nothing
-        // listens: the answer is a server failure.
-        .arg(format!("--server=/temperror.test/127.0.0.1#{dead}"));
+        // sub.temperror.test is forwarded to a server that fails it.
+        .arg(format!(
+            "--server=/sub.temperror.test/127.0.0.1#{}",
+            failing.addr.port()
+        ));
         if is_root() {
             cmd.arg("--user=root");
         }
@@ -59,7 +65,11 @@ impl FakeDns {
             .stderr(Stdio::null())
             .spawn()
             .expect("start dnsmasq");
-        let dns = FakeDns { child, port };
+        let dns = FakeDns {
+            child,
+            port,
+            _failing: failing,
+        };
         wait_for(Duration::from_secs(10), "dnsmasq to answer", || {
             dns.txt("probe.pass.test").is_some()
         });
