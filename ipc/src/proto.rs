@@ -180,6 +180,24 @@ pub enum ControlMsg {
         /// Echoed in the answer.
         seq: u64,
     },
+    /// To smtpd: the listening socket of `monitoring_address` (one fd
+    /// attached), bound by the supervisor. smtpd serves the HTTP endpoint;
+    /// the supervisor never reads from the network.
+    MonitorListener {
+        /// The address it is bound to, for logs.
+        addr: String,
+    },
+    /// To smtpd: the metrics page, answer to [`WorkerMsg::MetricsWanted`],
+    /// rendered by the supervisor from every worker's snapshot.
+    MetricsPage {
+        /// The highest `req` of [`WorkerMsg::MetricsWanted`] this page
+        /// answers (its collection started after that request).
+        answers: u64,
+        /// The exposition, in OpenMetrics text format.
+        openmetrics: String,
+        /// Workers that are not running now (by name), for `/healthz`.
+        down: Vec<String>,
+    },
 }
 
 /// Worker → supervisor, on the control channel.
@@ -203,6 +221,13 @@ pub enum WorkerMsg {
         seq: u64,
         /// Current values of this worker's metrics.
         samples: Vec<crate::metrics::MetricSample>,
+    },
+    /// From smtpd: a client of the monitoring endpoint wants the metrics;
+    /// the supervisor collects every worker's snapshot and answers with a
+    /// [`ControlMsg::MetricsPage`]. Requests are coalesced.
+    MetricsWanted {
+        /// Increases with each request.
+        req: u64,
     },
 }
 
