@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tambo_tests::{RawClient, TestEnv, free_port, have, is_root, run, wait_for};
+use tambo_tests::{RawClient, TestEnv, base64, free_port, have, is_root, run, wait_for};
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -229,7 +229,7 @@ fn foreign_keys(dir: &Path) -> ((PathBuf, String), (PathBuf, String)) {
         .output()
         .expect("openssl pkey");
     assert!(der.status.success());
-    let rsa_rec = format!("v=DKIM1; k=rsa; p={}", b64(&der.stdout));
+    let rsa_rec = format!("v=DKIM1; k=rsa; p={}", base64(&der.stdout));
     let ed = dir.join("py-ed.key");
     let out = Command::new(PYTHON)
         .args([
@@ -247,22 +247,6 @@ fn foreign_keys(dir: &Path) -> ((PathBuf, String), (PathBuf, String)) {
     std::fs::write(&ed, lines.next().expect("seed")).expect("write seed");
     let ed_rec = format!("v=DKIM1; k=ed25519; p={}", lines.next().expect("public"));
     ((rsa, rsa_rec), (ed, ed_rec))
-}
-
-fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn base_records() -> Vec<(String, String)> {
