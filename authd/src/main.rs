@@ -76,6 +76,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             ControlMsg::Shutdown { .. } => return Ok(()),
             // Answered by ControlLink::recv.
             ControlMsg::CollectMetrics { .. } => {}
+            ControlMsg::MonitorListener { .. } | ControlMsg::MetricsPage { .. } => {
+                tracing::warn!("authd: unexpected monitoring message ignored")
+            }
             ControlMsg::Start(_) | ControlMsg::Listener { .. } | ControlMsg::AdminClient { .. } => {
                 tracing::warn!("authd: unexpected control message ignored");
             }

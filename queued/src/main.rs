@@ -92,6 +92,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             ControlMsg::Shutdown { .. } => return Ok(()),
             // Answered by ControlLink::recv.
             ControlMsg::CollectMetrics { .. } => {}
+            ControlMsg::MonitorListener { .. } | ControlMsg::MetricsPage { .. } => {
+                tracing::warn!("queued: unexpected monitoring message ignored")
+            }
             ControlMsg::Start(_) | ControlMsg::Listener { .. } => {
                 tracing::warn!("queued: unexpected control message ignored");
             }

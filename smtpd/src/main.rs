@@ -9,6 +9,7 @@ mod conn;
 mod data;
 mod emailauth;
 mod listen;
+mod monitor;
 mod proxy;
 mod sasl;
 mod session;
@@ -30,6 +31,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
     let (mut link, start) = ControlLink::start(control).await?;
     let backend = Backend::new(Settings::from_start(&start));
     let listeners = listen::Listeners::new(backend.clone());
+    let metrics = monitor::MetricsHub::new(link.tx.clone());
     link.send(WorkerMsg::Ready).await?;
     loop {
         let (msg, fds) = match link.recv().await {
@@ -86,6 +88,22 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             ControlMsg::AdminClient { .. } => tracing::warn!("smtpd: unexpected AdminClient ignored"),
             // Answered by ControlLink::recv.
             ControlMsg::CollectMetrics { .. } => {}
+            ControlMsg::MonitorListener { addr } => {
+                let mut fds = fds.into_iter();
+                match (fds.next(), fds.next()) {
+                    (Some(fd), None) => {
+                        if let Err(e) = monitor::spawn(std::net::TcpListener::from(fd), addr.clone(), metrics.clone()) {
+                            tracing::error!("monitoring_address {addr}: {e}");
+                        }
+                    }
+                    _ => tracing::warn!("monitoring listener {addr}: expected one fd"),
+                }
+            }
+            ControlMsg::MetricsPage {
+                answers,
+                openmetrics,
+                down,
+            } => metrics.deliver(answers, openmetrics, down),
         }
     }
 }
