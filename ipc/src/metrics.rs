@@ -61,11 +61,13 @@ pub enum Metric {
     DmarcResults,
     /// Hook runs, by hook and outcome.
     HookRuns,
+    /// ARC chain verifications of incoming mail, by result.
+    ArcResults,
 }
 
 impl Metric {
     /// Every family, in exposition order.
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 16] = [
         Metric::SmtpConnections,
         Metric::SmtpConnectionsRefused,
         Metric::SmtpCommands,
@@ -81,6 +83,7 @@ impl Metric {
         Metric::DkimResults,
         Metric::DmarcResults,
         Metric::HookRuns,
+        Metric::ArcResults,
     ];
 
     /// The exposed name (counters get `_total` appended on exposition).
@@ -101,6 +104,7 @@ impl Metric {
             Metric::DkimResults => "tambo_dkim_results",
             Metric::DmarcResults => "tambo_dmarc_results",
             Metric::HookRuns => "tambo_hook_runs",
+            Metric::ArcResults => "tambo_arc_results",
         }
     }
 
@@ -122,6 +126,7 @@ impl Metric {
             Metric::DkimResults => "DKIM verifications of incoming mail, by result.",
             Metric::DmarcResults => "DMARC evaluations of incoming mail, by result.",
             Metric::HookRuns => "Hook runs, by hook and outcome.",
+            Metric::ArcResults => "ARC chain verifications of incoming mail, by result.",
         }
     }
 
@@ -141,7 +146,8 @@ impl Metric {
             | Metric::SpfResults
             | Metric::DkimResults
             | Metric::DmarcResults
-            | Metric::HookRuns => MetricKind::Counter,
+            | Metric::HookRuns
+            | Metric::ArcResults => MetricKind::Counter,
         }
     }
 }
