@@ -157,6 +157,26 @@ fn fold_b(value: &mut String, b: &[u8]) {
     }
 }
 
+/// Header names joined by `:`, folded before a name that would take the
+/// line past 72 characters.
+fn fold_names(names: &[String]) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for (n, name) in names.iter().enumerate() {
+        if n > 0 {
+            out.push(':');
+            line += 1;
+            if line + name.len() > 72 {
+                out.push_str("\r\n\t");
+                line = 0;
+            }
+        }
+        out.push_str(name);
+        line += name.len();
+    }
+    out
+}
+
 /// Relaxed canonical form of one header field; `value` ending in CRLF
 /// gives a line ending in CRLF.
 fn relaxed(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
@@ -237,8 +257,8 @@ pub fn seal(
     };
     let (_, canonical, signed, _) = template.canonicalize(HeaderBlock::new(headers));
     let mut ams_value = format!(
-        " i={i}; a=rsa-sha256; c=relaxed/relaxed; d={domain}; s={selector};\r\n\tt={now};\r\n\th={};\r\n\tbh={}; b=",
-        signed.join(":"),
+        " i={i}; a=rsa-sha256; c=relaxed/relaxed; d={domain}; s={selector};\r\n\tt={now};\r\n\th={};\r\n\tbh={};\r\n\tb=",
+        fold_names(&signed),
         B64.encode(body_hash)
     );
     let mut own = Vec::new();
@@ -253,7 +273,7 @@ pub fn seal(
     ams_value.push_str("\r\n");
 
     // ARC-Seal: every earlier set, then the new one, in order.
-    let mut as_value = format!(" i={i}; a=rsa-sha256; d={domain}; s={selector}; cv={cv};\r\n\tt={now}; b=");
+    let mut as_value = format!(" i={i}; a=rsa-sha256; d={domain}; s={selector}; cv={cv};\r\n\tt={now};\r\n\tb=");
     let mut input = Vec::new();
     for set in &existing {
         for (name, value) in [set.results, set.signature, set.seal].into_iter().flatten() {
@@ -328,6 +348,15 @@ mod tests {
         let partial = "ARC-Seal: i=1; cv=none\r\nFrom: a@b\r\n";
         assert!(existing_sets(partial.as_bytes()).is_err());
         assert!(existing_sets(b"From: a@b\r\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn folded_names() {
+        let names: Vec<String> = AMS_HEADERS.iter().map(|h| h.to_string()).collect();
+        let f = fold_names(&names);
+        assert!(f.split("\r\n\t").all(|l| l.len() <= 73), "{f}");
+        assert_eq!(f.replace("\r\n\t", ""), AMS_HEADERS.join(":"));
+        assert_eq!(fold_names(&[]), "");
     }
 
     #[test]
