@@ -88,22 +88,6 @@ fn arc_result(got: &str) -> String {
         .to_string()
 }
 
-fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// A foreign RSA key (PKCS#1 PEM, as python3-dkim wants) and its record.
 fn foreign_key(dir: &Path) -> (std::path::PathBuf, String) {
     let key = dir.join("list.pem");
@@ -118,7 +102,7 @@ fn foreign_key(dir: &Path) -> (std::path::PathBuf, String) {
         .output()
         .expect("openssl rsa");
     assert!(der.status.success());
-    (key, format!("v=DKIM1; k=rsa; p={}", b64(&der.stdout)))
+    (key, format!("v=DKIM1; k=rsa; p={}", tambo_tests::base64(&der.stdout)))
 }
 
 /// Run a python snippet with `input` on stdin; its stdout, trimmed.

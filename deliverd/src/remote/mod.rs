@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod client;
+pub mod dane;
 pub mod dns;
 pub mod pool;
 pub mod tls;
@@ -25,6 +26,7 @@ use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, Rc
 
 use body::Body;
 use client::{Envelope, RcptResult, Session, SessionLimits, SmtpError};
+use dane::{DaneResolver, HostPolicy};
 use dns::{Dns, DnsError, MxAnswer};
 use pool::{Limits, Pool};
 use tls::TlsClient;
@@ -94,6 +96,7 @@ pub enum CourierError {
 pub struct Courier {
     settings: Settings,
     dns: Dns,
+    dane: DaneResolver,
     tls: TlsClient,
     pool: Arc<Pool>,
     limits: Limits,
@@ -150,6 +153,7 @@ impl Courier {
             parse_host_port(r, settings.port).map_err(|e| CourierError::Server(r.clone(), e))?;
         }
         let dns = Dns::new(&settings.dns_servers, settings.dns_timeout)?;
+        let dane = DaneResolver::new(&settings.dns_servers, settings.dns_timeout)?;
         let tls = TlsClient::new(&settings.tls_extra_ca_file)?;
         tracing::debug!(roots = tls.roots, "remote delivery ready");
         let pool = Pool::new(settings.idle_timeout, 8, 256);
@@ -168,6 +172,7 @@ impl Courier {
             limits: Limits::new(settings.max_sessions, settings.max_sessions_per_domain),
             settings,
             dns,
+            dane,
             tls,
             pool,
         }))
@@ -262,6 +267,8 @@ impl Courier {
         let all = |o: DeliveryOutcome| (group.iter().map(|_| o.clone()).collect::<Vec<_>>(), None);
         // Addresses as the peer will see them, and the SMTPUTF8 need.
         let needs_utf8 = !is_ascii_local(&job.from) || group.iter().any(|r| !is_ascii_local(&r.address));
+        // DANE applies when the MX answer is DNSSEC-authenticated.
+        let mut dane_domain: Option<&str> = None;
         let (servers, implicit) = match target {
             Target::Servers(list) => {
                 let mut v = Vec::new();
@@ -273,18 +280,34 @@ impl Courier {
                 }
                 (v, false)
             }
-            Target::Mx(domain) => match self.dns.mx(domain).await {
-                Ok(MxAnswer::Hosts(h)) => (h.into_iter().map(|h| (h, self.settings.port)).collect(), false),
-                Ok(MxAnswer::Implicit) => (vec![(domain.clone(), self.settings.port)], true),
-                Err(e) if e.is_permanent() => return all(DeliveryOutcome::PermFail(e.to_string())),
-                Err(e) => return all(DeliveryOutcome::TempFail(e.to_string())),
-            },
+            Target::Mx(domain) => {
+                let (mx, secure) = tokio::join!(self.dns.mx(domain), self.dane.mx_secure(domain));
+                if secure {
+                    dane_domain = Some(domain.as_str());
+                }
+                match mx {
+                    Ok(MxAnswer::Hosts(h)) => (h.into_iter().map(|h| (h, self.settings.port)).collect(), false),
+                    Ok(MxAnswer::Implicit) => (vec![(domain.clone(), self.settings.port)], true),
+                    Err(e) if e.is_permanent() => return all(DeliveryOutcome::PermFail(e.to_string())),
+                    Err(e) => return all(DeliveryOutcome::TempFail(e.to_string())),
+                }
+            }
         };
         let _permits = self.limits.acquire(key).await;
         let mut errors: Vec<String> = Vec::new();
         for (host, port) in servers.iter().take(dns::MAX_MX) {
             match self
-                .try_host(job, host, *port, group, body, recorded, needs_utf8, implicit)
+                .try_host(
+                    job,
+                    host,
+                    *port,
+                    group,
+                    body,
+                    recorded,
+                    needs_utf8,
+                    implicit,
+                    dane_domain,
+                )
                 .await
             {
                 Ok(HostOutcome::Done(outcomes, level)) => return (outcomes, Some(level)),
@@ -308,11 +331,24 @@ impl Courier {
         recorded: SecLevel,
         needs_utf8: bool,
         implicit: bool,
+        dane_domain: Option<&str>,
     ) -> Result<HostOutcome, String> {
+        let policy = match dane_domain {
+            Some(domain) => match self.dane.host_policy(host, port, domain).await {
+                Ok(p) => p,
+                Err(e) => return Ok(HostOutcome::Next(format!("{host}: {e}"))),
+            },
+            None => HostPolicy::Opportunistic,
+        };
         let pool_key = format!("{host}:{port}");
         let mut session = None;
         while let Some(mut s) = self.pool.take(&pool_key) {
-            if s.level >= recorded && s.reset().await.is_ok() {
+            let fits = match &policy {
+                HostPolicy::Opportunistic => true,
+                HostPolicy::EncryptOnly => s.level >= SecLevel::TlsInsecure,
+                HostPolicy::Dane(_) => s.dane,
+            };
+            if fits && s.level >= recorded && s.reset().await.is_ok() {
                 session = Some(s);
                 break;
             }
@@ -326,7 +362,7 @@ impl Courier {
             };
             for ip in addrs.into_iter().take(4) {
                 let addr = SocketAddr::new(ip, port);
-                match self.open(addr, host, recorded).await {
+                match self.open(addr, host, recorded, &policy).await {
                     Ok(s) => {
                         session = Some(s);
                         break;
@@ -448,9 +484,15 @@ impl Courier {
 
     /// A new session to `addr`. When TLS fails and the domain has no
     /// recorded TLS level, try once more in plain text, as other MTAs do.
-    async fn open(&self, addr: SocketAddr, host: &str, recorded: SecLevel) -> Result<Session, String> {
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        recorded: SecLevel,
+        policy: &HostPolicy,
+    ) -> Result<Session, String> {
         let s = &self.settings;
-        match Session::connect(addr, host, &s.hostname, Some(&self.tls), &s.session).await {
+        match Session::connect_with(addr, host, &s.hostname, Some(&self.tls), policy, &s.session).await {
             Ok(sess) => Ok(sess),
             Err(SmtpError::Tls(e)) if recorded == SecLevel::Plain => {
                 tracing::info!(host, %addr, "TLS handshake failed ({e}); retrying without TLS");
