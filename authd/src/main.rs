@@ -2,6 +2,7 @@
 //! TLS private keys. It answers yes/no questions and signs TLS handshakes
 //! for smtpd; it never reveals a hash or a key.
 
+mod arc;
 mod dkim;
 mod dovecot;
 mod keys;
@@ -49,8 +50,11 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                                 (AuthRequest::Certificates | AuthRequest::Sign { .. }, PeerChannel::QueuedAuthd) => {
                                     AuthReply::Error("TLS keys are for smtpd only".into())
                                 }
-                                (AuthRequest::DkimSign { .. }, PeerChannel::SmtpdAuthd) => {
-                                    tracing::warn!("smtpd asked for a DKIM signature: refused");
+                                (
+                                    AuthRequest::DkimSign { .. } | AuthRequest::ArcSeal { .. },
+                                    PeerChannel::SmtpdAuthd,
+                                ) => {
+                                    tracing::warn!("smtpd asked for a DKIM signature or ARC seal: refused");
                                     AuthReply::Error("not allowed on this channel".into())
                                 }
                                 _ => svc.handle(req).await,

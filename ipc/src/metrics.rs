@@ -65,11 +65,13 @@ pub enum Metric {
     /// (`policy_fetched`, `fetch_failed`, `cached_policy_used`,
     /// `mx_skipped`, `enforce_deferred`, `testing_violation`).
     MtaSts,
+    /// ARC chain verifications of incoming mail, by result.
+    ArcResults,
 }
 
 impl Metric {
     /// Every family, in exposition order.
-    pub const ALL: [Metric; 16] = [
+    pub const ALL: [Metric; 17] = [
         Metric::SmtpConnections,
         Metric::SmtpConnectionsRefused,
         Metric::SmtpCommands,
@@ -86,6 +88,7 @@ impl Metric {
         Metric::DmarcResults,
         Metric::HookRuns,
         Metric::MtaSts,
+        Metric::ArcResults,
     ];
 
     /// The exposed name (counters get `_total` appended on exposition).
@@ -107,6 +110,7 @@ impl Metric {
             Metric::DmarcResults => "tambo_dmarc_results",
             Metric::HookRuns => "tambo_hook_runs",
             Metric::MtaSts => "tambo_mta_sts_decisions",
+            Metric::ArcResults => "tambo_arc_results",
         }
     }
 
@@ -129,6 +133,7 @@ impl Metric {
             Metric::DmarcResults => "DMARC evaluations of incoming mail, by result.",
             Metric::HookRuns => "Hook runs, by hook and outcome.",
             Metric::MtaSts => "MTA-STS decisions of remote delivery, by decision.",
+            Metric::ArcResults => "ARC chain verifications of incoming mail, by result.",
         }
     }
 
@@ -149,7 +154,8 @@ impl Metric {
             | Metric::DkimResults
             | Metric::DmarcResults
             | Metric::HookRuns
-            | Metric::MtaSts => MetricKind::Counter,
+            | Metric::MtaSts
+            | Metric::ArcResults => MetricKind::Counter,
         }
     }
 }

@@ -417,6 +417,24 @@ pub enum AuthRequest {
         /// SHA-256 of the body under relaxed canonicalization (32 bytes).
         body_hash: Vec<u8>,
     },
+    /// Add an ARC set (RFC 8617) to a message that a local alias forwards
+    /// to a remote address, with the first RSA DKIM key of `domain`
+    /// (queued only, like [`AuthRequest::DkimSign`]).
+    ArcSeal {
+        /// The forwarding domain (a local domain): `d=` of the seal.
+        domain: String,
+        /// The header section as it will be sent (CRLF line endings,
+        /// without the blank line), tambo's own headers included.
+        headers: Vec<u8>,
+        /// SHA-256 of the body under relaxed canonicalization (32 bytes).
+        body_hash: Vec<u8>,
+        /// The chain's state at receipt: the seal's `cv=`. Only
+        /// [`ArcChain::None`] and [`ArcChain::Pass`] are sealed.
+        chain: ArcChain,
+        /// The value of tambo's Authentication-Results (`authserv-id;
+        /// results`), copied into ARC-Authentication-Results.
+        results: String,
+    },
     /// Check a password.
     Authenticate {
         /// Normalised user part.
@@ -466,6 +484,31 @@ pub enum AuthReply {
     },
     /// Answer to [`AuthRequest::Sign`].
     Signature(Vec<u8>),
+    /// Answer to [`AuthRequest::ArcSeal`]: ARC-Seal,
+    /// ARC-Message-Signature and ARC-Authentication-Results (folded, each
+    /// ending in CRLF), or empty when the message is not sealed (no RSA
+    /// key, chain too long or not sealable), with the reason.
+    ArcSet {
+        /// The three header fields, or empty.
+        headers: String,
+        /// Why nothing was sealed (empty when sealed).
+        skipped: String,
+    },
+}
+
+/// The ARC chain of an incoming message as verified at receipt (RFC 8617).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArcChain {
+    /// Not verified: authenticated or local submission, DNS temporary
+    /// error, message too large.
+    #[default]
+    Unknown,
+    /// The message carried no ARC header.
+    None,
+    /// The chain validated.
+    Pass,
+    /// The chain is broken or a signature does not verify.
+    Fail,
 }
 
 /// The public half of one `certs/<name>/` directory.
@@ -530,6 +573,10 @@ pub struct IncomingEnvelope {
     /// The SPF verdict for the sender: `Some(true)` on pass, `None` when
     /// no check was made (the post-data hook's SPF_PASS is then empty).
     pub spf_pass: Option<bool>,
+    /// The ARC chain as smtpd verified it (decides `cv=` when queued has
+    /// the message sealed for a forward).
+    #[serde(default)]
+    pub arc: ArcChain,
 }
 
 /// smtpd → queued.

@@ -385,6 +385,9 @@ impl Queue {
         let ctx = self.resolver(&s);
         let now = unix_now();
         let mut rcpts = Vec::new();
+        // The domain of the first alias that forwards this message to a
+        // remote address: its key ARC-seals the message.
+        let mut forwarder: Option<String> = None;
         for original in &env.rcpts {
             let resolved = match ctx.resolve(original).await {
                 Ok(r) => r,
@@ -404,6 +407,12 @@ impl Queue {
                     .any(|x: &RcptEntry| x.address == r.address && x.route == r.route)
                 {
                     continue;
+                }
+                if forwarder.is_none()
+                    && r.failure.is_none()
+                    && let Some(d) = &r.forwarded_by
+                {
+                    forwarder = Some(d.clone());
                 }
                 let (state, last_error) = match r.failure {
                     Some(f) => (RcptState::Failed, f),
@@ -470,6 +479,31 @@ impl Queue {
                         r.text
                     );
                     return Err(QueueReply::Refused(r));
+                }
+            }
+        }
+        if env.auth_user.is_none()
+            && let Some(domain) = &forwarder
+        {
+            let sealed = crate::arc_seal::seal(
+                &self.authd,
+                domain,
+                &header_prefix,
+                env.arc,
+                &env.auth_headers,
+                file,
+                size,
+            )
+            .await;
+            match sealed {
+                Ok(set) => {
+                    tracing::info!(id, domain = domain.as_str(), "ARC-sealed for a forward");
+                    header_prefix.insert_str(0, &set);
+                }
+                Err(SignFailure::Skip(why)) => tracing::info!(id, "forward not ARC-sealed: {why}"),
+                Err(SignFailure::Temporary(why)) => {
+                    tracing::warn!(id, "ARC sealing failed: {why}");
+                    return Err(reply(451, "4.3.0", "Cannot seal the message now, try again later"));
                 }
             }
         }
