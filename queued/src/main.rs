@@ -12,6 +12,7 @@ mod hooks;
 mod manager;
 mod received;
 mod resolve;
+mod srs;
 mod store;
 mod submit;
 

@@ -174,13 +174,13 @@ fn owned_by(path: &Path, id: Option<&Identity>) -> Result<(), String> {
     Ok(())
 }
 
-/// Create `data_dir` (queue, domaininfo, sts-cache owned by queued's user)
+/// Create `data_dir` (queue, domaininfo, sts-cache and srs owned by queued's user)
 /// and `run_dir` with smtpd's empty chroot.
 pub fn prepare_dirs(config: &Config, ids: &[(WorkerKind, Identity)]) -> Result<Dirs, String> {
     let id_of = |k: WorkerKind| ids.iter().find(|(kind, _)| *kind == k).map(|(_, id)| id);
     let data = PathBuf::from(&config.data_dir);
     mkdir(&data, 0o755)?;
-    for sub in ["queue", "domaininfo", "sts-cache"] {
+    for sub in ["queue", "domaininfo", "sts-cache", "srs"] {
         let p = data.join(sub);
         mkdir(&p, 0o700)?;
         owned_by(&p, id_of(WorkerKind::Queued))?;
