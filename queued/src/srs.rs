@@ -225,7 +225,10 @@ impl Srs {
                 return Err(ReverseError::Malformed);
             }
             let then = parse_timestamp(tt).ok_or(ReverseError::Malformed)?;
-            if !eq_ct(h.to_ascii_lowercase().as_bytes(), self.hash(&[tt, domain, local]).as_bytes()) {
+            if !eq_ct(
+                h.to_ascii_lowercase().as_bytes(),
+                self.hash(&[tt, domain, local]).as_bytes(),
+            ) {
                 return Err(ReverseError::BadHash);
             }
             let age = (days % 1024 + 1024 - then) % 1024;
