@@ -52,7 +52,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         };
         match msg {
-            ControlMsg::Peer(ch @ (PeerChannel::SmtpdAuthd | PeerChannel::QueuedAuthd)) => {
+            ControlMsg::Peer(
+                ch @ (PeerChannel::SmtpdAuthd | PeerChannel::QueuedAuthd | PeerChannel::DeliverdAuthd),
+            ) => {
                 let Some(stream) = single_stream(fds) else {
                     tracing::warn!("{}: expected one fd", ch.name());
                     continue;
@@ -66,12 +68,19 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                             // Only queued may have messages DKIM-signed: smtpd
                             // faces the network and must not get a signing
                             // oracle.
+                            // deliverd gets the smarthost credentials and
+                            // nothing else; nobody else gets them.
                             let reply = match (&req, ch) {
                                 (AuthRequest::Certificates | AuthRequest::Sign { .. }, PeerChannel::QueuedAuthd) => {
                                     AuthReply::Error("TLS keys are for smtpd only".into())
                                 }
                                 (AuthRequest::DkimSign { .. }, PeerChannel::SmtpdAuthd) => {
                                     tracing::warn!("smtpd asked for a DKIM signature: refused");
+                                    AuthReply::Error("not allowed on this channel".into())
+                                }
+                                (AuthRequest::RelayAuth, PeerChannel::DeliverdAuthd) => svc.handle(req).await,
+                                (AuthRequest::RelayAuth, _) | (_, PeerChannel::DeliverdAuthd) => {
+                                    tracing::warn!("{}: request not allowed on this channel: refused", ch.name());
                                     AuthReply::Error("not allowed on this channel".into())
                                 }
                                 _ => svc.handle(req).await,

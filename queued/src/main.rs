@@ -92,7 +92,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                             }
                         });
                     }
-                    PeerChannel::SmtpdAuthd => tracing::warn!("queued was handed {}, not its channel", ch.name()),
+                    PeerChannel::SmtpdAuthd | PeerChannel::DeliverdAuthd => {
+                        tracing::warn!("queued was handed {}, not its channel", ch.name())
+                    }
                 }
             }
             ControlMsg::Reload(start) => {

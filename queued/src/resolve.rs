@@ -305,6 +305,7 @@ impl ResolverContext<'_> {
                 AuthReply::Auth(_)
                 | AuthReply::Certificates { .. }
                 | AuthReply::Signature(_)
+                | AuthReply::RelayAuth(_)
                 | AuthReply::DkimSignatures(_),
                 _,
             )) => Err(ResolveError::Temporary(
@@ -358,6 +359,7 @@ mod tests {
                     AuthRequest::Authenticate { .. }
                     | AuthRequest::Certificates
                     | AuthRequest::Sign { .. }
+                    | AuthRequest::RelayAuth
                     | AuthRequest::DkimSign { .. } => AuthReply::Error("no".into()),
                 };
                 (rep, Vec::new())

@@ -690,7 +690,8 @@ impl Session {
                 AuthReply::Exists(_)
                 | AuthReply::Certificates { .. }
                 | AuthReply::Signature(_)
-                | AuthReply::DkimSignatures(_),
+                | AuthReply::DkimSignatures(_)
+                | AuthReply::RelayAuth(_),
                 _,
             ))
             | Err(_) => {

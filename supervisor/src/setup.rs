@@ -27,7 +27,30 @@ pub fn load(config_dir: &Path, overrides: Option<&str>) -> Result<(Config, Vec<S
             .map_err(|e| e.to_string())?;
     }
     check_dkim_keys(config_dir, &domains)?;
+    check_relay_auth(config_dir, &config)?;
     Ok((config, domains))
+}
+
+/// authd reads `relay_auth_file`; a file that does not parse stops
+/// tambod at start-up (and fails a reload) with its name and line.
+fn check_relay_auth(config_dir: &Path, config: &Config) -> Result<(), String> {
+    if config.relay_auth_file.is_empty() {
+        return Ok(());
+    }
+    if config.relay_host.is_empty() {
+        return Err("relay_auth_file is set but relay_host is not".into());
+    }
+    tambo_common::relayauth::RelayCredentials::load(config_dir, &config.relay_auth_file).map_err(|e| e.to_string())?;
+    let path = tambo_common::relayauth::resolve_path(config_dir, &config.relay_auth_file);
+    if let Ok(md) = std::fs::metadata(&path)
+        && md.permissions().mode() & 0o004 != 0
+    {
+        tracing::warn!(
+            "{}: relay credentials readable by every user; chmod 0640 and chgrp it to authd's group",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// DKIM keys are loaded by authd; a key that does not load stops tambod

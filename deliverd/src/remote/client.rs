@@ -154,6 +154,8 @@ pub struct Extensions {
     pub smtputf8: bool,
     /// STARTTLS (RFC 3207).
     pub starttls: bool,
+    /// AUTH (RFC 4954): the mechanisms offered, upper case.
+    pub auth: Vec<String>,
 }
 
 impl Extensions {
@@ -169,6 +171,7 @@ impl Extensions {
                 "SMTPUTF8" => e.smtputf8 = true,
                 "STARTTLS" => e.starttls = true,
                 "SIZE" => e.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "AUTH" => e.auth = words.take(32).map(|m| m.to_ascii_uppercase()).collect(),
                 _ => {}
             }
         }
@@ -287,6 +290,17 @@ impl Session {
         }
         self.ext = Extensions::default();
         Ok(())
+    }
+
+    /// `AUTH PLAIN` with the base64 initial response `response` (RFC
+    /// 4954, 4616). The credentials are never logged.
+    pub async fn auth_plain(&mut self, response: &str) -> Result<(), SmtpError> {
+        let r = self.command(&format!("AUTH PLAIN {response}\r\n"), "AUTH").await?;
+        if r.code == 235 {
+            Ok(())
+        } else {
+            Err(SmtpError::Refused("AUTH", r))
+        }
     }
 
     /// Send a command and read its reply.
