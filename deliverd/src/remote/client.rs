@@ -563,6 +563,11 @@ mod tests {
         let e = Extensions::parse(&r);
         assert!(e.pipelining && e.eight_bit_mime && !e.smtputf8 && !e.starttls);
         assert_eq!(e.size, Some(1000));
+        assert!(e.auth.is_empty());
+        let r = parse(b"250-mx.test\r\n250-AUTH login Plain\r\n250 STARTTLS\r\n")
+            .await
+            .unwrap();
+        assert_eq!(Extensions::parse(&r).auth, vec!["LOGIN", "PLAIN"]);
         assert_eq!(parse(b"354\r\n").await.unwrap().code, 354);
         assert!(matches!(
             parse(b"250-a\r\n251 b\r\n").await,
