@@ -187,6 +187,24 @@ pub enum ControlMsg {
         /// Echoed in the answer.
         seq: u64,
     },
+    /// To smtpd: the listening socket of `monitoring_address` (one fd
+    /// attached), bound by the supervisor. smtpd serves the HTTP endpoint;
+    /// the supervisor never reads from the network.
+    MonitorListener {
+        /// The address it is bound to, for logs.
+        addr: String,
+    },
+    /// To smtpd: the metrics page, answer to [`WorkerMsg::MetricsWanted`],
+    /// rendered by the supervisor from every worker's snapshot.
+    MetricsPage {
+        /// The highest `req` of [`WorkerMsg::MetricsWanted`] this page
+        /// answers (its collection started after that request).
+        answers: u64,
+        /// The exposition, in OpenMetrics text format.
+        openmetrics: String,
+        /// Workers that are not running now (by name), for `/healthz`.
+        down: Vec<String>,
+    },
 }
 
 /// Worker → supervisor, on the control channel.
@@ -210,6 +228,13 @@ pub enum WorkerMsg {
         seq: u64,
         /// Current values of this worker's metrics.
         samples: Vec<crate::metrics::MetricSample>,
+    },
+    /// From smtpd: a client of the monitoring endpoint wants the metrics;
+    /// the supervisor collects every worker's snapshot and answers with a
+    /// [`ControlMsg::MetricsPage`]. Requests are coalesced.
+    MetricsWanted {
+        /// Increases with each request.
+        req: u64,
     },
 }
 
@@ -542,6 +567,19 @@ pub enum QueueRequest {
         /// The ID from [`QueueReply::MessageSlot`].
         id: String,
     },
+    /// The incoming security-level check (chasquid's "check connection
+    /// security level"), asked at MAIL FROM for an unauthenticated sender
+    /// whose SPF passed: may `domain` send over a connection at `level`?
+    /// Answered with [`QueueReply::IncomingLevel`]. Levels are raised by
+    /// [`QueueRequest::Commit`] (unauthenticated, SPF pass, over TLS), not
+    /// by this check.
+    IncomingLevel {
+        /// The MAIL FROM domain, normalised.
+        domain: String,
+        /// The connection's level: [`SecLevel::Plain`] or
+        /// [`SecLevel::TlsClient`].
+        level: SecLevel,
+    },
 }
 
 /// What queued says of a recipient.
@@ -587,6 +625,14 @@ pub enum QueueReply {
     Refused(SmtpReply),
     /// Generic acknowledgement (Abort).
     Done,
+    /// Answer to [`QueueRequest::IncomingLevel`].
+    IncomingLevel {
+        /// The level recorded for the domain.
+        recorded: SecLevel,
+        /// False when the connection is below `recorded`: smtpd refuses
+        /// the sender with 550 5.7.3.
+        allowed: bool,
+    },
 }
 
 /// How deliverd must deliver to one recipient.
@@ -732,6 +778,13 @@ pub enum AdminRequest {
     ResolveAddress {
         /// The address to resolve.
         address: String,
+    },
+    /// Forget the security levels recorded for a domain (`tambo
+    /// domaininfo-remove`): queued removes its `domaininfo` file and its
+    /// copy in memory. One `Done` with what happened, then `End`.
+    DomainInfoRemove {
+        /// The domain.
+        domain: String,
     },
 }
 

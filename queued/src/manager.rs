@@ -266,6 +266,18 @@ impl Queue {
                 }
                 (QueueReply::Done, vec![])
             }
+            QueueRequest::IncomingLevel { domain, level } => {
+                let (recorded, allowed) = self.domaininfo.check_incoming(&domain, level);
+                if !allowed {
+                    tracing::info!(
+                        domain,
+                        "incoming security level check failed: {} connection, {} recorded",
+                        level.name(),
+                        recorded.name()
+                    );
+                }
+                (QueueReply::IncomingLevel { recorded, allowed }, vec![])
+            }
         }
     }
 
@@ -503,6 +515,7 @@ impl Queue {
             "queued"
         );
         metrics::inc(Metric::QueueAccepted, &[]);
+        self.record_incoming_level(env);
         mail_log(MailLogEvent::Queued {
             id: id.to_string(),
             from: entry.from.clone(),
@@ -542,6 +555,24 @@ impl Queue {
             return None;
         }
         Some(rewritten)
+    }
+
+    /// The incoming security-level ratchet: an accepted message from an
+    /// unauthenticated client, whose sender's domain passed SPF, received
+    /// over TLS, raises that domain's incoming level to `TLS_CLIENT`; from
+    /// then on smtpd refuses plain-text mail claiming the domain. Without
+    /// an SPF pass anyone could raise the level of any domain.
+    fn record_incoming_level(&self, env: &IncomingEnvelope) {
+        if env.auth_user.is_some() || env.spf_pass != Some(true) || env.tls.is_none() {
+            return;
+        }
+        let (_, domain) = tambo_common::names::split_address(&env.mail_from);
+        self.domaininfo.record_incoming(domain, SecLevel::TlsClient);
+    }
+
+    /// Forget what is known of `domain`'s security levels (control socket).
+    pub(crate) fn domaininfo_remove(&self, domain: &str) -> Result<bool, String> {
+        self.domaininfo.remove(domain).map_err(|e| e.to_string())
     }
 
     /// DKIM-sign an authenticated submission with the keys of its user's

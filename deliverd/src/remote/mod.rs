@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod client;
+pub mod dane;
 pub mod dns;
 pub mod pool;
 pub mod tls;
@@ -28,6 +29,7 @@ use tambo_ipc::worker::PeerSlot;
 
 use body::Body;
 use client::{Envelope, RcptResult, Session, SessionLimits, SmtpError};
+use dane::{DaneResolver, HostPolicy};
 use dns::{Dns, DnsError, MxAnswer};
 use pool::{Limits, Pool};
 use tls::TlsClient;
@@ -131,6 +133,7 @@ pub enum CourierError {
 pub struct Courier {
     settings: Settings,
     dns: Dns,
+    dane: DaneResolver,
     tls: TlsClient,
     pool: Arc<Pool>,
     limits: Limits,
@@ -197,6 +200,7 @@ impl Courier {
             parse_host_port(r, settings.port).map_err(|e| CourierError::Server(r.clone(), e))?;
         }
         let dns = Dns::new(&settings.dns_servers, settings.dns_timeout)?;
+        let dane = DaneResolver::new(&settings.dns_servers, settings.dns_timeout)?;
         let tls = TlsClient::new(&settings.tls_extra_ca_file)?;
         tracing::debug!(roots = tls.roots, "remote delivery ready");
         let pool = Pool::new(settings.idle_timeout, 8, 256);
@@ -215,6 +219,7 @@ impl Courier {
             limits: Limits::new(settings.max_sessions, settings.max_sessions_per_domain),
             settings,
             dns,
+            dane,
             tls,
             pool,
             credentials,
@@ -312,6 +317,8 @@ impl Courier {
         // Addresses as the peer will see them, and the SMTPUTF8 need.
         let needs_utf8 = !is_ascii_local(&job.from) || group.iter().any(|r| !is_ascii_local(&r.address));
         let auth = matches!(target, Target::Relay(_)) && self.settings.relay_auth;
+        // DANE applies when the MX answer is DNSSEC-authenticated.
+        let mut dane_domain: Option<&str> = None;
         let (servers, implicit) = match target {
             Target::Relay(s) => match parse_host_port(s, self.settings.port) {
                 Ok(hp) => (vec![hp], false),
@@ -327,18 +334,35 @@ impl Courier {
                 }
                 (v, false)
             }
-            Target::Mx(domain) => match self.dns.mx(domain).await {
-                Ok(MxAnswer::Hosts(h)) => (h.into_iter().map(|h| (h, self.settings.port)).collect(), false),
-                Ok(MxAnswer::Implicit) => (vec![(domain.clone(), self.settings.port)], true),
-                Err(e) if e.is_permanent() => return all(DeliveryOutcome::PermFail(e.to_string())),
-                Err(e) => return all(DeliveryOutcome::TempFail(e.to_string())),
-            },
+            Target::Mx(domain) => {
+                let (mx, secure) = tokio::join!(self.dns.mx(domain), self.dane.mx_secure(domain));
+                if secure {
+                    dane_domain = Some(domain.as_str());
+                }
+                match mx {
+                    Ok(MxAnswer::Hosts(h)) => (h.into_iter().map(|h| (h, self.settings.port)).collect(), false),
+                    Ok(MxAnswer::Implicit) => (vec![(domain.clone(), self.settings.port)], true),
+                    Err(e) if e.is_permanent() => return all(DeliveryOutcome::PermFail(e.to_string())),
+                    Err(e) => return all(DeliveryOutcome::TempFail(e.to_string())),
+                }
+            }
         };
         let _permits = self.limits.acquire(key).await;
         let mut errors: Vec<String> = Vec::new();
         for (host, port) in servers.iter().take(dns::MAX_MX) {
             match self
-                .try_host(job, host, *port, group, body, recorded, needs_utf8, implicit, auth)
+                .try_host(
+                    job,
+                    host,
+                    *port,
+                    group,
+                    body,
+                    recorded,
+                    needs_utf8,
+                    implicit,
+                    dane_domain,
+                    auth,
+                )
                 .await
             {
                 Ok(HostOutcome::Done(outcomes, level)) => return (outcomes, Some(level)),
@@ -362,13 +386,26 @@ impl Courier {
         recorded: SecLevel,
         needs_utf8: bool,
         implicit: bool,
+        dane_domain: Option<&str>,
         auth: bool,
     ) -> Result<HostOutcome, String> {
+        let policy = match dane_domain {
+            Some(domain) => match self.dane.host_policy(host, port, domain).await {
+                Ok(p) => p,
+                Err(e) => return Ok(HostOutcome::Next(format!("{host}: {e}"))),
+            },
+            None => HostPolicy::Opportunistic,
+        };
         // Authenticated sessions are pooled apart from the others.
         let pool_key = format!("{}{host}:{port}", if auth { "auth:" } else { "" });
         let mut session = None;
         while let Some(mut s) = self.pool.take(&pool_key) {
-            if s.level >= recorded && s.reset().await.is_ok() {
+            let fits = match &policy {
+                HostPolicy::Opportunistic => true,
+                HostPolicy::EncryptOnly => s.level >= SecLevel::TlsInsecure,
+                HostPolicy::Dane(_) => s.dane,
+            };
+            if fits && s.level >= recorded && s.reset().await.is_ok() {
                 session = Some(s);
                 break;
             }
@@ -382,7 +419,7 @@ impl Courier {
             };
             for ip in addrs.into_iter().take(4) {
                 let addr = SocketAddr::new(ip, port);
-                let opened = match self.open(addr, host, recorded).await {
+                let opened = match self.open(addr, host, recorded, &policy).await {
                     Ok(s) if auth => self.authenticate(s).await,
                     other => other,
                 };
@@ -555,9 +592,15 @@ impl Courier {
 
     /// A new session to `addr`. When TLS fails and the domain has no
     /// recorded TLS level, try once more in plain text, as other MTAs do.
-    async fn open(&self, addr: SocketAddr, host: &str, recorded: SecLevel) -> Result<Session, String> {
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        recorded: SecLevel,
+        policy: &HostPolicy,
+    ) -> Result<Session, String> {
         let s = &self.settings;
-        match Session::connect(addr, host, &s.hostname, Some(&self.tls), &s.session).await {
+        match Session::connect_with(addr, host, &s.hostname, Some(&self.tls), policy, &s.session).await {
             Ok(sess) => Ok(sess),
             Err(SmtpError::Tls(e)) if recorded == SecLevel::Plain => {
                 tracing::info!(host, %addr, "TLS handshake failed ({e}); retrying without TLS");

@@ -31,6 +31,7 @@ pub enum TlsSetupError {
 pub struct TlsClient {
     connector: TlsConnector,
     verifier: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
     /// Number of trusted roots (system + extra), for the log.
     pub roots: usize,
 }
@@ -125,11 +126,12 @@ impl TlsClient {
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsSetupError::Rustls(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider.clone())))
             .with_no_client_auth();
         Ok(TlsClient {
             connector: TlsConnector::from(Arc::new(config)),
             verifier,
+            provider,
             roots: total,
         })
     }
@@ -157,5 +159,30 @@ impl TlsClient {
             Ok(()) => (stream, SecLevel::TlsSecure, None),
             Err(e) => (stream, SecLevel::TlsInsecure, Some(e)),
         })
+    }
+
+    /// The crypto provider (ring) of every outgoing TLS connection.
+    pub fn provider(&self) -> Arc<CryptoProvider> {
+        self.provider.clone()
+    }
+
+    /// Handshake over `tcp` for `host` with `verifier` deciding on the
+    /// certificate during the handshake (DANE): a refused certificate
+    /// fails the handshake.
+    pub async fn handshake_with(
+        &self,
+        tcp: TcpStream,
+        host: &str,
+        verifier: Arc<dyn ServerCertVerifier>,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+        let config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        TlsConnector::from(Arc::new(config)).connect(name, tcp).await
     }
 }
