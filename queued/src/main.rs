@@ -13,6 +13,7 @@ mod hooks;
 mod manager;
 mod received;
 mod resolve;
+mod srs;
 mod store;
 mod submit;
 
@@ -71,7 +72,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                             }
                         });
                     }
-                    PeerChannel::SmtpdAuthd => tracing::warn!("queued was handed {}, not its channel", ch.name()),
+                    PeerChannel::SmtpdAuthd | PeerChannel::DeliverdAuthd => {
+                        tracing::warn!("queued was handed {}, not its channel", ch.name())
+                    }
                 }
             }
             ControlMsg::Reload(start) => {
