@@ -21,9 +21,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time allowed for the replies after the final dot (the server is saving).
 const DATA_TIMEOUT: Duration = Duration::from_secs(600);
 /// Longest reply line accepted.
-const MAX_LINE: usize = 2048;
+pub const MAX_LINE: usize = 2048;
 /// Most lines in one reply.
-const MAX_REPLY_LINES: usize = 100;
+pub const MAX_REPLY_LINES: usize = 100;
 
 /// Where the LMTP server is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,6 +264,15 @@ async fn read_reply<R: AsyncRead + Unpin>(r: &mut BufReader<R>, timeout: Duratio
             timeout.as_secs()
         ))),
     }
+}
+
+/// One reply read as a delivery reads it: the code and the text of its
+/// lines joined with newlines, or why it was refused (for the fuzz target).
+pub async fn read_reply_text<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<(u16, String), String> {
+    read_reply(r, COMMAND_TIMEOUT)
+        .await
+        .map(|reply| (reply.code, reply.text))
+        .map_err(|Broken(why)| why)
 }
 
 async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<String, Broken> {

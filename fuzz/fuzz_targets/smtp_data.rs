@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 mod data;
 
 fuzz_target!(|input: &[u8]| {
-    let Some((&split, body)) = input.split_first() else { return };
+    let Some((&split, body)) = input.split_first() else {
+        return;
+    };
     let split = (split as usize).min(body.len());
     let mut whole = data::DataDecoder::new(4096);
     let mut out_whole = Vec::new();

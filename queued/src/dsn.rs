@@ -44,7 +44,8 @@ pub fn status_of(r: &RcptEntry) -> (String, Option<String>) {
 fn find_smtp_reply(err: &str) -> Option<(String, String)> {
     let b = err.as_bytes();
     for i in 0..b.len() {
-        if i > 0 && b[i - 1].is_ascii_alphanumeric() {
+        // Remote replies may hold any UTF-8: only start at a character.
+        if !err.is_char_boundary(i) || (i > 0 && b[i - 1].is_ascii_alphanumeric()) {
             continue;
         }
         let rest = &err[i..];
@@ -233,6 +234,16 @@ mod tests {
             held: false,
             is_dsn: false,
         }
+    }
+
+    /// Found by the `dsn` fuzz target: a reply with a character of more
+    /// than one byte made the search slice inside it and panic.
+    #[test]
+    fn non_ascii_error_text() {
+        let r = rcpt("a@b", RcptState::Failed, "$\u{492}");
+        assert_eq!(status_of(&r), ("5.0.0".into(), None));
+        let r = rcpt("a@b", RcptState::Failed, "mx said: «550 5.1.1 é inconnu»");
+        assert_eq!(status_of(&r), ("5.1.1".into(), Some("550 5.1.1 é inconnu»".into())));
     }
 
     #[test]
