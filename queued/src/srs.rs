@@ -198,6 +198,13 @@ impl Srs {
                     _ => return self.srs0(local, domain, forwarding_domain, days),
                 }
             };
+            // Only an SRS1 address that [`Srs::reverse`] accepts: any other
+            // sender (an empty host, an empty opaque part or one starting
+            // with '=') is wrapped as SRS0, so that a bounce still finds its
+            // way back.
+            if host.is_empty() || host.contains('=') || rest.len() < 2 || rest[1..].starts_with('=') {
+                return self.srs0(local, domain, forwarding_domain, days);
+            }
             let h = self.hash(&[host, rest]);
             return format!("SRS1={h}={host}={rest}@{forwarding_domain}");
         }
@@ -318,6 +325,29 @@ mod tests {
         let again = third.forward(&srs1, "three.test", DAY);
         assert!(again.ends_with(&format!("=one.test={opaque}@three.test")), "{again}");
         assert_eq!(third.reverse(again.rsplit_once('@').unwrap().0, DAY), Ok(Some(srs0)));
+    }
+
+    /// Found by the `srs` fuzz target: the SRS0 address of another
+    /// forwarder whose opaque part starts with '=' became an SRS1 address
+    /// that did not reverse, so bounces to it were lost.
+    #[test]
+    fn every_rewritten_sender_reverses() {
+        let s = Srs::from_secret(b"k");
+        for sender in [
+            "SRS0==ab=far.=joe@one.test",
+            "SRS1=hhhh=host===x@one.test",
+            "srs1=ab=host==@one.test",
+            "srs0=abc=tt=d=l@one.test",
+        ] {
+            let f = s.forward(sender, "fwd.test", DAY);
+            let user = f.rsplit_once('@').unwrap().0;
+            let back = s.reverse(user, DAY).unwrap().unwrap();
+            if user.starts_with("SRS1=") {
+                assert_eq!(back.to_lowercase(), sender.to_lowercase(), "{f}");
+            } else {
+                assert_eq!(back, sender, "{f}");
+            }
+        }
     }
 
     #[test]
