@@ -475,7 +475,7 @@ impl Queue {
             held: false,
             is_dsn: false,
         };
-        if let Err(e) = self.store.write(entry.clone()).await {
+        if let Err(e) = self.store.add(entry.clone()).await {
             tracing::error!(id, "cannot commit: {e}");
             return Err(reply(451, "4.3.0", "Cannot queue the message now, try again later"));
         }
@@ -636,7 +636,7 @@ impl Queue {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&entry.id);
-        if let Err(e) = self.store.remove(&entry.id).await {
+        if let Err(e) = self.store.remove_lazily(&entry.id).await {
             tracing::error!(id = entry.id, "cannot remove: {e}");
         } else {
             tracing::info!(id = entry.id, "all done");
@@ -879,7 +879,7 @@ impl Queue {
             held: false,
             is_dsn: true,
         };
-        if let Err(e) = self.store.write(dsn_entry.clone()).await {
+        if let Err(e) = self.store.add(dsn_entry.clone()).await {
             self.store.discard_data(&id);
             return Err(Some(format!("cannot queue: {e}")));
         }
