@@ -152,10 +152,13 @@ fn parse_records(body: &[u8], generation: u64) -> Vec<Record> {
         let id_len = u16::from_le_bytes([h[21], h[22]]) as usize;
         let env_len = u32::from_le_bytes([h[23], h[24], h[25], h[26]]) as usize;
         let data_len = le64(&h[27..35]);
-        let Some(total) = usize::try_from(data_len)
-            .ok()
-            .and_then(|d| RECORD_HEAD.checked_add(id_len)?.checked_add(env_len)?.checked_add(d)?.checked_add(4))
-        else {
+        let Some(total) = usize::try_from(data_len).ok().and_then(|d| {
+            RECORD_HEAD
+                .checked_add(id_len)?
+                .checked_add(env_len)?
+                .checked_add(d)?
+                .checked_add(4)
+        }) else {
             break;
         };
         if total > body.len() - pos {
