@@ -119,6 +119,8 @@ pub struct Queue {
     /// Per-domain security levels (`data_dir/domaininfo`).
     domaininfo: DomainInfo,
     aliases: AliasDb,
+    /// Users authd recently said exist.
+    users: crate::resolve::UserCache,
     /// Client of deliverd.
     pub deliverd: Arc<PeerSlot<DeliverRequest, DeliverReply>>,
     /// Client of authd.
@@ -148,6 +150,7 @@ impl Queue {
             messages: Mutex::new(HashMap::new()),
             domaininfo: DomainInfo::load(PathBuf::from(&start.config.data_dir).join("domaininfo")),
             aliases: AliasDb::new(std::path::Path::new(&start.config_dir)),
+            users: crate::resolve::UserCache::default(),
             deliverd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedDeliverd.name()),
             authd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedAuthd.name()),
         });
@@ -175,6 +178,7 @@ impl Queue {
     /// reported.
     pub fn reload(&self, start: &WorkerStart) -> Result<(), String> {
         self.domaininfo.reload();
+        self.users.clear();
         let s = Arc::new(Settings::from_start(start));
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = s.clone();
         self.aliases
@@ -290,6 +294,7 @@ impl Queue {
             drop_characters: &s.config.drop_characters,
             suffix_separators: &s.config.suffix_separators,
             authd: &self.authd,
+            users: &self.users,
             aliases: &self.aliases,
             config_dir: &s.config_dir,
         }
