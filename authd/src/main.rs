@@ -2,6 +2,7 @@
 //! TLS private keys. It answers yes/no questions and signs TLS handshakes
 //! for smtpd; it never reveals a hash or a key.
 
+mod arc;
 mod dkim;
 mod dovecot;
 mod keys;
@@ -11,33 +12,12 @@ mod throttle;
 use std::sync::Arc;
 
 use tambo_ipc::proto::{AuthReply, AuthRequest, ControlMsg, PeerChannel, WorkerKind, WorkerMsg};
-use tambo_ipc::worker::{ControlLink, bootstrap, single_stream};
+use tambo_ipc::worker::{ControlLink, single_stream};
 
 use crate::service::AuthService;
 
 fn main() {
-    let (control, _plan) = match bootstrap(WorkerKind::Authd) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("tambo-authd: {e}");
-            std::process::exit(1);
-        }
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let code = rt.block_on(async move {
-        match run(control).await {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                1
-            }
-        }
-    });
-    std::process::exit(code);
+    tambo_ipc::worker::worker_main(WorkerKind::Authd, run)
 }
 
 async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
@@ -70,8 +50,11 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                                 (AuthRequest::Certificates | AuthRequest::Sign { .. }, PeerChannel::QueuedAuthd) => {
                                     AuthReply::Error("TLS keys are for smtpd only".into())
                                 }
-                                (AuthRequest::DkimSign { .. }, PeerChannel::SmtpdAuthd) => {
-                                    tracing::warn!("smtpd asked for a DKIM signature: refused");
+                                (
+                                    AuthRequest::DkimSign { .. } | AuthRequest::ArcSeal { .. },
+                                    PeerChannel::SmtpdAuthd,
+                                ) => {
+                                    tracing::warn!("smtpd asked for a DKIM signature or ARC seal: refused");
                                     AuthReply::Error("not allowed on this channel".into())
                                 }
                                 _ => svc.handle(req).await,
@@ -97,6 +80,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             ControlMsg::Shutdown { .. } => return Ok(()),
             // Answered by ControlLink::recv.
             ControlMsg::CollectMetrics { .. } => {}
+            ControlMsg::MonitorListener { .. } | ControlMsg::MetricsPage { .. } => {
+                tracing::warn!("authd: unexpected monitoring message ignored")
+            }
             ControlMsg::Start(_) | ControlMsg::Listener { .. } | ControlMsg::AdminClient { .. } => {
                 tracing::warn!("authd: unexpected control message ignored");
             }

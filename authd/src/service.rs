@@ -145,6 +145,35 @@ impl AuthService {
                     Err(e) => AuthReply::Error(format!("DKIM: {e}")),
                 }
             }
+            AuthRequest::ArcSeal {
+                domain,
+                headers,
+                body_hash,
+                chain,
+                results,
+            } => {
+                let keys = self.dkim.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let res = tokio::task::spawn_blocking(move || {
+                    crate::arc::seal(&keys, &domain, &headers, &body_hash, chain, &results, now)
+                })
+                .await;
+                match res {
+                    Ok(Ok(crate::arc::Sealed::Set(headers))) => AuthReply::ArcSet {
+                        headers,
+                        skipped: String::new(),
+                    },
+                    Ok(Ok(crate::arc::Sealed::Skipped(why))) => AuthReply::ArcSet {
+                        headers: String::new(),
+                        skipped: why,
+                    },
+                    Ok(Err(e)) => AuthReply::Error(format!("ARC: {e}")),
+                    Err(e) => AuthReply::Error(format!("ARC: {e}")),
+                }
+            }
             AuthRequest::Authenticate {
                 user,
                 domain,

@@ -151,33 +151,27 @@ pub fn parse_key(path: &Path, pem: &[u8]) -> Result<ParsedKey, DkimKeyError> {
                     public,
                 });
             }
-            match RsaKeyPair::from_pkcs8(bytes) {
-                Ok(kp) => {
-                    let public = rsa_spki(kp.public().as_ref());
-                    check_rsa_size(&kp).map_err(|m| invalid(&m))?;
-                    Ok(ParsedKey {
-                        algo: KeyAlgo::Rsa,
-                        der,
-                        public,
-                    })
-                }
-                Err(e) => Err(invalid(&format!("not a usable RSA or Ed25519 PKCS#8 key: {e}"))),
-            }
+            let kp = RsaKeyPair::from_pkcs8(bytes)
+                .map_err(|e| invalid(&format!("not a usable RSA or Ed25519 PKCS#8 key: {e}")))?;
+            rsa_key(&kp, der.clone_key()).map_err(|m| invalid(&m))
         }
-        PrivateKeyDer::Pkcs1(p1) => match RsaKeyPair::from_der(p1.secret_pkcs1_der()) {
-            Ok(kp) => {
-                let public = rsa_spki(kp.public().as_ref());
-                check_rsa_size(&kp).map_err(|m| invalid(&m))?;
-                Ok(ParsedKey {
-                    algo: KeyAlgo::Rsa,
-                    der,
-                    public,
-                })
-            }
-            Err(e) => Err(invalid(&format!("not a usable RSA key: {e}"))),
-        },
+        PrivateKeyDer::Pkcs1(p1) => {
+            let kp = RsaKeyPair::from_der(p1.secret_pkcs1_der())
+                .map_err(|e| invalid(&format!("not a usable RSA key: {e}")))?;
+            rsa_key(&kp, der.clone_key()).map_err(|m| invalid(&m))
+        }
         _ => Err(invalid("unsupported key format (use PKCS#8 RSA or Ed25519)")),
     }
+}
+
+/// An RSA key of a usable size, with its public key as a SubjectPublicKeyInfo.
+fn rsa_key(kp: &RsaKeyPair, der: PrivateKeyDer<'static>) -> Result<ParsedKey, String> {
+    check_rsa_size(kp)?;
+    Ok(ParsedKey {
+        algo: KeyAlgo::Rsa,
+        der,
+        public: rsa_spki(kp.public().as_ref()),
+    })
 }
 
 fn check_rsa_size(kp: &RsaKeyPair) -> Result<(), String> {

@@ -11,31 +11,10 @@ use tambo_ipc::proto::{
     ControlMsg, DeliverReply, DeliverRequest, DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, PeerChannel,
     RcptRoute, WorkerKind, WorkerMsg,
 };
-use tambo_ipc::worker::{ControlLink, bootstrap, single_stream};
+use tambo_ipc::worker::{ControlLink, single_stream};
 
 fn main() {
-    let (control, _plan) = match bootstrap(WorkerKind::Deliverd) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("tambo-deliverd: {e}");
-            std::process::exit(1);
-        }
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let code = rt.block_on(async move {
-        match run(control).await {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                1
-            }
-        }
-    });
-    std::process::exit(code);
+    tambo_ipc::worker::worker_main(WorkerKind::Deliverd, run)
 }
 
 /// deliverd's state: the configuration and the remote courier, replaced
@@ -229,6 +208,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             ControlMsg::Shutdown { .. } => return Ok(()),
             // Answered by ControlLink::recv.
             ControlMsg::CollectMetrics { .. } => {}
+            ControlMsg::MonitorListener { .. } | ControlMsg::MetricsPage { .. } => {
+                tracing::warn!("deliverd: unexpected monitoring message ignored")
+            }
             ControlMsg::Start(_) | ControlMsg::Listener { .. } | ControlMsg::AdminClient { .. } => {
                 tracing::warn!("deliverd: unexpected control message ignored");
             }

@@ -257,6 +257,18 @@ impl Queue {
                 }
                 (QueueReply::Done, vec![])
             }
+            QueueRequest::IncomingLevel { domain, level } => {
+                let (recorded, allowed) = self.domaininfo.check_incoming(&domain, level);
+                if !allowed {
+                    tracing::info!(
+                        domain,
+                        "incoming security level check failed: {} connection, {} recorded",
+                        level.name(),
+                        recorded.name()
+                    );
+                }
+                (QueueReply::IncomingLevel { recorded, allowed }, vec![])
+            }
         }
     }
 
@@ -378,6 +390,9 @@ impl Queue {
         let ctx = self.resolver(&s);
         let now = unix_now();
         let mut rcpts = Vec::new();
+        // The domain of the first alias that forwards this message to a
+        // remote address: its key ARC-seals the message.
+        let mut forwarder: Option<String> = None;
         for original in &env.rcpts {
             let resolved = match ctx.resolve(original).await {
                 Ok(r) => r,
@@ -397,6 +412,12 @@ impl Queue {
                     .any(|x: &RcptEntry| x.address == r.address && x.route == r.route)
                 {
                     continue;
+                }
+                if forwarder.is_none()
+                    && r.failure.is_none()
+                    && let Some(d) = &r.forwarded_by
+                {
+                    forwarder = Some(d.clone());
                 }
                 let (state, last_error) = match r.failure {
                     Some(f) => (RcptState::Failed, f),
@@ -466,6 +487,31 @@ impl Queue {
                 }
             }
         }
+        if env.auth_user.is_none()
+            && let Some(domain) = &forwarder
+        {
+            let sealed = crate::arc_seal::seal(
+                &self.authd,
+                domain,
+                &header_prefix,
+                env.arc,
+                &env.auth_headers,
+                file,
+                size,
+            )
+            .await;
+            match sealed {
+                Ok(set) => {
+                    tracing::info!(id, domain = domain.as_str(), "ARC-sealed for a forward");
+                    header_prefix.insert_str(0, &set);
+                }
+                Err(SignFailure::Skip(why)) => tracing::info!(id, "forward not ARC-sealed: {why}"),
+                Err(SignFailure::Temporary(why)) => {
+                    tracing::warn!(id, "ARC sealing failed: {why}");
+                    return Err(reply(451, "4.3.0", "Cannot seal the message now, try again later"));
+                }
+            }
+        }
         let entry = QueueEntry {
             version: ENTRY_VERSION,
             id: id.to_string(),
@@ -492,6 +538,7 @@ impl Queue {
             "queued"
         );
         metrics::inc(Metric::QueueAccepted, &[]);
+        self.record_incoming_level(env);
         mail_log(MailLogEvent::Queued {
             id: id.to_string(),
             from: entry.from.clone(),
@@ -500,6 +547,24 @@ impl Queue {
         });
         self.launch(entry);
         Ok(QueueReply::Committed { id: id.to_string() })
+    }
+
+    /// The incoming security-level ratchet: an accepted message from an
+    /// unauthenticated client, whose sender's domain passed SPF, received
+    /// over TLS, raises that domain's incoming level to `TLS_CLIENT`; from
+    /// then on smtpd refuses plain-text mail claiming the domain. Without
+    /// an SPF pass anyone could raise the level of any domain.
+    fn record_incoming_level(&self, env: &IncomingEnvelope) {
+        if env.auth_user.is_some() || env.spf_pass != Some(true) || env.tls.is_none() {
+            return;
+        }
+        let (_, domain) = tambo_common::names::split_address(&env.mail_from);
+        self.domaininfo.record_incoming(domain, SecLevel::TlsClient);
+    }
+
+    /// Forget what is known of `domain`'s security levels (control socket).
+    pub(crate) fn domaininfo_remove(&self, domain: &str) -> Result<bool, String> {
+        self.domaininfo.remove(domain).map_err(|e| e.to_string())
     }
 
     /// DKIM-sign an authenticated submission with the keys of its user's

@@ -42,6 +42,9 @@ pub struct Resolved {
     /// at a local user that does not exist): it is recorded as failed and
     /// reported in a DSN instead of being attempted.
     pub failure: Option<String>,
+    /// For a remote recipient reached through a local alias: the domain of
+    /// the alias that forwards it (whose key ARC-seals the message).
+    pub forwarded_by: Option<String>,
 }
 
 /// Why an address does not resolve.
@@ -197,12 +200,14 @@ impl ResolverContext<'_> {
             }
             let (user, domain) = split_address(address);
             if !self.is_local(domain) {
+                let forwarded_by = w.chain.last().map(|a| split_address(a).1.to_string());
                 return w.push(
                     top,
                     Resolved {
                         address: address.to_string(),
                         route: RcptRoute::Remote { via: Vec::new() },
                         failure: None,
+                        forwarded_by,
                     },
                 );
             }
@@ -255,6 +260,7 @@ impl ResolverContext<'_> {
                             address: clean.clone(),
                             route: RcptRoute::Pipe { argv },
                             failure: None,
+                            forwarded_by: None,
                         },
                     )?,
                     AliasTarget::Forward { address: a, via } => w.push(
@@ -263,6 +269,7 @@ impl ResolverContext<'_> {
                             address: star(&a, user),
                             route: RcptRoute::Remote { via },
                             failure: None,
+                            forwarded_by: Some(domain.to_string()),
                         },
                     )?,
                     AliasTarget::Email(a) => {
@@ -339,7 +346,8 @@ impl ResolverContext<'_> {
                 AuthReply::Auth(_)
                 | AuthReply::Certificates { .. }
                 | AuthReply::Signature(_)
-                | AuthReply::DkimSignatures(_),
+                | AuthReply::DkimSignatures(_)
+                | AuthReply::ArcSet { .. },
                 _,
             )) => Err(ResolveError::Temporary(
                 format!("{user}@{domain}"),
@@ -361,6 +369,7 @@ fn local(user: &str, domain: &str, failure: Option<String>) -> Resolved {
             domain: domain.to_string(),
         },
         failure,
+        forwarded_by: None,
     }
 }
 
@@ -392,7 +401,8 @@ mod tests {
                     AuthRequest::Authenticate { .. }
                     | AuthRequest::Certificates
                     | AuthRequest::Sign { .. }
-                    | AuthRequest::DkimSign { .. } => AuthReply::Error("no".into()),
+                    | AuthRequest::DkimSign { .. }
+                    | AuthRequest::ArcSeal { .. } => AuthReply::Error("no".into()),
                 };
                 (rep, Vec::new())
             };
@@ -450,7 +460,7 @@ mod tests {
             std::fs::set_permissions(h.join("alias-resolve"), std::fs::Permissions::from_mode(0o755)).unwrap();
         }
 
-        async fn resolve(&self, a: &str) -> Result<Vec<(String, String)>, ResolveError> {
+        async fn resolve_full(&self, a: &str) -> Result<Vec<Resolved>, ResolveError> {
             let ctx = ResolverContext {
                 local_domains: &self.domains,
                 drop_characters: ".",
@@ -460,7 +470,11 @@ mod tests {
                 aliases: &self.db,
                 config_dir: self.dir.path(),
             };
-            let r = ctx.resolve(a).await?;
+            ctx.resolve(a).await
+        }
+
+        async fn resolve(&self, a: &str) -> Result<Vec<(String, String)>, ResolveError> {
+            let r = self.resolve_full(a).await?;
             Ok(r.into_iter()
                 .map(|r| {
                     let how = match (&r.route, &r.failure) {
@@ -477,6 +491,33 @@ mod tests {
 
     fn v(items: &[(&str, &str)]) -> Vec<(String, String)> {
         items.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    /// Remote recipients reached through an alias know the alias's domain
+    /// (the ARC sealer); a remote RCPT itself does not.
+    #[tokio::test]
+    async fn forwarding_domain() {
+        let f = Fixture::new("team: alice, out@remote.org\nfwd: x@far.org via mx.far.org\nnested: team\n").await;
+        let by = |r: &[Resolved]| -> Vec<(String, Option<String>)> {
+            r.iter().map(|r| (r.address.clone(), r.forwarded_by.clone())).collect()
+        };
+        let d = Some("d.org".to_string());
+        assert_eq!(
+            by(&f.resolve_full("team@d.org").await.unwrap()),
+            [("alice@d.org".into(), None), ("out@remote.org".into(), d.clone())]
+        );
+        assert_eq!(
+            by(&f.resolve_full("nested@d.org").await.unwrap())[1],
+            ("out@remote.org".into(), d.clone())
+        );
+        assert_eq!(
+            by(&f.resolve_full("fwd@d.org").await.unwrap()),
+            [("x@far.org".into(), d)]
+        );
+        assert_eq!(
+            by(&f.resolve_full("y@elsewhere.org").await.unwrap()),
+            [("y@elsewhere.org".into(), None)]
+        );
     }
 
     #[tokio::test]

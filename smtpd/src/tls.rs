@@ -154,7 +154,11 @@ async fn fetch(authd: &AuthdSlot) -> Result<(u64, Vec<CertChain>), String> {
         Ok(Ok((AuthReply::Certificates { generation, chains }, _))) => Ok((generation, chains)),
         Ok(Ok((AuthReply::Error(e), _))) => Err(e),
         Ok(Ok((
-            AuthReply::Exists(_) | AuthReply::Auth(_) | AuthReply::Signature(_) | AuthReply::DkimSignatures(_),
+            AuthReply::Exists(_)
+            | AuthReply::Auth(_)
+            | AuthReply::Signature(_)
+            | AuthReply::DkimSignatures(_)
+            | AuthReply::ArcSet { .. },
             _,
         ))) => Err("unexpected reply".into()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -313,7 +317,8 @@ impl Signer for RemoteSigner {
                 AuthReply::Exists(_)
                 | AuthReply::Auth(_)
                 | AuthReply::Certificates { .. }
-                | AuthReply::DkimSignatures(_),
+                | AuthReply::DkimSignatures(_)
+                | AuthReply::ArcSet { .. },
                 _,
             ))) => "unexpected reply".into(),
             Ok(Err(e)) => e.to_string(),

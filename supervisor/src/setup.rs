@@ -174,16 +174,21 @@ fn owned_by(path: &Path, id: Option<&Identity>) -> Result<(), String> {
     Ok(())
 }
 
-/// Create `data_dir` (queue, domaininfo, sts-cache owned by queued's user)
-/// and `run_dir` with smtpd's empty chroot.
+/// Create `data_dir` (queue and domaininfo owned by queued's user;
+/// sts-cache owned by deliverd's user, the only process that fetches and
+/// caches MTA-STS policies) and `run_dir` with smtpd's empty chroot.
 pub fn prepare_dirs(config: &Config, ids: &[(WorkerKind, Identity)]) -> Result<Dirs, String> {
     let id_of = |k: WorkerKind| ids.iter().find(|(kind, _)| *kind == k).map(|(_, id)| id);
     let data = PathBuf::from(&config.data_dir);
     mkdir(&data, 0o755)?;
-    for sub in ["queue", "domaininfo", "sts-cache"] {
+    for (sub, owner) in [
+        ("queue", WorkerKind::Queued),
+        ("domaininfo", WorkerKind::Queued),
+        ("sts-cache", WorkerKind::Deliverd),
+    ] {
         let p = data.join(sub);
         mkdir(&p, 0o700)?;
-        owned_by(&p, id_of(WorkerKind::Queued))?;
+        owned_by(&p, id_of(owner))?;
     }
     let run = PathBuf::from(&config.run_dir);
     mkdir(&run, 0o755)?;

@@ -1,6 +1,11 @@
 //! A small in-process DNS server on loopback for delivery tests: it answers
 //! A, AAAA, MX (null MX included) and TXT from a table the test fills, with
 //! NXDOMAIN for unknown names, and can be told to SERVFAIL a name.
+//!
+//! For DANE tests it also serves TLSA records and can act as a validating
+//! resolver would: with [`FakeDns::set_authenticated`], answers carry the
+//! AD bit when the query asked for it (AD or the EDNS DO bit, RFC 6840
+//! §5.7), except for names marked [`FakeDns::insecure`].
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -9,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
-use hickory_resolver::proto::rr::rdata::{A, AAAA, MX, TXT};
+use hickory_resolver::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+use hickory_resolver::proto::rr::rdata::{A, AAAA, MX, TLSA, TXT};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 
 #[derive(Default)]
@@ -17,6 +23,12 @@ struct Zone {
     records: HashMap<(String, RecordType), Vec<RData>>,
     names: HashSet<String>,
     servfail: HashSet<String>,
+    /// Set the AD bit on answers (when the query asks for it).
+    authenticated: bool,
+    /// Names whose answers never carry the AD bit.
+    insecure: HashSet<String>,
+    /// Every question asked: (name, type).
+    asked: Vec<(String, RecordType)>,
 }
 
 /// A running fake DNS server (UDP). Stops when dropped.
@@ -88,14 +100,59 @@ impl FakeDns {
         }
     }
 
-    /// A TXT record.
+    /// A TXT record (split in character-strings of at most 255 bytes, as
+    /// a long DKIM key needs).
     pub fn txt(&self, name: &str, text: &str) {
-        self.add(name, RecordType::TXT, RData::TXT(TXT::new(vec![text.to_string()])));
+        let strings = text
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        self.add(name, RecordType::TXT, RData::TXT(TXT::new(strings)));
+    }
+
+    /// Replace every TXT record of `name` with this one.
+    pub fn set_txt(&self, name: &str, text: &str) {
+        self.zone
+            .lock()
+            .expect("zone")
+            .records
+            .remove(&(key(name), RecordType::TXT));
+        self.txt(name, text);
     }
 
     /// Answer SERVFAIL for every query of `name`.
     pub fn servfail(&self, name: &str) {
         self.zone.lock().expect("zone").servfail.insert(key(name));
+    }
+
+    /// A TLSA record (RFC 6698): `name` is e.g. "_25._tcp.mx.a.test".
+    pub fn tlsa(&self, name: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) {
+        let t = TLSA::new(
+            CertUsage::from(usage),
+            Selector::from(selector),
+            Matching::from(matching),
+            data.to_vec(),
+        );
+        self.add(name, RecordType::TLSA, RData::TLSA(t));
+    }
+
+    /// Behave as a validating resolver whose answers are all DNSSEC-secure
+    /// (AD bit set when asked for), or not.
+    pub fn set_authenticated(&self, on: bool) {
+        self.zone.lock().expect("zone").authenticated = on;
+    }
+
+    /// Answers for `name` are never authenticated (an unsigned zone).
+    pub fn insecure(&self, name: &str) {
+        self.zone.lock().expect("zone").insecure.insert(key(name));
+    }
+
+    /// How many times `name` was asked for with type `rtype`.
+    pub fn asked(&self, name: &str, rtype: RecordType) -> usize {
+        let k = key(name);
+        let z = self.zone.lock().expect("zone");
+        z.asked.iter().filter(|(n, t)| *n == k && *t == rtype).count()
     }
 
     /// Queries received so far.
@@ -120,9 +177,15 @@ fn answer(zone: &Mutex<Zone>, packet: &[u8]) -> Option<Vec<u8>> {
     resp.metadata.message_type = MessageType::Response;
     resp.add_query(q.clone());
     let name = key(&q.name().to_ascii());
-    let z = zone.lock().ok()?;
+    let mut z = zone.lock().ok()?;
+    if z.asked.len() < 100_000 {
+        z.asked.push((name.clone(), q.query_type()));
+    }
+    let wants_ad = req.metadata.authentic_data || req.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+    resp.metadata.authentic_data = z.authenticated && wants_ad && !z.insecure.contains(&name);
     if z.servfail.contains(&name) {
         resp.metadata.response_code = ResponseCode::ServFail;
+        resp.metadata.authentic_data = false;
     } else if !z.names.contains(&name) {
         resp.metadata.response_code = ResponseCode::NXDomain;
     } else if let Some(list) = z.records.get(&(name, q.query_type())) {

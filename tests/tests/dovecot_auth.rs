@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use tambo_tests::*;
 
@@ -11,100 +10,53 @@ use tambo_tests::*;
 /// directory, with its auth-userdb and auth-client sockets owned by
 /// local users (as root, authd runs as tambo-auth).
 struct Dovecot {
-    child: std::process::Child,
-    dir: PathBuf,
+    server: tambo_tests::dovecot::Dovecot,
 }
 
 impl Dovecot {
     fn start(dir: &Path) -> Dovecot {
-        std::fs::create_dir_all(dir).expect("mkdir");
-        let me = nix::unistd::User::from_uid(nix::unistd::getuid())
-            .expect("getpwuid")
-            .expect("me");
-        // As root, Dovecot runs its helpers as its own users, and its
-        // users may not be uid 0: carol is nobody.
-        let (internal, login, uid, gid) = if is_root() {
-            let nobody = nix::unistd::User::from_name("nobody")
-                .expect("getpwnam")
-                .expect("nobody");
-            ("dovecot".to_string(), "dovenull".to_string(), nobody.uid, nobody.gid)
-        } else {
-            (me.name.clone(), me.name.clone(), me.uid, me.gid)
-        };
+        let who = tambo_tests::dovecot::accounts();
         // The sockets belong to authd's user, mode 0600, as an operator
         // would set them up. (Mode 0666 is refused by Dovecot for userdb
         // lookups of other users' accounts.)
         let owner = if is_root() {
             "tambo-auth".to_string()
         } else {
-            me.name.clone()
+            who.login.clone()
         };
-        let conf = format!(
-            "base_dir = {d}/run\n\
-             state_dir = {d}/state\n\
-             log_path = {d}/dovecot.log\n\
-             protocols = none\n\
+        let specific = format!(
+            "protocols = none\n\
              ssl = no\n\
              auth_failure_delay = 0\n\
              auth_mechanisms = plain\n\
-             default_internal_user = {internal}\n\
-             default_login_user = {login}\n\
-             passdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
-             userdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
              service auth {{\n\
                unix_listener auth-userdb {{\n    mode = 0600\n    user = {owner}\n  }}\n\
                unix_listener auth-client {{\n    mode = 0600\n    user = {owner}\n  }}\n\
-             }}\n",
-            d = dir.display()
+             }}\n"
         );
-        std::fs::write(dir.join("dovecot.conf"), conf).expect("write dovecot.conf");
-        std::fs::write(
-            dir.join("passwd"),
-            format!(
-                "carol@example.com:{{PLAIN}}carol-pw:{0}:{1}::{2}/carol::\n",
-                uid,
-                gid,
-                dir.display()
-            ),
-        )
-        .expect("write passwd");
-        let child = Command::new("dovecot")
-            .arg("-F")
-            .arg("-c")
-            .arg(dir.join("dovecot.conf"))
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("start dovecot");
-        let d = Dovecot {
-            child,
-            dir: dir.to_path_buf(),
-        };
-        wait_for(Duration::from_secs(20), "dovecot's auth sockets", || {
-            d.userdb().exists() && d.client().exists()
+        // carol's uid is not root's (Dovecot refuses uid 0 users).
+        let passwd = format!(
+            "carol@example.com:{{PLAIN}}carol-pw:{}:{}::{}/carol::\n",
+            who.uid,
+            who.gid,
+            dir.display()
+        );
+        let server = tambo_tests::dovecot::Dovecot::start(dir, &specific, &passwd, |d| {
+            d.join("run/auth-userdb").exists() && d.join("run/auth-client").exists()
         });
-        d
+        Dovecot { server }
     }
 
     fn userdb(&self) -> PathBuf {
-        self.dir.join("run/auth-userdb")
+        self.server.dir.join("run/auth-userdb")
     }
 
     fn client(&self) -> PathBuf {
-        self.dir.join("run/auth-client")
+        self.server.dir.join("run/auth-client")
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Dovecot {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
+        self.server.log()
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tambo_tests::{RawClient, TestEnv, free_port, have, is_root, run, wait_for};
+use tambo_tests::{RawClient, TestEnv, base64, free_port, have, is_root, run, wait_for};
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -16,6 +16,9 @@ const PYTHON: &str = "/usr/bin/python3";
 struct FakeDns {
     child: Child,
     port: u16,
+    /// Where dnsmasq forwards `sub.temperror.test`: it answers SERVFAIL at
+    /// once, so the temporary error is quick and deterministic.
+    _failing: tambo_tests::fakedns::FakeDns,
 }
 
 impl FakeDns {
@@ -26,7 +29,8 @@ impl FakeDns {
             "dnsmasq".to_string()
         };
         let port = free_port();
-        let dead = free_port();
+        let failing = tambo_tests::fakedns::FakeDns::start();
+        failing.servfail("sub.temperror.test");
         let mut cmd = Command::new(dnsmasq);
         cmd.args([
             "--keep-in-foreground",
@@ -39,9 +43,11 @@ impl FakeDns {
             "--local=/test/",
         ])
         .arg(format!("--port={port}"))
-        // Names under temperror.test are forwarded to a port where nothing
-        // listens: the answer is a server failure.
-        .arg(format!("--server=/temperror.test/127.0.0.1#{dead}"));
+        // sub.temperror.test is forwarded to a server that fails it.
+        .arg(format!(
+            "--server=/sub.temperror.test/127.0.0.1#{}",
+            failing.addr.port()
+        ));
         if is_root() {
             cmd.arg("--user=root");
         }
@@ -59,7 +65,11 @@ impl FakeDns {
             .stderr(Stdio::null())
             .spawn()
             .expect("start dnsmasq");
-        let dns = FakeDns { child, port };
+        let dns = FakeDns {
+            child,
+            port,
+            _failing: failing,
+        };
         wait_for(Duration::from_secs(10), "dnsmasq to answer", || {
             dns.txt("probe.pass.test").is_some()
         });
@@ -219,7 +229,7 @@ fn foreign_keys(dir: &Path) -> ((PathBuf, String), (PathBuf, String)) {
         .output()
         .expect("openssl pkey");
     assert!(der.status.success());
-    let rsa_rec = format!("v=DKIM1; k=rsa; p={}", b64(&der.stdout));
+    let rsa_rec = format!("v=DKIM1; k=rsa; p={}", base64(&der.stdout));
     let ed = dir.join("py-ed.key");
     let out = Command::new(PYTHON)
         .args([
@@ -237,22 +247,6 @@ fn foreign_keys(dir: &Path) -> ((PathBuf, String), (PathBuf, String)) {
     std::fs::write(&ed, lines.next().expect("seed")).expect("write seed");
     let ed_rec = format!("v=DKIM1; k=ed25519; p={}", lines.next().expect("public"));
     ((rsa, rsa_rec), (ed, ed_rec))
-}
-
-fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn base_records() -> Vec<(String, String)> {

@@ -259,8 +259,7 @@ fn control_socket_survives_a_silent_client_and_a_queued_restart() {
 /// A Dovecot LMTP server in a temporary directory (unix socket and a
 /// loopback TCP port), storing mail in Maildirs under `mail/`.
 struct Dovecot {
-    child: std::process::Child,
-    dir: PathBuf,
+    server: tambo_tests::dovecot::Dovecot,
     port: u16,
 }
 
@@ -269,75 +268,51 @@ impl Dovecot {
         let mail = dir.join("mail");
         std::fs::create_dir_all(&mail).expect("mkdir");
         let port = free_port();
-        let me = nix::unistd::User::from_uid(nix::unistd::getuid())
-            .expect("getpwuid")
-            .expect("me");
-        // As root, Dovecot runs its helpers as its own users and stores
-        // mail as nobody; otherwise everything runs as us.
-        let (internal, login, uid, gid) = if is_root() {
-            let nobody = nix::unistd::User::from_name("nobody")
-                .expect("getpwnam")
-                .expect("nobody");
-            nix::unistd::chown(&mail, Some(nobody.uid), Some(nobody.gid)).expect("chown mail");
-            (
-                "dovecot".to_string(),
-                "dovenull".to_string(),
-                nobody.uid.as_raw(),
-                nobody.gid.as_raw(),
+        let who = tambo_tests::dovecot::accounts();
+        if is_root() {
+            // Dovecot stores the mail as the (non-root) mail user.
+            nix::unistd::chown(
+                &mail,
+                Some(nix::unistd::Uid::from_raw(who.uid)),
+                Some(nix::unistd::Gid::from_raw(who.gid)),
             )
-        } else {
-            (me.name.clone(), me.name.clone(), me.uid.as_raw(), me.gid.as_raw())
-        };
-        let conf = format!(
-            "base_dir = {d}/run\n\
-             state_dir = {d}/state\n\
-             log_path = {d}/dovecot.log\n\
-             protocols = lmtp\n\
+            .expect("chown mail");
+        }
+        let specific = format!(
+            "protocols = lmtp\n\
              listen = 127.0.0.1\n\
              ssl = no\n\
-             default_internal_user = {internal}\n\
-             default_login_user = {login}\n\
              mail_location = maildir:~/Maildir\n\
              postmaster_address = postmaster@example.com\n\
-             passdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
-             userdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
              service lmtp {{\n\
                inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n\
                unix_listener lmtp {{\n    mode = 0666\n  }}\n\
-             }}\n",
-            d = dir.display()
+             }}\n"
         );
-        std::fs::write(dir.join("dovecot.conf"), conf).expect("write dovecot.conf");
         let passwd: String = ["alice", "bob"]
             .iter()
-            .map(|u| format!("{u}@example.com:{{PLAIN}}x:{uid}:{gid}::{}/{u}::\n", mail.display()))
+            .map(|u| {
+                format!(
+                    "{u}@example.com:{{PLAIN}}x:{}:{}::{}/{u}::\n",
+                    who.uid,
+                    who.gid,
+                    mail.display()
+                )
+            })
             .collect();
-        std::fs::write(dir.join("passwd"), passwd).expect("write passwd");
-        let child = Command::new("dovecot")
-            .arg("-F")
-            .arg("-c")
-            .arg(dir.join("dovecot.conf"))
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("start dovecot");
-        let d = Dovecot {
-            child,
-            dir: dir.to_path_buf(),
-            port,
-        };
-        wait_for(Duration::from_secs(20), "dovecot's LMTP listeners", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && d.socket().exists()
+        let server = tambo_tests::dovecot::Dovecot::start(dir, &specific, &passwd, |d| {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && d.join("run/lmtp").exists()
         });
-        d
+        Dovecot { server, port }
     }
 
     fn socket(&self) -> PathBuf {
-        self.dir.join("run/lmtp")
+        self.server.dir.join("run/lmtp")
     }
 
     /// Contents of the messages in `user`'s Maildir/new.
     fn mailbox(&self, user: &str) -> Vec<String> {
-        let new = self.dir.join("mail").join(user).join("Maildir/new");
+        let new = self.server.dir.join("mail").join(user).join("Maildir/new");
         let mut out: Vec<String> = std::fs::read_dir(new)
             .map(|rd| {
                 rd.flatten()
@@ -350,17 +325,7 @@ impl Dovecot {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Dovecot {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
+        self.server.log()
     }
 }
 

@@ -2,6 +2,7 @@
 //! timeouts, STARTTLS, PIPELINING, SIZE, 8BITMIME and SMTPUTF8.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::pin::Pin;
@@ -13,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::body::Body;
+use super::dane::{DaneVerifier, HostPolicy};
 use super::tls::TlsClient;
 
 /// The connection under a session: plain TCP, or TLS after STARTTLS.
@@ -107,6 +109,10 @@ pub enum SmtpError {
     /// TLS handshake failed.
     #[error("TLS handshake: {0}")]
     Tls(String),
+    /// TLS is required here (DANE) and could not be had: no plain-text
+    /// fallback.
+    #[error("{0}")]
+    TlsRequired(String),
 }
 
 /// One SMTP reply.
@@ -208,6 +214,8 @@ pub struct Session {
     pub level: SecLevel,
     /// Why the certificate did not verify, at [`SecLevel::TlsInsecure`].
     pub tls_problem: Option<String>,
+    /// The certificate was authenticated by DANE TLSA records.
+    pub dane: bool,
     /// Completed transactions on this connection.
     pub transactions: u32,
     limits: SessionLimits,
@@ -223,6 +231,20 @@ impl Session {
         tls: Option<&TlsClient>,
         limits: &SessionLimits,
     ) -> Result<Session, SmtpError> {
+        Self::connect_with(addr, host, helo, tls, &HostPolicy::Opportunistic, limits).await
+    }
+
+    /// [`Session::connect`] under a DANE policy: when it requires TLS,
+    /// a server without STARTTLS or a failed handshake is an error (no
+    /// plain text), and with TLSA records the certificate must match them.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        host: &str,
+        helo: &str,
+        tls: Option<&TlsClient>,
+        policy: &HostPolicy,
+        limits: &SessionLimits,
+    ) -> Result<Session, SmtpError> {
         let tcp = match tokio::time::timeout(limits.connect, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(SmtpError::Connect(addr, e.to_string())),
@@ -236,6 +258,7 @@ impl Session {
             ext: Extensions::default(),
             level: SecLevel::Plain,
             tls_problem: None,
+            dane: false,
             transactions: 0,
             limits: limits.clone(),
         };
@@ -245,6 +268,12 @@ impl Session {
             return Err(SmtpError::Refused("greeting", greeting));
         }
         s.hello(helo).await?;
+        if policy.requires_tls() && (tls.is_none() || !s.ext.starttls) {
+            let _ = s.quit().await;
+            return Err(SmtpError::TlsRequired(format!(
+                "{host} does not offer STARTTLS, and its DANE TLSA records require TLS"
+            )));
+        }
         if let Some(tls) = tls
             && s.ext.starttls
         {
@@ -260,15 +289,35 @@ impl Session {
             let Stream::Plain(tcp) = std::mem::replace(&mut s.io, BufReader::new(Stream::Gone)).into_inner() else {
                 return Err(SmtpError::Tls("STARTTLS on a connection that is not plain TCP".into()));
             };
-            let (stream, level, problem) =
-                match tokio::time::timeout(limits.reply, tls.handshake(tcp, host.trim_end_matches('.'))).await {
-                    Ok(Ok(v)) => v,
-                    Ok(Err(e)) => return Err(SmtpError::Tls(e.to_string())),
-                    Err(_) => return Err(SmtpError::Timeout("the TLS handshake")),
-                };
+            let name = host.trim_end_matches('.');
+            let verifier = match policy {
+                HostPolicy::Dane(check) => Some(Arc::new(DaneVerifier::new(check.clone(), tls.provider()))),
+                _ => None,
+            };
+            let handshake = async {
+                match &verifier {
+                    Some(v) => {
+                        let stream = tls.handshake_with(tcp, name, v.clone()).await?;
+                        Ok((stream, SecLevel::TlsSecure, None))
+                    }
+                    None => tls.handshake(tcp, name).await,
+                }
+            };
+            let (stream, level, problem) = match tokio::time::timeout(limits.reply, handshake).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) if policy.requires_tls() => {
+                    let why = verifier.and_then(|v| v.refusal()).unwrap_or_else(|| e.to_string());
+                    return Err(SmtpError::TlsRequired(format!(
+                        "TLS handshake (required by DANE): {why}"
+                    )));
+                }
+                Ok(Err(e)) => return Err(SmtpError::Tls(e.to_string())),
+                Err(_) => return Err(SmtpError::Timeout("the TLS handshake")),
+            };
             s.io = BufReader::with_capacity(16 * 1024, Stream::Tls(Box::new(stream)));
             s.level = level;
             s.tls_problem = problem;
+            s.dane = policy.is_dane();
             s.hello(helo).await?;
         }
         Ok(s)

@@ -1,6 +1,6 @@
 //! Remote delivery over SMTP: routing (MX, A/AAAA, null MX, alias `via`,
 //! `relay_host`), the SMTP client, TLS with per-domain security levels,
-//! connection reuse and concurrency limits.
+//! MTA-STS ([`sts`]), connection reuse and concurrency limits.
 //!
 //! The courier never touches the queue or the domaininfo store: queued
 //! sends the recorded level of each domain with the job and records what
@@ -8,13 +8,16 @@
 
 pub mod body;
 pub mod client;
+pub mod dane;
 pub mod dns;
 pub mod pool;
+pub mod sts;
 pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +28,10 @@ use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, Rc
 
 use body::Body;
 use client::{Envelope, RcptResult, Session, SessionLimits, SmtpError};
+use dane::{DaneResolver, HostPolicy};
 use dns::{Dns, DnsError, MxAnswer};
 use pool::{Limits, Pool};
+use sts::{Sts, StsDecision, StsSettings};
 use tls::TlsClient;
 
 /// Settings of the courier, from the configuration (tests change the
@@ -55,6 +60,10 @@ pub struct Settings {
     pub max_sessions_per_domain: usize,
     /// DNS query timeout.
     pub dns_timeout: Duration,
+    /// MTA-STS: the policy cache (`data_dir/sts-cache`, written by
+    /// deliverd), the policy servers' HTTPS port (`mta_sts_port`) and the
+    /// fetch timeout.
+    pub sts: StsSettings,
 }
 
 impl Settings {
@@ -72,6 +81,11 @@ impl Settings {
             max_sessions: 100,
             max_sessions_per_domain: 20,
             dns_timeout: Duration::from_secs(5),
+            sts: StsSettings {
+                cache_dir: Some(PathBuf::from(&c.data_dir).join("sts-cache")),
+                port: u16::try_from(c.mta_sts_port).unwrap_or(443),
+                fetch_timeout: Duration::from_secs(30),
+            },
         }
     }
 }
@@ -85,6 +99,9 @@ pub enum CourierError {
     /// TLS configuration.
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
+    /// MTA-STS client configuration.
+    #[error("{0}")]
+    Sts(String),
     /// `relay_host` or a `via` server is not "host" or "host:port".
     #[error("bad server {0:?}: {1}")]
     Server(String, String),
@@ -94,9 +111,11 @@ pub enum CourierError {
 pub struct Courier {
     settings: Settings,
     dns: Dns,
+    dane: DaneResolver,
     tls: TlsClient,
     pool: Arc<Pool>,
     limits: Limits,
+    sts: Sts,
 }
 
 /// Where to send mail for one group of recipients.
@@ -150,8 +169,10 @@ impl Courier {
             parse_host_port(r, settings.port).map_err(|e| CourierError::Server(r.clone(), e))?;
         }
         let dns = Dns::new(&settings.dns_servers, settings.dns_timeout)?;
+        let dane = DaneResolver::new(&settings.dns_servers, settings.dns_timeout)?;
         let tls = TlsClient::new(&settings.tls_extra_ca_file)?;
         tracing::debug!(roots = tls.roots, "remote delivery ready");
+        let sts = Sts::new(dns.clone(), &tls, settings.sts.clone()).map_err(CourierError::Sts)?;
         let pool = Pool::new(settings.idle_timeout, 8, 256);
         let weak = Arc::downgrade(&pool);
         let every = settings.idle_timeout.max(Duration::from_secs(1));
@@ -168,8 +189,10 @@ impl Courier {
             limits: Limits::new(settings.max_sessions, settings.max_sessions_per_domain),
             settings,
             dns,
+            dane,
             tls,
             pool,
+            sts,
         }))
     }
 
@@ -262,6 +285,8 @@ impl Courier {
         let all = |o: DeliveryOutcome| (group.iter().map(|_| o.clone()).collect::<Vec<_>>(), None);
         // Addresses as the peer will see them, and the SMTPUTF8 need.
         let needs_utf8 = !is_ascii_local(&job.from) || group.iter().any(|r| !is_ascii_local(&r.address));
+        // DANE applies when the MX answer is DNSSEC-authenticated.
+        let mut dane_domain: Option<&str> = None;
         let (servers, implicit) = match target {
             Target::Servers(list) => {
                 let mut v = Vec::new();
@@ -273,26 +298,54 @@ impl Courier {
                 }
                 (v, false)
             }
-            Target::Mx(domain) => match self.dns.mx(domain).await {
-                Ok(MxAnswer::Hosts(h)) => (h.into_iter().map(|h| (h, self.settings.port)).collect(), false),
-                Ok(MxAnswer::Implicit) => (vec![(domain.clone(), self.settings.port)], true),
-                Err(e) if e.is_permanent() => return all(DeliveryOutcome::PermFail(e.to_string())),
-                Err(e) => return all(DeliveryOutcome::TempFail(e.to_string())),
-            },
+            Target::Mx(domain) => {
+                let (mx, secure) = tokio::join!(self.dns.mx(domain), self.dane.mx_secure(domain));
+                if secure {
+                    dane_domain = Some(domain.as_str());
+                }
+                match mx {
+                    Ok(MxAnswer::Hosts(h)) => (h.into_iter().map(|h| (h, self.settings.port)).collect(), false),
+                    Ok(MxAnswer::Implicit) => (vec![(domain.clone(), self.settings.port)], true),
+                    Err(e) if e.is_permanent() => return all(DeliveryOutcome::PermFail(e.to_string())),
+                    Err(e) => return all(DeliveryOutcome::TempFail(e.to_string())),
+                }
+            }
+        };
+        // MTA-STS (RFC 8461) for MX routing, applied per MX host in
+        // try_host where DANE does not authenticate the host.
+        let sts = match target {
+            Target::Mx(domain) => self.sts.decide(domain).await,
+            Target::Servers(_) => StsDecision::default(),
         };
         let _permits = self.limits.acquire(key).await;
         let mut errors: Vec<String> = Vec::new();
         for (host, port) in servers.iter().take(dns::MAX_MX) {
             match self
-                .try_host(job, host, *port, group, body, recorded, needs_utf8, implicit)
+                .try_host(
+                    job,
+                    host,
+                    *port,
+                    group,
+                    body,
+                    recorded,
+                    needs_utf8,
+                    implicit,
+                    dane_domain,
+                    &sts,
+                )
                 .await
             {
-                Ok(HostOutcome::Done(outcomes, level)) => return (outcomes, Some(level)),
+                Ok(HostOutcome::Done(outcomes, level)) => {
+                    sts.note_delivery(level);
+                    return (outcomes, Some(level));
+                }
                 Ok(HostOutcome::Next(e)) => errors.push(e),
                 Err(perm) => return all(DeliveryOutcome::PermFail(perm)),
             }
         }
-        all(DeliveryOutcome::TempFail(errors.join("; ")))
+        let why = errors.join("; ");
+        sts.note_deferred(&why);
+        all(DeliveryOutcome::TempFail(why))
     }
 
     /// Try one server: a pooled session or new connections to each of its
@@ -308,11 +361,39 @@ impl Courier {
         recorded: SecLevel,
         needs_utf8: bool,
         implicit: bool,
+        dane_domain: Option<&str>,
+        sts: &StsDecision,
     ) -> Result<HostOutcome, String> {
+        let policy = match dane_domain {
+            Some(domain) => match self.dane.host_policy(host, port, domain).await {
+                Ok(p) => p,
+                Err(e) => return Ok(HostOutcome::Next(format!("{host}: {e}"))),
+            },
+            None => HostPolicy::Opportunistic,
+        };
+        // MTA-STS where DANE does not authenticate this host (DANE takes
+        // precedence, RFC 8461 §2): under enforce, an MX the policy does
+        // not name is not contacted, and the others need TLS_SECURE.
+        let mut floor_why = "recorded for this domain";
+        let mut recorded = recorded;
+        if !policy.is_dane() {
+            if let Err(e) = sts.check_host(host) {
+                return Ok(HostOutcome::Next(e));
+            }
+            if sts.floor() > recorded {
+                recorded = sts.floor();
+                floor_why = "required by the domain's MTA-STS policy (enforce)";
+            }
+        }
         let pool_key = format!("{host}:{port}");
         let mut session = None;
         while let Some(mut s) = self.pool.take(&pool_key) {
-            if s.level >= recorded && s.reset().await.is_ok() {
+            let fits = match &policy {
+                HostPolicy::Opportunistic => true,
+                HostPolicy::EncryptOnly => s.level >= SecLevel::TlsInsecure,
+                HostPolicy::Dane(_) => s.dane,
+            };
+            if fits && s.level >= recorded && s.reset().await.is_ok() {
                 session = Some(s);
                 break;
             }
@@ -326,7 +407,7 @@ impl Courier {
             };
             for ip in addrs.into_iter().take(4) {
                 let addr = SocketAddr::new(ip, port);
-                match self.open(addr, host, recorded).await {
+                match self.open(addr, host, recorded, &policy).await {
                     Ok(s) => {
                         session = Some(s);
                         break;
@@ -341,11 +422,17 @@ impl Courier {
         let who = format!("{host}[{}]", session.addr.ip());
         if session.level < recorded {
             let level = session.level;
+            let problem = session
+                .tls_problem
+                .take()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default();
             tokio::spawn(session.quit());
             return Ok(HostOutcome::Next(format!(
-                "{who}: security level {} is below the {} recorded for this domain; not sending",
+                "{who}: security level {} is below the {} {}; not sending{problem}",
                 level.name(),
-                recorded.name()
+                recorded.name(),
+                floor_why,
             )));
         }
         if let Some(limit) = session.ext.size
@@ -448,9 +535,15 @@ impl Courier {
 
     /// A new session to `addr`. When TLS fails and the domain has no
     /// recorded TLS level, try once more in plain text, as other MTAs do.
-    async fn open(&self, addr: SocketAddr, host: &str, recorded: SecLevel) -> Result<Session, String> {
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        recorded: SecLevel,
+        policy: &HostPolicy,
+    ) -> Result<Session, String> {
         let s = &self.settings;
-        match Session::connect(addr, host, &s.hostname, Some(&self.tls), &s.session).await {
+        match Session::connect_with(addr, host, &s.hostname, Some(&self.tls), policy, &s.session).await {
             Ok(sess) => Ok(sess),
             Err(SmtpError::Tls(e)) if recorded == SecLevel::Plain => {
                 tracing::info!(host, %addr, "TLS handshake failed ({e}); retrying without TLS");

@@ -31,6 +31,7 @@ pub enum TlsSetupError {
 pub struct TlsClient {
     connector: TlsConnector,
     verifier: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
     /// Number of trusted roots (system + extra), for the log.
     pub roots: usize,
 }
@@ -125,13 +126,20 @@ impl TlsClient {
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsSetupError::Rustls(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider.clone())))
             .with_no_client_auth();
         Ok(TlsClient {
             connector: TlsConnector::from(Arc::new(config)),
             verifier,
+            provider,
             roots: total,
         })
+    }
+
+    /// The verifier judging chains (system roots plus `tls_extra_ca_file`),
+    /// for other TLS clients of the courier (MTA-STS policy fetches).
+    pub fn verifier(&self) -> Option<Arc<WebPkiServerVerifier>> {
+        self.verifier.clone()
     }
 
     /// Handshake over `tcp` for `host` (sent as SNI when it is a name).
@@ -157,5 +165,30 @@ impl TlsClient {
             Ok(()) => (stream, SecLevel::TlsSecure, None),
             Err(e) => (stream, SecLevel::TlsInsecure, Some(e)),
         })
+    }
+
+    /// The crypto provider (ring) of every outgoing TLS connection.
+    pub fn provider(&self) -> Arc<CryptoProvider> {
+        self.provider.clone()
+    }
+
+    /// Handshake over `tcp` for `host` with `verifier` deciding on the
+    /// certificate during the handshake (DANE): a refused certificate
+    /// fails the handshake.
+    pub async fn handshake_with(
+        &self,
+        tcp: TcpStream,
+        host: &str,
+        verifier: Arc<dyn ServerCertVerifier>,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+        let config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        TlsConnector::from(Arc::new(config)).connect(name, tcp).await
     }
 }
