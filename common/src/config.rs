@@ -285,6 +285,9 @@ config_fields! {
     /// tambo addition: send all remote mail through this host ("host:port");
     /// empty means direct delivery via MX.
     relay_host: String = String::new();
+    /// tambo addition: file with the `user:password` for AUTH to
+    /// `relay_host` (read by authd only; relative to the config dir).
+    relay_auth_file: String = String::new();
     /// tambo addition: reject incoming mail failing DMARC with p=reject.
     reject_dmarc_failures: bool = false;
     /// tambo addition: maximum simultaneous incoming connections.

@@ -7,6 +7,7 @@
 //! | `queued-authd` | queued → authd | [`AuthRequest`] | [`AuthReply`] |
 //! | `smtpd-queued` | smtpd → queued | [`QueueRequest`] | [`QueueReply`] |
 //! | `queued-deliverd` | queued → deliverd | [`DeliverRequest`] | [`DeliverReply`] |
+//! | `deliverd-authd` | deliverd → authd | [`AuthRequest`] (only [`AuthRequest::RelayAuth`]) | [`AuthReply`] |
 //!
 //! Message bodies never travel inside frames: queued hands smtpd a writable
 //! file descriptor ([`QueueReply::MessageSlot`]) and deliverd a read-only one
@@ -65,15 +66,19 @@ pub enum PeerChannel {
     QueuedDeliverd,
     /// queued asks authd (user lookups, DKIM signing).
     QueuedAuthd,
+    /// deliverd asks authd for the smarthost credentials (and nothing
+    /// else: authd refuses every other request on this channel).
+    DeliverdAuthd,
 }
 
 impl PeerChannel {
     /// Every peer channel.
-    pub const ALL: [PeerChannel; 4] = [
+    pub const ALL: [PeerChannel; 5] = [
         PeerChannel::SmtpdAuthd,
         PeerChannel::SmtpdQueued,
         PeerChannel::QueuedDeliverd,
         PeerChannel::QueuedAuthd,
+        PeerChannel::DeliverdAuthd,
     ];
 
     /// The name used in the handshake.
@@ -83,6 +88,7 @@ impl PeerChannel {
             PeerChannel::SmtpdQueued => "smtpd-queued",
             PeerChannel::QueuedDeliverd => "queued-deliverd",
             PeerChannel::QueuedAuthd => "queued-authd",
+            PeerChannel::DeliverdAuthd => "deliverd-authd",
         }
     }
 
@@ -93,6 +99,7 @@ impl PeerChannel {
             PeerChannel::SmtpdQueued => (WorkerKind::Smtpd, WorkerKind::Queued),
             PeerChannel::QueuedDeliverd => (WorkerKind::Queued, WorkerKind::Deliverd),
             PeerChannel::QueuedAuthd => (WorkerKind::Queued, WorkerKind::Authd),
+            PeerChannel::DeliverdAuthd => (WorkerKind::Deliverd, WorkerKind::Authd),
         }
     }
 }
@@ -459,6 +466,25 @@ pub enum AuthRequest {
         /// What to sign (a TLS server handshake message, bounded).
         message: Vec<u8>,
     },
+    /// The `AUTH PLAIN` response for `relay_host` (deliverd only; authd
+    /// refuses it from smtpd and queued).
+    RelayAuth,
+}
+
+impl AuthRequest {
+    /// The request's kind, for logs (never its contents: they may hold a
+    /// password).
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuthRequest::UserExists { .. } => "UserExists",
+            AuthRequest::DkimSign { .. } => "DkimSign",
+            AuthRequest::ArcSeal { .. } => "ArcSeal",
+            AuthRequest::Authenticate { .. } => "Authenticate",
+            AuthRequest::Certificates => "Certificates",
+            AuthRequest::Sign { .. } => "Sign",
+            AuthRequest::RelayAuth => "RelayAuth",
+        }
+    }
 }
 
 /// authd's answers.
@@ -494,6 +520,9 @@ pub enum AuthReply {
         /// Why nothing was sealed (empty when sealed).
         skipped: String,
     },
+    /// Answer to [`AuthRequest::RelayAuth`]: the base64 initial response
+    /// of `AUTH PLAIN`, or `None` when `relay_auth_file` is not set.
+    RelayAuth(Option<String>),
 }
 
 /// The ARC chain of an incoming message as verified at receipt (RFC 8617).

@@ -100,7 +100,8 @@ pub async fn seal(
             | AuthReply::Auth(_)
             | AuthReply::Certificates { .. }
             | AuthReply::Signature(_)
-            | AuthReply::DkimSignatures(_),
+            | AuthReply::DkimSignatures(_)
+            | AuthReply::RelayAuth(_),
             _,
         )) => Err(SignFailure::Temporary("unexpected reply from authd".into())),
         Err(e) => Err(SignFailure::Temporary(format!("authd: {e}"))),

@@ -125,7 +125,8 @@ pub async fn sign(
             | AuthReply::Auth(_)
             | AuthReply::Certificates { .. }
             | AuthReply::Signature(_)
-            | AuthReply::ArcSet { .. },
+            | AuthReply::ArcSet { .. }
+            | AuthReply::RelayAuth(_),
             _,
         )) => Err(SignFailure::Temporary("unexpected reply from authd".into())),
         Err(e) => Err(SignFailure::Temporary(format!("authd: {e}"))),

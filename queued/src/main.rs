@@ -14,6 +14,7 @@ mod journal;
 mod manager;
 mod received;
 mod resolve;
+mod srs;
 mod store;
 mod submit;
 
@@ -72,7 +73,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                             }
                         });
                     }
-                    PeerChannel::SmtpdAuthd => tracing::warn!("queued was handed {}, not its channel", ch.name()),
+                    PeerChannel::SmtpdAuthd | PeerChannel::DeliverdAuthd => {
+                        tracing::warn!("queued was handed {}, not its channel", ch.name())
+                    }
                 }
             }
             ControlMsg::Reload(start) => {

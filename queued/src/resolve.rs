@@ -17,12 +17,13 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tambo_common::aliases::{AliasTarget, parse_rhs, remove_drop_characters, remove_drops_and_suffix};
-use tambo_common::names::{normalize_user, split_address};
+use tambo_common::names::{normalize_address, normalize_user, split_address};
 use tambo_ipc::proto::{AuthReply, AuthRequest, RcptRoute};
 use tambo_ipc::worker::PeerSlot;
 
 use crate::aliases::AliasDb;
 use crate::hooks::{HookInput, base_env, find_hook, run_hook};
+use crate::srs::{Srs, day_number, is_srs};
 
 /// How many levels of aliases are followed.
 pub const MAX_DEPTH: usize = 10;
@@ -86,6 +87,8 @@ pub struct ResolverContext<'a> {
     pub aliases: &'a AliasDb,
     /// The configuration directory (for the `alias-resolve` hook).
     pub config_dir: &'a Path,
+    /// SRS, to resolve bounces to rewritten senders (`SRS0=…@local`).
+    pub srs: Option<&'a Srs>,
 }
 
 /// How long to wait for authd when it is restarting.
@@ -210,6 +213,24 @@ impl ResolverContext<'_> {
                         forwarded_by,
                     },
                 );
+            }
+            // A bounce to an address we rewrote (SRS): back to the original
+            // sender, if the hash and the age are right; otherwise no such
+            // user, whatever the aliases say.
+            if let Some(srs) = self.srs
+                && is_srs(user)
+            {
+                let now = day_number(crate::manager::unix_now());
+                return match srs.reverse(user, now) {
+                    Ok(Some(original)) => match normalize_address(&original) {
+                        Ok(original) => self.walk(top, &original, depth + 1, w).await,
+                        Err(_) => Err(ResolveError::Unknown(address.to_string())),
+                    },
+                    Ok(None) | Err(_) => {
+                        tracing::info!("{address}: not a valid SRS address of ours");
+                        Err(ResolveError::Unknown(address.to_string()))
+                    }
+                };
             }
             let aliases = self.aliases.get(domain, self.drop_characters, self.suffix_separators);
             // Exact match first (so `user+tag: …` can have an alias of its
@@ -346,6 +367,7 @@ impl ResolverContext<'_> {
                 AuthReply::Auth(_)
                 | AuthReply::Certificates { .. }
                 | AuthReply::Signature(_)
+                | AuthReply::RelayAuth(_)
                 | AuthReply::DkimSignatures(_)
                 | AuthReply::ArcSet { .. },
                 _,
@@ -401,6 +423,7 @@ mod tests {
                     AuthRequest::Authenticate { .. }
                     | AuthRequest::Certificates
                     | AuthRequest::Sign { .. }
+                    | AuthRequest::RelayAuth
                     | AuthRequest::DkimSign { .. }
                     | AuthRequest::ArcSeal { .. } => AuthReply::Error("no".into()),
                 };
@@ -436,6 +459,7 @@ mod tests {
         users: UserCache,
         db: AliasDb,
         domains: Vec<String>,
+        srs: Srs,
     }
 
     impl Fixture {
@@ -450,6 +474,7 @@ mod tests {
                 users: UserCache::default(),
                 db,
                 domains: vec!["d.org".into()],
+                srs: Srs::from_secret(b"test secret"),
             }
         }
 
@@ -469,6 +494,7 @@ mod tests {
                 users: &self.users,
                 aliases: &self.db,
                 config_dir: self.dir.path(),
+                srs: Some(&self.srs),
             };
             ctx.resolve(a).await
         }
@@ -658,6 +684,33 @@ mod tests {
             Err(ResolveError::Temporary(..))
         ));
         assert!(started.elapsed() < Duration::from_secs(20));
+    }
+
+    #[tokio::test]
+    async fn srs_bounces() {
+        let f = Fixture::new("*: alice\nfwd: out@remote.org\n").await;
+        let today = day_number(crate::manager::unix_now());
+        let rewritten = f.srs.forward("joe.x+y@far.org", "d.org", today);
+        // Normalisation lowercases the local part: still valid.
+        let lower = normalize_address(&rewritten).unwrap();
+        assert_eq!(f.resolve(&lower).await.unwrap(), v(&[("joe.x+y@far.org", "remote ")]));
+        // A forged or expired one is no user, catch-all or not.
+        let forged = lower.replace("joe.x", "root");
+        assert_eq!(f.resolve(&forged).await, Err(ResolveError::Unknown(forged.clone())));
+        let old = f.srs.forward("joe@far.org", "d.org", today - 30);
+        let old = normalize_address(&old).unwrap();
+        assert_eq!(f.resolve(&old).await, Err(ResolveError::Unknown(old.clone())));
+        // An SRS address of another domain is just remote.
+        assert_eq!(
+            f.resolve("srs0=x=y=z=w@else.org").await.unwrap(),
+            v(&[("srs0=x=y=z=w@else.org", "remote ")])
+        );
+        // SRS1 goes back to the first forwarder's SRS0 address.
+        let srs1 = f.srs.forward("SRS0=abc=de=far.org=joe@one.org", "d.org", today);
+        assert_eq!(
+            f.resolve(&normalize_address(&srs1).unwrap()).await.unwrap(),
+            v(&[("srs0=abc=de=far.org=joe@one.org", "remote ")])
+        );
     }
 
     #[test]

@@ -740,7 +740,8 @@ impl Session {
                 | AuthReply::Certificates { .. }
                 | AuthReply::Signature(_)
                 | AuthReply::DkimSignatures(_)
-                | AuthReply::ArcSet { .. },
+                | AuthReply::ArcSet { .. }
+                | AuthReply::RelayAuth(_),
                 _,
             ))
             | Err(_) => {

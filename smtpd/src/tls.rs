@@ -158,7 +158,8 @@ async fn fetch(authd: &AuthdSlot) -> Result<(u64, Vec<CertChain>), String> {
             | AuthReply::Auth(_)
             | AuthReply::Signature(_)
             | AuthReply::DkimSignatures(_)
-            | AuthReply::ArcSet { .. },
+            | AuthReply::ArcSet { .. }
+            | AuthReply::RelayAuth(_),
             _,
         ))) => Err("unexpected reply".into()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -318,7 +319,8 @@ impl Signer for RemoteSigner {
                 | AuthReply::Auth(_)
                 | AuthReply::Certificates { .. }
                 | AuthReply::DkimSignatures(_)
-                | AuthReply::ArcSet { .. },
+                | AuthReply::ArcSet { .. }
+                | AuthReply::RelayAuth(_),
                 _,
             ))) => "unexpected reply".into(),
             Ok(Err(e)) => e.to_string(),

@@ -27,7 +27,30 @@ pub fn load(config_dir: &Path, overrides: Option<&str>) -> Result<(Config, Vec<S
             .map_err(|e| e.to_string())?;
     }
     check_dkim_keys(config_dir, &domains)?;
+    check_relay_auth(config_dir, &config)?;
     Ok((config, domains))
+}
+
+/// authd reads `relay_auth_file`; a file that does not parse stops
+/// tambod at start-up (and fails a reload) with its name and line.
+fn check_relay_auth(config_dir: &Path, config: &Config) -> Result<(), String> {
+    if config.relay_auth_file.is_empty() {
+        return Ok(());
+    }
+    if config.relay_host.is_empty() {
+        return Err("relay_auth_file is set but relay_host is not".into());
+    }
+    tambo_common::relayauth::RelayCredentials::load(config_dir, &config.relay_auth_file).map_err(|e| e.to_string())?;
+    let path = tambo_common::relayauth::resolve_path(config_dir, &config.relay_auth_file);
+    if let Ok(md) = std::fs::metadata(&path)
+        && md.permissions().mode() & 0o004 != 0
+    {
+        tracing::warn!(
+            "{}: relay credentials readable by every user; chmod 0640 and chgrp it to authd's group",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// DKIM keys are loaded by authd; a key that does not load stops tambod
@@ -174,7 +197,7 @@ fn owned_by(path: &Path, id: Option<&Identity>) -> Result<(), String> {
     Ok(())
 }
 
-/// Create `data_dir` (queue and domaininfo owned by queued's user;
+/// Create `data_dir` (queue, domaininfo and srs owned by queued's user;
 /// sts-cache owned by deliverd's user, the only process that fetches and
 /// caches MTA-STS policies) and `run_dir` with smtpd's empty chroot.
 pub fn prepare_dirs(config: &Config, ids: &[(WorkerKind, Identity)]) -> Result<Dirs, String> {
@@ -184,6 +207,7 @@ pub fn prepare_dirs(config: &Config, ids: &[(WorkerKind, Identity)]) -> Result<D
     for (sub, owner) in [
         ("queue", WorkerKind::Queued),
         ("domaininfo", WorkerKind::Queued),
+        ("srs", WorkerKind::Queued),
         ("sts-cache", WorkerKind::Deliverd),
     ] {
         let p = data.join(sub);
