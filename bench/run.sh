@@ -129,6 +129,7 @@ max_queue_items: 1000000"
         chmod -R a+rX "$d/config"
     fi
     "$TAMBO_BIN/tambod" --config_dir="$d/config" 2>"$d/tambod.log" &
+    TAMBOD_PID=$!
     PIDS+=($!)
     wait_port "${PORT[tambo]}"
 }
@@ -258,3 +259,20 @@ for c in $CONCURRENCY; do
     done
     echo
 done
+
+# CPU per accepted message of each tambo worker (user+system from /proc,
+# over every message tambo accepted, warm-up included; "children" is the
+# delivery agents deliverd ran and reaped).
+if [[ " ${ACTIVE[*]} " == *" tambo "* ]]; then
+    total=$((200 + N * $(wc -w <<<"$CONCURRENCY")))
+    drain tambo
+    echo
+    echo "tambo CPU per accepted message ($total messages):"
+    tck=$(getconf CLK_TCK)
+    for name in smtpd queued deliverd authd; do
+        for p in $(pgrep -P "$TAMBOD_PID" -x "tambo-$name"); do
+            read -r u s cu cs < <(awk '{print $14, $15, $16, $17}' "/proc/$p/stat")
+            python3 -c "print(f'   {\"$name\":9} {($u+$s)*1000/$tck/$total:.3f} ms  children {($cu+$cs)*1000/$tck/$total:.3f} ms')"
+        done
+    done
+fi

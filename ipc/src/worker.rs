@@ -39,8 +39,9 @@ pub enum BootError {
     Protocol(String),
 }
 
+/// Synchronous first step of every worker's `main`: take the control fd and
 /// The whole of a worker's `main`: [`bootstrap`] (which drops privileges),
-/// a one-thread tokio runtime ([`runtime_builder`]), `run` on the control socket, and the exit
+/// a two-thread tokio runtime, `run` on the control socket, and the exit
 /// status (1 with the error logged when `run` fails).
 pub fn worker_main<F, Fut, E>(kind: WorkerKind, run: F) -> !
 where
@@ -55,7 +56,11 @@ where
             std::process::exit(1);
         }
     };
-    let runtime = match runtime_builder(kind).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tambo-{}: cannot start the async runtime: {e}", kind.name());
@@ -74,25 +79,6 @@ where
     std::process::exit(code);
 }
 
-/// The runtime each worker runs on. One thread per process: the workers
-/// are separate processes already, and a second tokio worker thread only
-/// added cross-thread wake-ups (context switches showed in profiles of the
-/// benchmark). smtpd keeps the multi-thread flavour, with one worker
-/// thread, because TLS signing by authd happens inside rustls' synchronous
-/// callback through `block_in_place`, which needs it (smtpd/src/tls.rs).
-/// Blocking work goes to `spawn_blocking` in every worker.
-fn runtime_builder(kind: WorkerKind) -> tokio::runtime::Builder {
-    match kind {
-        WorkerKind::Smtpd => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(1);
-            b
-        }
-        WorkerKind::Queued | WorkerKind::Deliverd | WorkerKind::Authd => tokio::runtime::Builder::new_current_thread(),
-    }
-}
-
-/// Synchronous first step of every worker's `main`: take the control fd and
 /// drop privileges. Must run before any thread exists.
 pub fn bootstrap(kind: WorkerKind) -> Result<(UnixStream, Option<DropPlan>), BootError> {
     let fd: i32 = std::env::var(ENV_CONTROL_FD)
