@@ -92,12 +92,14 @@ enum Command {
         selector: Option<String>,
     },
     /// Forget what is known of a domain's security levels (as
-    /// chasquid-util does): its file in data_dir/domaininfo is removed, and
-    /// a running server forgets it on its next reload (SIGHUP).
+    /// chasquid-util does): a running server forgets it at once and removes
+    /// its file in data_dir/domaininfo; without one, the file is removed.
     #[command(name = "domaininfo-remove")]
     DomaininfoRemove {
         /// The domain.
         domain: String,
+        #[command(flatten)]
+        socket: SocketArg,
     },
     /// Queue the message on stdin, like sendmail(8) (also run as
     /// `sendmail`): -i/-oi, -t, -f ADDR, recipients as arguments.
@@ -117,14 +119,37 @@ enum Command {
     },
 }
 
-/// `tambo domaininfo-remove DOMAIN`.
-fn domaininfo_remove(config_dir: &std::path::Path, domain: &str) -> anyhow::Result<()> {
+/// `tambo domaininfo-remove DOMAIN`: through the control socket when
+/// tambod runs (queued forgets the domain at once and removes its file),
+/// else by removing the file directly.
+fn domaininfo_remove(config_dir: &std::path::Path, domain: &str, socket: Option<PathBuf>) -> anyhow::Result<()> {
     let config = tambo_common::config::load_config(config_dir, None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let domain = tambo_common::names::normalize_domain(domain).map_err(|e| anyhow::anyhow!("{domain}: {e}"))?;
+    let socket = socket.unwrap_or_else(|| PathBuf::from(&config.run_dir).join("control.sock"));
+    match std::os::unix::net::UnixStream::connect(&socket) {
+        Ok(stream) => {
+            let req = tambo_ipc::proto::AdminRequest::DomainInfoRemove { domain };
+            for r in queue::request_on(stream, &socket, &req)? {
+                if let tambo_ipc::proto::AdminReply::Done(text) = r {
+                    println!("{text}");
+                }
+            }
+            return Ok(());
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) => {}
+        Err(_) => {
+            // Not allowed on the socket (or another problem): name it.
+            queue::connect(&socket)?;
+        }
+    }
     let dir = PathBuf::from(&config.data_dir).join("domaininfo");
     let removed = tambo_common::domaininfo::remove_record(&dir, &domain)?;
     if removed {
-        println!("{domain}: removed; reload tambod (SIGHUP) for a running server to forget it");
+        println!("{domain}: removed (tambod is not running)");
     } else {
         println!("{domain}: nothing recorded");
     }
@@ -246,7 +271,7 @@ fn main() {
         Command::PrintConfig => tambo_common::config::load_config(&cli.config_dir, None)
             .map(|c| print!("{}", tambo_common::config::print_config(&c)))
             .map_err(|e| anyhow::anyhow!("{e}")),
-        Command::DomaininfoRemove { domain } => domaininfo_remove(&cli.config_dir, &domain),
+        Command::DomaininfoRemove { domain, socket } => domaininfo_remove(&cli.config_dir, &domain, socket.socket),
         Command::AliasesResolve { address, socket } => queue::socket_path(&cli.config_dir, socket)
             .and_then(|path| queue::run(&path, tambo_ipc::proto::AdminRequest::ResolveAddress { address })),
         Command::Sendmail { args } => std::process::exit(sendmail::main(&args, &cli.config_dir)),

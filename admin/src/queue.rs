@@ -29,8 +29,13 @@ pub fn socket_path(config_dir: &Path, explicit: Option<PathBuf>) -> anyhow::Resu
 
 /// Send one request and collect the answer's frames (up to `End`).
 pub fn request(socket: &Path, req: &AdminRequest) -> anyhow::Result<Vec<AdminReply>> {
-    let stream = match UnixStream::connect(socket) {
-        Ok(s) => s,
+    request_on(connect(socket)?, socket, req)
+}
+
+/// Connect to the control socket.
+pub fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
+    match UnixStream::connect(socket) {
+        Ok(s) => Ok(s),
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
             bail!("tambod is not running (no control socket at {})", socket.display())
         }
@@ -38,8 +43,13 @@ pub fn request(socket: &Path, req: &AdminRequest) -> anyhow::Result<Vec<AdminRep
             "{}: permission denied (the control socket is for root and the admin group)",
             socket.display()
         ),
-        Err(e) => return Err(e).with_context(|| format!("connecting to {}", socket.display())),
-    };
+        Err(e) => Err(e).with_context(|| format!("connecting to {}", socket.display())),
+    }
+}
+
+/// Send one request on a connected control socket and collect the
+/// answer's frames (up to `End`).
+pub fn request_on(stream: UnixStream, socket: &Path, req: &AdminRequest) -> anyhow::Result<Vec<AdminReply>> {
     let mut ch = SyncChannel::new(stream);
     ch.set_timeout(Some(TIMEOUT));
     // Hello and request go out first; a server that refuses us has

@@ -5,7 +5,8 @@
 //!
 //! Only queued reads and writes these files in a running server (deliverd
 //! learns the recorded level in each job and reports what it saw); the
-//! `tambo domaininfo-remove` command removes a file directly.
+//! `tambo domaininfo-remove` command asks a running server to forget a
+//! domain, or removes its file directly when none runs.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -168,7 +169,8 @@ pub fn load_dir(dir: &Path) -> (HashMap<String, DomainRecord>, Vec<DomainInfoErr
     (map, errors)
 }
 
-/// Write a record durably (temporary file, fsync, rename).
+/// Write a record durably (temporary file, fsync, rename, directory
+/// fsync).
 pub fn write_record(dir: &Path, rec: &DomainRecord) -> Result<(), DomainInfoError> {
     let path = dir.join(file_name(&rec.name));
     let tmp = dir.join(format!(".tmp.{}", file_name(&rec.name)));
@@ -177,6 +179,10 @@ pub fn write_record(dir: &Path, rec: &DomainRecord) -> Result<(), DomainInfoErro
     f.write_all(format_record(rec).as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
+    // The rename itself must survive a crash too.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| DomainInfoError::Io(dir.into(), e))?;
     Ok(())
 }
 

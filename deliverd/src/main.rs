@@ -5,37 +5,16 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, RwLock};
 
 use tambo_common::config::Config;
-use tambo_deliverd::remote::{Courier, Settings};
+use tambo_deliverd::remote::{Courier, RelayCredentialSource, Settings};
 use tambo_deliverd::{lmtp, mda};
 use tambo_ipc::proto::{
-    ControlMsg, DeliverReply, DeliverRequest, DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, PeerChannel,
-    RcptRoute, WorkerKind, WorkerMsg,
+    AuthReply, AuthRequest, ControlMsg, DeliverReply, DeliverRequest, DeliveryJob, DeliveryOutcome, DeliveryReport,
+    JobRcpt, PeerChannel, RcptRoute, WorkerKind, WorkerMsg,
 };
-use tambo_ipc::worker::{ControlLink, bootstrap, single_stream};
+use tambo_ipc::worker::{ControlLink, PeerSlot, single_stream};
 
 fn main() {
-    let (control, _plan) = match bootstrap(WorkerKind::Deliverd) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("tambo-deliverd: {e}");
-            std::process::exit(1);
-        }
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let code = rt.block_on(async move {
-        match run(control).await {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                1
-            }
-        }
-    });
-    std::process::exit(code);
+    tambo_ipc::worker::worker_main(WorkerKind::Deliverd, run)
 }
 
 /// deliverd's state: the configuration and the remote courier, replaced
@@ -43,10 +22,13 @@ fn main() {
 struct Deliverer {
     config: RwLock<Arc<Config>>,
     courier: RwLock<Result<Arc<Courier>, String>>,
+    /// The channel to authd, for the smarthost credentials only.
+    authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
 }
 
-fn make_courier(config: &Config) -> Result<Arc<Courier>, String> {
-    Courier::new(Settings::from_config(config)).map_err(|e| {
+fn make_courier(config: &Config, authd: &Arc<PeerSlot<AuthRequest, AuthReply>>) -> Result<Arc<Courier>, String> {
+    let credentials: Arc<dyn RelayCredentialSource> = authd.clone();
+    Courier::with_credentials(Settings::from_config(config), Some(credentials)).map_err(|e| {
         tracing::error!("remote delivery unavailable: {e}");
         e.to_string()
     })
@@ -186,9 +168,11 @@ fn log_outcome(id: &str, to: &str, outcome: &DeliveryOutcome) {
 
 async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
     let (mut link, start) = ControlLink::start(control).await?;
+    let authd = PeerSlot::new(PeerChannel::DeliverdAuthd.name());
     let deliverer = Arc::new(Deliverer {
-        courier: RwLock::new(make_courier(&start.config)),
+        courier: RwLock::new(make_courier(&start.config, &authd)),
         config: RwLock::new(Arc::new(start.config)),
+        authd,
     });
     link.send(WorkerMsg::Ready).await?;
     loop {
@@ -214,11 +198,24 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                     }
                 });
             }
+            ControlMsg::Peer(PeerChannel::DeliverdAuthd) => {
+                let Some(stream) = single_stream(fds) else {
+                    tracing::warn!("deliverd-authd: expected one fd");
+                    continue;
+                };
+                let slot = deliverer.authd.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = slot.install(stream).await {
+                        tracing::warn!("deliverd-authd: {e}");
+                    }
+                });
+            }
             ControlMsg::Peer(ch @ (PeerChannel::SmtpdAuthd | PeerChannel::SmtpdQueued | PeerChannel::QueuedAuthd)) => {
                 tracing::warn!("deliverd was handed {}, which is not its channel", ch.name());
             }
             ControlMsg::Reload(start) => {
-                *deliverer.courier.write().unwrap_or_else(|p| p.into_inner()) = make_courier(&start.config);
+                *deliverer.courier.write().unwrap_or_else(|p| p.into_inner()) =
+                    make_courier(&start.config, &deliverer.authd);
                 *deliverer.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(start.config);
                 link.send(WorkerMsg::Reloaded {
                     ok: true,
@@ -229,6 +226,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             ControlMsg::Shutdown { .. } => return Ok(()),
             // Answered by ControlLink::recv.
             ControlMsg::CollectMetrics { .. } => {}
+            ControlMsg::MonitorListener { .. } | ControlMsg::MetricsPage { .. } => {
+                tracing::warn!("deliverd: unexpected monitoring message ignored")
+            }
             ControlMsg::Start(_) | ControlMsg::Listener { .. } | ControlMsg::AdminClient { .. } => {
                 tracing::warn!("deliverd: unexpected control message ignored");
             }

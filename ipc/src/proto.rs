@@ -7,6 +7,7 @@
 //! | `queued-authd` | queued → authd | [`AuthRequest`] | [`AuthReply`] |
 //! | `smtpd-queued` | smtpd → queued | [`QueueRequest`] | [`QueueReply`] |
 //! | `queued-deliverd` | queued → deliverd | [`DeliverRequest`] | [`DeliverReply`] |
+//! | `deliverd-authd` | deliverd → authd | [`AuthRequest`] (only [`AuthRequest::RelayAuth`]) | [`AuthReply`] |
 //!
 //! Message bodies never travel inside frames: queued hands smtpd a writable
 //! file descriptor ([`QueueReply::MessageSlot`]) and deliverd a read-only one
@@ -65,15 +66,19 @@ pub enum PeerChannel {
     QueuedDeliverd,
     /// queued asks authd (user lookups, DKIM signing).
     QueuedAuthd,
+    /// deliverd asks authd for the smarthost credentials (and nothing
+    /// else: authd refuses every other request on this channel).
+    DeliverdAuthd,
 }
 
 impl PeerChannel {
     /// Every peer channel.
-    pub const ALL: [PeerChannel; 4] = [
+    pub const ALL: [PeerChannel; 5] = [
         PeerChannel::SmtpdAuthd,
         PeerChannel::SmtpdQueued,
         PeerChannel::QueuedDeliverd,
         PeerChannel::QueuedAuthd,
+        PeerChannel::DeliverdAuthd,
     ];
 
     /// The name used in the handshake.
@@ -83,6 +88,7 @@ impl PeerChannel {
             PeerChannel::SmtpdQueued => "smtpd-queued",
             PeerChannel::QueuedDeliverd => "queued-deliverd",
             PeerChannel::QueuedAuthd => "queued-authd",
+            PeerChannel::DeliverdAuthd => "deliverd-authd",
         }
     }
 
@@ -93,6 +99,7 @@ impl PeerChannel {
             PeerChannel::SmtpdQueued => (WorkerKind::Smtpd, WorkerKind::Queued),
             PeerChannel::QueuedDeliverd => (WorkerKind::Queued, WorkerKind::Deliverd),
             PeerChannel::QueuedAuthd => (WorkerKind::Queued, WorkerKind::Authd),
+            PeerChannel::DeliverdAuthd => (WorkerKind::Deliverd, WorkerKind::Authd),
         }
     }
 }
@@ -180,6 +187,24 @@ pub enum ControlMsg {
         /// Echoed in the answer.
         seq: u64,
     },
+    /// To smtpd: the listening socket of `monitoring_address` (one fd
+    /// attached), bound by the supervisor. smtpd serves the HTTP endpoint;
+    /// the supervisor never reads from the network.
+    MonitorListener {
+        /// The address it is bound to, for logs.
+        addr: String,
+    },
+    /// To smtpd: the metrics page, answer to [`WorkerMsg::MetricsWanted`],
+    /// rendered by the supervisor from every worker's snapshot.
+    MetricsPage {
+        /// The highest `req` of [`WorkerMsg::MetricsWanted`] this page
+        /// answers (its collection started after that request).
+        answers: u64,
+        /// The exposition, in OpenMetrics text format.
+        openmetrics: String,
+        /// Workers that are not running now (by name), for `/healthz`.
+        down: Vec<String>,
+    },
 }
 
 /// Worker → supervisor, on the control channel.
@@ -203,6 +228,13 @@ pub enum WorkerMsg {
         seq: u64,
         /// Current values of this worker's metrics.
         samples: Vec<crate::metrics::MetricSample>,
+    },
+    /// From smtpd: a client of the monitoring endpoint wants the metrics;
+    /// the supervisor collects every worker's snapshot and answers with a
+    /// [`ControlMsg::MetricsPage`]. Requests are coalesced.
+    MetricsWanted {
+        /// Increases with each request.
+        req: u64,
     },
 }
 
@@ -392,6 +424,24 @@ pub enum AuthRequest {
         /// SHA-256 of the body under relaxed canonicalization (32 bytes).
         body_hash: Vec<u8>,
     },
+    /// Add an ARC set (RFC 8617) to a message that a local alias forwards
+    /// to a remote address, with the first RSA DKIM key of `domain`
+    /// (queued only, like [`AuthRequest::DkimSign`]).
+    ArcSeal {
+        /// The forwarding domain (a local domain): `d=` of the seal.
+        domain: String,
+        /// The header section as it will be sent (CRLF line endings,
+        /// without the blank line), tambo's own headers included.
+        headers: Vec<u8>,
+        /// SHA-256 of the body under relaxed canonicalization (32 bytes).
+        body_hash: Vec<u8>,
+        /// The chain's state at receipt: the seal's `cv=`. Only
+        /// [`ArcChain::None`] and [`ArcChain::Pass`] are sealed.
+        chain: ArcChain,
+        /// The value of tambo's Authentication-Results (`authserv-id;
+        /// results`), copied into ARC-Authentication-Results.
+        results: String,
+    },
     /// Check a password.
     Authenticate {
         /// Normalised user part.
@@ -416,6 +466,25 @@ pub enum AuthRequest {
         /// What to sign (a TLS server handshake message, bounded).
         message: Vec<u8>,
     },
+    /// The `AUTH PLAIN` response for `relay_host` (deliverd only; authd
+    /// refuses it from smtpd and queued).
+    RelayAuth,
+}
+
+impl AuthRequest {
+    /// The request's kind, for logs (never its contents: they may hold a
+    /// password).
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuthRequest::UserExists { .. } => "UserExists",
+            AuthRequest::DkimSign { .. } => "DkimSign",
+            AuthRequest::ArcSeal { .. } => "ArcSeal",
+            AuthRequest::Authenticate { .. } => "Authenticate",
+            AuthRequest::Certificates => "Certificates",
+            AuthRequest::Sign { .. } => "Sign",
+            AuthRequest::RelayAuth => "RelayAuth",
+        }
+    }
 }
 
 /// authd's answers.
@@ -441,6 +510,34 @@ pub enum AuthReply {
     },
     /// Answer to [`AuthRequest::Sign`].
     Signature(Vec<u8>),
+    /// Answer to [`AuthRequest::ArcSeal`]: ARC-Seal,
+    /// ARC-Message-Signature and ARC-Authentication-Results (folded, each
+    /// ending in CRLF), or empty when the message is not sealed (no RSA
+    /// key, chain too long or not sealable), with the reason.
+    ArcSet {
+        /// The three header fields, or empty.
+        headers: String,
+        /// Why nothing was sealed (empty when sealed).
+        skipped: String,
+    },
+    /// Answer to [`AuthRequest::RelayAuth`]: the base64 initial response
+    /// of `AUTH PLAIN`, or `None` when `relay_auth_file` is not set.
+    RelayAuth(Option<String>),
+}
+
+/// The ARC chain of an incoming message as verified at receipt (RFC 8617).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArcChain {
+    /// Not verified: authenticated or local submission, DNS temporary
+    /// error, message too large.
+    #[default]
+    Unknown,
+    /// The message carried no ARC header.
+    None,
+    /// The chain validated.
+    Pass,
+    /// The chain is broken or a signature does not verify.
+    Fail,
 }
 
 /// The public half of one `certs/<name>/` directory.
@@ -505,6 +602,10 @@ pub struct IncomingEnvelope {
     /// The SPF verdict for the sender: `Some(true)` on pass, `None` when
     /// no check was made (the post-data hook's SPF_PASS is then empty).
     pub spf_pass: Option<bool>,
+    /// The ARC chain as smtpd verified it (decides `cv=` when queued has
+    /// the message sealed for a forward).
+    #[serde(default)]
+    pub arc: ArcChain,
 }
 
 /// smtpd → queued.
@@ -528,6 +629,19 @@ pub enum QueueRequest {
     Abort {
         /// The ID from [`QueueReply::MessageSlot`].
         id: String,
+    },
+    /// The incoming security-level check (chasquid's "check connection
+    /// security level"), asked at MAIL FROM for an unauthenticated sender
+    /// whose SPF passed: may `domain` send over a connection at `level`?
+    /// Answered with [`QueueReply::IncomingLevel`]. Levels are raised by
+    /// [`QueueRequest::Commit`] (unauthenticated, SPF pass, over TLS), not
+    /// by this check.
+    IncomingLevel {
+        /// The MAIL FROM domain, normalised.
+        domain: String,
+        /// The connection's level: [`SecLevel::Plain`] or
+        /// [`SecLevel::TlsClient`].
+        level: SecLevel,
     },
 }
 
@@ -574,6 +688,14 @@ pub enum QueueReply {
     Refused(SmtpReply),
     /// Generic acknowledgement (Abort).
     Done,
+    /// Answer to [`QueueRequest::IncomingLevel`].
+    IncomingLevel {
+        /// The level recorded for the domain.
+        recorded: SecLevel,
+        /// False when the connection is below `recorded`: smtpd refuses
+        /// the sender with 550 5.7.3.
+        allowed: bool,
+    },
 }
 
 /// How deliverd must deliver to one recipient.
@@ -719,6 +841,13 @@ pub enum AdminRequest {
     ResolveAddress {
         /// The address to resolve.
         address: String,
+    },
+    /// Forget the security levels recorded for a domain (`tambo
+    /// domaininfo-remove`): queued removes its `domaininfo` file and its
+    /// copy in memory. One `Done` with what happened, then `End`.
+    DomainInfoRemove {
+        /// The domain.
+        domain: String,
     },
 }
 

@@ -40,6 +40,45 @@ pub enum BootError {
 }
 
 /// Synchronous first step of every worker's `main`: take the control fd and
+/// The whole of a worker's `main`: [`bootstrap`] (which drops privileges),
+/// a two-thread tokio runtime, `run` on the control socket, and the exit
+/// status (1 with the error logged when `run` fails).
+pub fn worker_main<F, Fut, E>(kind: WorkerKind, run: F) -> !
+where
+    F: FnOnce(UnixStream) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let (control, _plan) = match bootstrap(kind) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("tambo-{}: {e}", kind.name());
+            std::process::exit(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tambo-{}: cannot start the async runtime: {e}", kind.name());
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match run(control).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                1
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
 /// drop privileges. Must run before any thread exists.
 pub fn bootstrap(kind: WorkerKind) -> Result<(UnixStream, Option<DropPlan>), BootError> {
     let fd: i32 = std::env::var(ENV_CONTROL_FD)

@@ -236,6 +236,24 @@ async fn answer(queue: &Arc<Queue>, tx: &FrameSender, req: AdminRequest) -> Resu
             }
             Err(e) => send(tx, AdminReply::Error(e)).await,
         },
+        AdminRequest::DomainInfoRemove { domain } => {
+            let domain = match tambo_common::names::normalize_domain(&domain) {
+                Ok(d) => d,
+                Err(e) => return send(tx, AdminReply::Error(format!("{domain}: {e}"))).await,
+            };
+            match queue.domaininfo_remove(&domain) {
+                Ok(true) => {
+                    tracing::info!(domain, "domaininfo: security levels forgotten");
+                    send(tx, AdminReply::Done(format!("{domain}: removed"))).await?;
+                    send(tx, AdminReply::End).await
+                }
+                Ok(false) => {
+                    send(tx, AdminReply::Done(format!("{domain}: nothing recorded"))).await?;
+                    send(tx, AdminReply::End).await
+                }
+                Err(e) => send(tx, AdminReply::Error(e)).await,
+            }
+        }
         AdminRequest::Submit { .. } => {
             // Served by `submit`, which needs the receiving half.
             send(tx, AdminReply::Error("submission is not possible here".into())).await

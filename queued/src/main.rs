@@ -4,6 +4,7 @@
 
 mod admin;
 mod aliases;
+mod arc_seal;
 mod dkim_sign;
 mod domaininfo;
 mod dsn;
@@ -12,37 +13,17 @@ mod hooks;
 mod manager;
 mod received;
 mod resolve;
+mod srs;
 mod store;
 mod submit;
 
 use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg};
-use tambo_ipc::worker::{ControlLink, bootstrap, single_stream};
+use tambo_ipc::worker::{ControlLink, single_stream};
 
 use crate::manager::Queue;
 
 fn main() {
-    let (control, _plan) = match bootstrap(WorkerKind::Queued) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("tambo-queued: {e}");
-            std::process::exit(1);
-        }
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let code = rt.block_on(async move {
-        match run(control).await {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                1
-            }
-        }
-    });
-    std::process::exit(code);
+    tambo_ipc::worker::worker_main(WorkerKind::Queued, run)
 }
 
 async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
@@ -91,7 +72,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                             }
                         });
                     }
-                    PeerChannel::SmtpdAuthd => tracing::warn!("queued was handed {}, not its channel", ch.name()),
+                    PeerChannel::SmtpdAuthd | PeerChannel::DeliverdAuthd => {
+                        tracing::warn!("queued was handed {}, not its channel", ch.name())
+                    }
                 }
             }
             ControlMsg::Reload(start) => {
@@ -113,6 +96,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             ControlMsg::Shutdown { .. } => return Ok(()),
             // Answered by ControlLink::recv.
             ControlMsg::CollectMetrics { .. } => {}
+            ControlMsg::MonitorListener { .. } | ControlMsg::MetricsPage { .. } => {
+                tracing::warn!("queued: unexpected monitoring message ignored")
+            }
             ControlMsg::Start(_) | ControlMsg::Listener { .. } => {
                 tracing::warn!("queued: unexpected control message ignored");
             }

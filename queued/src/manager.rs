@@ -28,6 +28,7 @@ use crate::entry::{ENTRY_VERSION, QueueEntry, RcptEntry, RcptState};
 use crate::hooks::{POST_DATA_TIMEOUT, PostData, PostDataEnv, find_hook};
 use crate::received::{received_header, rfc5322_date};
 use crate::resolve::{ResolveError, ResolverContext};
+use crate::srs::{Srs, day_number};
 use crate::store::{Store, valid_id};
 
 /// Unix time now, in seconds.
@@ -119,6 +120,9 @@ pub struct Queue {
     /// Per-domain security levels (`data_dir/domaininfo`).
     domaininfo: DomainInfo,
     aliases: AliasDb,
+    /// Sender rewriting for forwarded mail; `None` when the secret could
+    /// not be read or created (forwarded mail then keeps its sender).
+    srs: Option<Srs>,
     /// Client of deliverd.
     pub deliverd: Arc<PeerSlot<DeliverRequest, DeliverReply>>,
     /// Client of authd.
@@ -141,7 +145,16 @@ impl Queue {
         if store.corrupt_count() > 0 {
             tracing::warn!("{} corrupt queue entries moved aside", store.corrupt_count());
         }
+        let srs_dir = PathBuf::from(&start.config.data_dir).join("srs");
+        let srs = match Srs::load_or_create(&srs_dir) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("SRS disabled, forwarded mail keeps its sender: {e}");
+                None
+            }
+        };
         let queue = Arc::new(Queue {
+            srs,
             store,
             settings: RwLock::new(Arc::new(Settings::from_start(start))),
             incoming: Mutex::new(HashMap::new()),
@@ -253,6 +266,18 @@ impl Queue {
                 }
                 (QueueReply::Done, vec![])
             }
+            QueueRequest::IncomingLevel { domain, level } => {
+                let (recorded, allowed) = self.domaininfo.check_incoming(&domain, level);
+                if !allowed {
+                    tracing::info!(
+                        domain,
+                        "incoming security level check failed: {} connection, {} recorded",
+                        level.name(),
+                        recorded.name()
+                    );
+                }
+                (QueueReply::IncomingLevel { recorded, allowed }, vec![])
+            }
         }
     }
 
@@ -292,6 +317,7 @@ impl Queue {
             authd: &self.authd,
             aliases: &self.aliases,
             config_dir: &s.config_dir,
+            srs: self.srs.as_ref(),
         }
     }
 
@@ -373,6 +399,9 @@ impl Queue {
         let ctx = self.resolver(&s);
         let now = unix_now();
         let mut rcpts = Vec::new();
+        // The domain of the first alias that forwards this message to a
+        // remote address: its key ARC-seals the message.
+        let mut forwarder: Option<String> = None;
         for original in &env.rcpts {
             let resolved = match ctx.resolve(original).await {
                 Ok(r) => r,
@@ -393,11 +422,19 @@ impl Queue {
                 {
                     continue;
                 }
+                if forwarder.is_none()
+                    && r.failure.is_none()
+                    && let Some(d) = &r.forwarded_by
+                {
+                    forwarder = Some(d.clone());
+                }
                 let (state, last_error) = match r.failure {
                     Some(f) => (RcptState::Failed, f),
                     None => (RcptState::Pending, String::new()),
                 };
+                let sender = self.srs_sender(&ctx, &env.mail_from, original, &r.route, now);
                 rcpts.push(RcptEntry {
+                    sender,
                     address: r.address,
                     original: original.clone(),
                     route: r.route,
@@ -461,6 +498,31 @@ impl Queue {
                 }
             }
         }
+        if env.auth_user.is_none()
+            && let Some(domain) = &forwarder
+        {
+            let sealed = crate::arc_seal::seal(
+                &self.authd,
+                domain,
+                &header_prefix,
+                env.arc,
+                &env.auth_headers,
+                file,
+                size,
+            )
+            .await;
+            match sealed {
+                Ok(set) => {
+                    tracing::info!(id, domain = domain.as_str(), "ARC-sealed for a forward");
+                    header_prefix.insert_str(0, &set);
+                }
+                Err(SignFailure::Skip(why)) => tracing::info!(id, "forward not ARC-sealed: {why}"),
+                Err(SignFailure::Temporary(why)) => {
+                    tracing::warn!(id, "ARC sealing failed: {why}");
+                    return Err(reply(451, "4.3.0", "Cannot seal the message now, try again later"));
+                }
+            }
+        }
         let entry = QueueEntry {
             version: ENTRY_VERSION,
             id: id.to_string(),
@@ -487,6 +549,7 @@ impl Queue {
             "queued"
         );
         metrics::inc(Metric::QueueAccepted, &[]);
+        self.record_incoming_level(env);
         mail_log(MailLogEvent::Queued {
             id: id.to_string(),
             from: entry.from.clone(),
@@ -495,6 +558,55 @@ impl Queue {
         });
         self.launch(entry);
         Ok(QueueReply::Committed { id: id.to_string() })
+    }
+
+    /// The rewritten envelope sender (SRS) for a recipient, when the
+    /// message comes from a remote sender (not `<>`) and an alias of the
+    /// local domain of `original` forwards it to a remote address.
+    fn srs_sender(
+        &self,
+        ctx: &ResolverContext<'_>,
+        from: &str,
+        original: &str,
+        route: &RcptRoute,
+        now: u64,
+    ) -> Option<String> {
+        let srs = self.srs.as_ref()?;
+        if from.is_empty() || !matches!(route, RcptRoute::Remote { .. }) {
+            return None;
+        }
+        let (_, from_domain) = split_address(from);
+        let (_, forwarding_domain) = split_address(original);
+        if ctx.is_local(from_domain) || !ctx.is_local(forwarding_domain) || forwarding_domain == "localhost" {
+            return None;
+        }
+        let rewritten = srs.forward(from, forwarding_domain, day_number(now));
+        if split_address(&rewritten).0.len() > tambo_common::names::MAX_USER_LEN {
+            tracing::warn!(
+                "SRS: {from} is too long to rewrite (local parts have at most {} bytes); forwarded unchanged",
+                tambo_common::names::MAX_USER_LEN
+            );
+            return None;
+        }
+        Some(rewritten)
+    }
+
+    /// The incoming security-level ratchet: an accepted message from an
+    /// unauthenticated client, whose sender's domain passed SPF, received
+    /// over TLS, raises that domain's incoming level to `TLS_CLIENT`; from
+    /// then on smtpd refuses plain-text mail claiming the domain. Without
+    /// an SPF pass anyone could raise the level of any domain.
+    fn record_incoming_level(&self, env: &IncomingEnvelope) {
+        if env.auth_user.is_some() || env.spf_pass != Some(true) || env.tls.is_none() {
+            return;
+        }
+        let (_, domain) = tambo_common::names::split_address(&env.mail_from);
+        self.domaininfo.record_incoming(domain, SecLevel::TlsClient);
+    }
+
+    /// Forget what is known of `domain`'s security levels (control socket).
+    pub(crate) fn domaininfo_remove(&self, domain: &str) -> Result<bool, String> {
+        self.domaininfo.remove(domain).map_err(|e| e.to_string())
     }
 
     /// DKIM-sign an authenticated submission with the keys of its user's
@@ -651,68 +763,43 @@ impl Queue {
     /// entry (not yet stored).
     async fn attempt(&self, mut entry: QueueEntry) -> QueueEntry {
         let now = unix_now();
-        let due: Vec<JobRcpt> = entry
-            .rcpts
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.state == RcptState::Pending && r.next_attempt <= now)
-            .map(|(i, r)| JobRcpt {
+        // One job per envelope sender: forwarded recipients may have a
+        // rewritten one (SRS).
+        let mut jobs: Vec<(String, Vec<JobRcpt>)> = Vec::new();
+        for (i, r) in entry.rcpts.iter().enumerate() {
+            if r.state != RcptState::Pending || r.next_attempt > now {
+                continue;
+            }
+            let from = r.sender.clone().unwrap_or_else(|| entry.from.clone());
+            let rcpt = JobRcpt {
                 index: i as u32,
                 address: r.address.clone(),
                 route: r.route.clone(),
-            })
-            .collect();
-        let data = match self.store.open_data(&entry.id) {
-            Ok(f) => OwnedFd::from(f),
-            Err(e) => {
-                tracing::error!(id = entry.id, "cannot open data file: {e}");
-                for r in entry.rcpts.iter_mut().filter(|r| r.state == RcptState::Pending) {
-                    r.next_attempt = now + 60;
-                    r.last_error = format!("cannot open data file: {e}");
-                }
-                return entry;
+            };
+            match jobs.iter_mut().find(|(f, _)| *f == from) {
+                Some((_, v)) => v.push(rcpt),
+                None => jobs.push((from, vec![rcpt])),
             }
-        };
-        let mut outgoing_levels: Vec<(String, SecLevel)> = Vec::new();
-        for j in &due {
-            if let RcptRoute::Remote { .. } = j.route {
-                let domain = split_address(&j.address).1;
-                if !outgoing_levels.iter().any(|(d, _)| d == domain) {
-                    outgoing_levels.push((domain.to_string(), self.domaininfo.outgoing(domain)));
+        }
+        let mut results = Vec::new();
+        for (from, due) in jobs {
+            match self.attempt_job(&entry, from, due.clone()).await {
+                Ok(r) => results.extend(r),
+                Err(NoAttempt::Data(e)) => {
+                    for j in &due {
+                        let r = &mut entry.rcpts[j.index as usize];
+                        r.next_attempt = now + 60;
+                        r.last_error = e.clone();
+                    }
+                }
+                Err(NoAttempt::Deliverd(e)) => {
+                    tracing::warn!(id = entry.id, "deliverd unreachable ({e}); retrying soon");
+                    for j in &due {
+                        entry.rcpts[j.index as usize].next_attempt = now + DELIVERD_LOST_RETRY.as_secs();
+                    }
                 }
             }
         }
-        let job = DeliveryJob {
-            id: entry.id.clone(),
-            from: entry.from.clone(),
-            rcpts: due.clone(),
-            header_prefix: entry.header_prefix.as_bytes().to_vec(),
-            outgoing_levels,
-        };
-        let results = match self
-            .deliverd
-            .call(DeliverRequest::Deliver(job), vec![data], DELIVERD_WAIT)
-            .await
-        {
-            Ok((DeliverReply::Results(r), _)) => r,
-            Ok((DeliverReply::Report(report), _)) => {
-                for (domain, level) in &report.levels_seen {
-                    // deliverd reports ASCII domains; record them under the
-                    // normalised (Unicode) name the queue uses.
-                    let name = tambo_common::names::normalize_domain(domain).unwrap_or_else(|_| domain.clone());
-                    self.domaininfo.record_outgoing(&name, *level);
-                }
-                report.results
-            }
-            Err(e) => {
-                tracing::warn!(id = entry.id, "deliverd unreachable ({e}); retrying soon");
-                let at = now + DELIVERD_LOST_RETRY.as_secs();
-                for j in &due {
-                    entry.rcpts[j.index as usize].next_attempt = at;
-                }
-                return entry;
-            }
-        };
         let s = self.settings();
         let give_up = s.config.give_up_send_after_duration();
         let first_retry = s.config.min_retry_delay_duration();
@@ -777,6 +864,57 @@ impl Queue {
         entry
     }
 
+    /// One deliverd call for the recipients `due`, sent with the envelope
+    /// sender `from`. `Err`: the attempt did not happen (data file or
+    /// deliverd unavailable).
+    async fn attempt_job(
+        &self,
+        entry: &QueueEntry,
+        from: String,
+        due: Vec<JobRcpt>,
+    ) -> Result<Vec<(u32, DeliveryOutcome)>, NoAttempt> {
+        let data = match self.store.open_data(&entry.id) {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) => {
+                tracing::error!(id = entry.id, "cannot open data file: {e}");
+                return Err(NoAttempt::Data(format!("cannot open data file: {e}")));
+            }
+        };
+        let mut outgoing_levels: Vec<(String, SecLevel)> = Vec::new();
+        for j in &due {
+            if let RcptRoute::Remote { .. } = j.route {
+                let domain = split_address(&j.address).1;
+                if !outgoing_levels.iter().any(|(d, _)| d == domain) {
+                    outgoing_levels.push((domain.to_string(), self.domaininfo.outgoing(domain)));
+                }
+            }
+        }
+        let job = DeliveryJob {
+            id: entry.id.clone(),
+            from,
+            rcpts: due,
+            header_prefix: entry.header_prefix.as_bytes().to_vec(),
+            outgoing_levels,
+        };
+        match self
+            .deliverd
+            .call(DeliverRequest::Deliver(job), vec![data], DELIVERD_WAIT)
+            .await
+        {
+            Ok((DeliverReply::Results(r), _)) => Ok(r),
+            Ok((DeliverReply::Report(report), _)) => {
+                for (domain, level) in &report.levels_seen {
+                    // deliverd reports ASCII domains; record them under the
+                    // normalised (Unicode) name the queue uses.
+                    let name = tambo_common::names::normalize_domain(domain).unwrap_or_else(|_| domain.clone());
+                    self.domaininfo.record_outgoing(&name, *level);
+                }
+                Ok(report.results)
+            }
+            Err(e) => Err(NoAttempt::Deliverd(e.to_string())),
+        }
+    }
+
     /// Queue the DSN for a finished entry, retrying while the sender's
     /// address cannot be resolved for a temporary reason.
     async fn queue_dsn(self: &Arc<Self>, entry: &QueueEntry) {
@@ -823,6 +961,7 @@ impl Queue {
             .into_iter()
             .filter(|r| r.failure.is_none())
             .map(|r| RcptEntry {
+                sender: None,
                 address: r.address,
                 original: entry.from.clone(),
                 route: r.route,
@@ -887,6 +1026,14 @@ impl Queue {
         self.launch(dsn_entry);
         Ok(())
     }
+}
+
+/// Why a delivery attempt did not happen.
+enum NoAttempt {
+    /// The data file could not be opened (recorded as the last error).
+    Data(String),
+    /// deliverd is away or its answer was lost.
+    Deliverd(String),
 }
 
 /// The metrics label of a route.

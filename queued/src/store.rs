@@ -363,6 +363,7 @@ mod tests {
             header_prefix: String::new(),
             rcpts: vec![RcptEntry {
                 address: "u@l".into(),
+                sender: None,
                 original: "u@l".into(),
                 route: RcptRoute::Remote { via: vec![] },
                 state: RcptState::Pending,

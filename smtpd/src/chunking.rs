@@ -7,7 +7,7 @@
 //!
 //! The session side (the `BDAT` command) is in `session/bdat.rs`.
 
-use crate::data::{DataError, HeaderScan, MAX_RECEIVED};
+use crate::data::{DataError, StoredBody};
 
 /// Streaming decoder of the content of a sequence of BDAT chunks.
 #[derive(Debug)]
@@ -16,10 +16,7 @@ pub struct BdatDecoder {
     cr: bool,
     /// The content so far ends with CRLF (or is empty).
     at_line_start: bool,
-    max: u64,
-    size: u64,
-    overflow: bool,
-    headers: HeaderScan,
+    stored: StoredBody,
 }
 
 impl BdatDecoder {
@@ -28,28 +25,13 @@ impl BdatDecoder {
         BdatDecoder {
             cr: false,
             at_line_start: true,
-            max,
-            size: 0,
-            overflow: false,
-            headers: HeaderScan::default(),
+            stored: StoredBody::new(max),
         }
     }
 
-    /// Whether the content went over the size limit (it is then read on
-    /// but not stored).
-    pub fn overflow(&self) -> bool {
-        self.overflow
-    }
-
-    /// Bytes of message stored.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Whether the header section holds more than [`MAX_RECEIVED`]
-    /// Received headers.
-    pub fn looping(&self) -> bool {
-        self.headers.received > MAX_RECEIVED
+    /// What has been stored so far.
+    pub fn stored(&self) -> &StoredBody {
+        &self.stored
     }
 
     /// Check `input` (any piece of any chunk) and append it to `out`.
@@ -77,7 +59,7 @@ impl BdatDecoder {
                 }
             }
         }
-        self.account(out, start);
+        self.stored.account(out, start);
         Ok(())
     }
 
@@ -92,21 +74,9 @@ impl BdatDecoder {
             let start = out.len();
             out.extend_from_slice(b"\r\n");
             self.at_line_start = true;
-            self.account(out, start);
+            self.stored.account(out, start);
         }
         Ok(())
-    }
-
-    /// Count what was appended to `out` since `start`; drop it past the limit.
-    fn account(&mut self, out: &mut Vec<u8>, start: usize) {
-        let added = (out.len() - start) as u64;
-        self.headers.scan(&out[start..]);
-        if self.overflow || self.size + added > self.max {
-            self.overflow = true;
-            out.truncate(start);
-        } else {
-            self.size += added;
-        }
     }
 }
 
@@ -150,7 +120,7 @@ mod tests {
         let (r, out, d) = run(&[b"Subject: x\r", b"\n\r\n.\r\n..x\r\n"], 1000);
         assert_eq!(r, Ok(()));
         assert_eq!(out, b"Subject: x\r\n\r\n.\r\n..x\r\n", "dots are content");
-        assert_eq!(d.size(), out.len() as u64);
+        assert_eq!(d.stored().size(), out.len() as u64);
     }
 
     #[test]
@@ -186,7 +156,7 @@ mod tests {
     fn size_limit_across_chunks() {
         let (r, out, d) = run(&[b"0123456789\r\n", b"0123456789\r\n"], 15);
         assert_eq!(r, Ok(()));
-        assert!(d.overflow());
+        assert!(d.stored().overflow());
         assert_eq!(out, b"0123456789\r\n", "nothing stored past the limit");
     }
 
@@ -197,9 +167,9 @@ mod tests {
             msg.extend_from_slice(b"Received: from x\r\n");
         }
         let (_, _, d) = run(&[&msg[..7], &msg[7..], b"\r\nbody\r\n"], 1 << 20);
-        assert!(d.looping());
+        assert!(d.stored().looping());
         let (_, _, d) = run(&[&msg[..50 * 18], b"\r\n", b"Received: x\r\n"], 1 << 20);
-        assert!(!d.looping(), "50 in the header, one in the body");
+        assert!(!d.stored().looping(), "50 in the header, one in the body");
     }
 
     #[test]

@@ -34,30 +34,21 @@ enum State {
 /// Most Received headers allowed before the message is taken to be looping.
 pub const MAX_RECEIVED: usize = 50;
 
-/// Streaming decoder of a DATA body.
+/// What a decoder has stored of a message: its size against the limit,
+/// and its Received headers counted for loop detection. Shared by the DATA
+/// decoder and the BDAT decoder (`chunking.rs`).
 #[derive(Debug)]
-pub struct DataDecoder {
-    state: State,
+pub struct StoredBody {
     max: u64,
     size: u64,
     overflow: bool,
     headers: HeaderScan,
 }
 
-/// What [`DataDecoder::feed`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// All input consumed; more is needed.
-    More,
-    /// The end marker was found after this many input bytes.
-    End(usize),
-}
-
-impl DataDecoder {
-    /// A decoder that stores at most `max` bytes.
-    pub fn new(max: u64) -> DataDecoder {
-        DataDecoder {
-            state: State::LineStart,
+impl StoredBody {
+    /// Nothing stored yet; at most `max` bytes will be.
+    pub(crate) fn new(max: u64) -> StoredBody {
+        StoredBody {
             max,
             size: 0,
             overflow: false,
@@ -80,6 +71,49 @@ impl DataDecoder {
     /// Received headers.
     pub fn looping(&self) -> bool {
         self.headers.received > MAX_RECEIVED
+    }
+
+    /// Count what was appended to `out` since `start`; drop it past the limit.
+    pub(crate) fn account(&mut self, out: &mut Vec<u8>, start: usize) {
+        let added = (out.len() - start) as u64;
+        self.headers.scan(&out[start..]);
+        if self.overflow || self.size + added > self.max {
+            self.overflow = true;
+            out.truncate(start);
+        } else {
+            self.size += added;
+        }
+    }
+}
+
+/// Streaming decoder of a DATA body.
+#[derive(Debug)]
+pub struct DataDecoder {
+    state: State,
+    stored: StoredBody,
+}
+
+/// What [`DataDecoder::feed`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// All input consumed; more is needed.
+    More,
+    /// The end marker was found after this many input bytes.
+    End(usize),
+}
+
+impl DataDecoder {
+    /// A decoder that stores at most `max` bytes.
+    pub fn new(max: u64) -> DataDecoder {
+        DataDecoder {
+            state: State::LineStart,
+            stored: StoredBody::new(max),
+        }
+    }
+
+    /// What has been stored so far.
+    pub fn stored(&self) -> &StoredBody {
+        &self.stored
     }
 
     /// Decode `input`, appending the message bytes to `out`.
@@ -115,14 +149,7 @@ impl DataDecoder {
                 }
             };
         }
-        let added = (out.len() - start) as u64;
-        self.headers.scan(&out[start..]);
-        if self.overflow || self.size + added > self.max {
-            self.overflow = true;
-            out.truncate(start);
-        } else {
-            self.size += added;
-        }
+        self.stored.account(out, start);
         Ok(result)
     }
 }
@@ -234,7 +261,7 @@ mod tests {
     fn size_limit() {
         let (r, out, d) = decode_all(b"0123456789\r\n.\r\n", 5);
         assert!(matches!(r, Ok(Progress::End(_))));
-        assert!(d.overflow());
+        assert!(d.stored().overflow());
         assert!(out.is_empty());
     }
 
@@ -246,8 +273,8 @@ mod tests {
         }
         msg.extend_from_slice(b"\r\nReceived: in body\r\n.\r\n");
         let (_, _, d) = decode_all(&msg, 1 << 20);
-        assert!(d.looping());
+        assert!(d.stored().looping());
         let (_, _, d) = decode_all(b"Received: a\r\n\r\n.\r\n", 100);
-        assert!(!d.looping());
+        assert!(!d.stored().looping());
     }
 }

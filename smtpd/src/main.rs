@@ -9,6 +9,7 @@ mod conn;
 mod data;
 mod emailauth;
 mod listen;
+mod monitor;
 mod proxy;
 mod sasl;
 mod session;
@@ -17,40 +18,20 @@ mod tls;
 use std::sync::Arc;
 
 use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg};
-use tambo_ipc::worker::{ControlLink, bootstrap, single_stream};
+use tambo_ipc::worker::{ControlLink, single_stream};
 
 use crate::backend::{Backend, Settings};
 
 fn main() {
     raise_nofile_limit();
-    let (control, _plan) = match bootstrap(WorkerKind::Smtpd) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("tambo-smtpd: {e}");
-            std::process::exit(1);
-        }
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let code = rt.block_on(async move {
-        match run(control).await {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                1
-            }
-        }
-    });
-    std::process::exit(code);
+    tambo_ipc::worker::worker_main(WorkerKind::Smtpd, run)
 }
 
 async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
     let (mut link, start) = ControlLink::start(control).await?;
     let backend = Backend::new(Settings::from_start(&start));
     let listeners = listen::Listeners::new(backend.clone());
+    let metrics = monitor::MetricsHub::new(link.tx.clone());
     link.send(WorkerMsg::Ready).await?;
     loop {
         let (msg, fds) = match link.recv().await {
@@ -86,7 +67,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                     }
                 });
             }
-            ControlMsg::Peer(ch @ (PeerChannel::QueuedDeliverd | PeerChannel::QueuedAuthd)) => {
+            ControlMsg::Peer(
+                ch @ (PeerChannel::QueuedDeliverd | PeerChannel::QueuedAuthd | PeerChannel::DeliverdAuthd),
+            ) => {
                 tracing::warn!("smtpd was handed {}, which is not its channel", ch.name());
             }
             ControlMsg::Reload(start) => {
@@ -107,6 +90,22 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             ControlMsg::AdminClient { .. } => tracing::warn!("smtpd: unexpected AdminClient ignored"),
             // Answered by ControlLink::recv.
             ControlMsg::CollectMetrics { .. } => {}
+            ControlMsg::MonitorListener { addr } => {
+                let mut fds = fds.into_iter();
+                match (fds.next(), fds.next()) {
+                    (Some(fd), None) => {
+                        if let Err(e) = monitor::spawn(std::net::TcpListener::from(fd), addr.clone(), metrics.clone()) {
+                            tracing::error!("monitoring_address {addr}: {e}");
+                        }
+                    }
+                    _ => tracing::warn!("monitoring listener {addr}: expected one fd"),
+                }
+            }
+            ControlMsg::MetricsPage {
+                answers,
+                openmetrics,
+                down,
+            } => metrics.deliver(answers, openmetrics, down),
         }
     }
 }

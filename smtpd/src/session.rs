@@ -9,7 +9,7 @@ use rustls::ServerConfig;
 use tambo_ipc::metrics::{self, Metric};
 use tambo_ipc::proto::{
     AuthOutcome, AuthReply, AuthRequest, IncomingEnvelope, ListenerKind, MailLogEvent, QueueReply, QueueRequest,
-    RcptVerdict, TlsInfo,
+    RcptVerdict, SecLevel, TlsInfo,
 };
 use tambo_ipc::worker::mail_log;
 
@@ -294,7 +294,15 @@ impl Session {
                 self.mail_from = None;
                 return self.fail(&reply);
             }
+            let spf_pass = check.word() == "pass";
             self.spf = Some(check);
+            if spf_pass && let Some(reply) = self.incoming_level_check(&mail_from).await {
+                self.mail_from = Some(mail_from);
+                self.rejected(Vec::new(), &reply);
+                self.mail_from = None;
+                self.spf = None;
+                return self.fail(&reply);
+            }
         }
         self.mail_from = Some(mail_from);
         self.conn.reply("250 2.1.0 Ok");
@@ -422,14 +430,14 @@ impl Session {
                 break;
             }
         }
-        if decoder.overflow() {
+        if decoder.stored().overflow() {
             self.backend.abort(&id).await;
             self.rejected(self.rcpts.clone(), "552 5.3.4 Message too big");
             self.reset();
             self.conn.reply("552 5.3.4 Message too big");
             return Ok(Next::Continue);
         }
-        if decoder.looping() {
+        if decoder.stored().looping() {
             self.backend.abort(&id).await;
             self.rejected(self.rcpts.clone(), "554 5.4.6 Too many Received headers: mail loop?");
             self.reset();
@@ -443,7 +451,45 @@ impl Session {
             self.conn.reply("451 4.3.0 Error storing the message, try again later");
             return Ok(Next::Continue);
         }
-        self.commit_transaction(id, file, decoder.size()).await
+        self.commit_transaction(id, file, decoder.stored().size()).await
+    }
+
+    /// The incoming security-level check (chasquid's "check connection
+    /// security level"), for an unauthenticated sender whose SPF passed:
+    /// a domain whose mail once reached us over TLS may not come back in
+    /// plain text. `Some(reply)` refuses the sender. Only plain-text
+    /// sessions are asked about: TLS is the highest incoming level.
+    async fn incoming_level_check(&mut self, mail_from: &str) -> Option<String> {
+        let (_, domain) = tambo_common::names::split_address(mail_from);
+        if domain.is_empty() || self.tls.is_some() {
+            return None;
+        }
+        let req = QueueRequest::IncomingLevel {
+            domain: domain.to_string(),
+            level: SecLevel::Plain,
+        };
+        match self.backend.queue_call(req).await {
+            Ok((QueueReply::IncomingLevel { allowed: true, .. }, _)) => None,
+            Ok((
+                QueueReply::IncomingLevel {
+                    allowed: false,
+                    recorded,
+                },
+                _,
+            )) => {
+                tracing::info!(
+                    ip = %self.peer.ip,
+                    domain,
+                    "security level check failed: plain text, {} recorded",
+                    recorded.name()
+                );
+                Some(format!(
+                    "550 5.7.3 Security level check failed: mail from {domain} has reached us over TLS \
+                     before; use STARTTLS"
+                ))
+            }
+            Ok(_) | Err(()) => Some("451 4.3.0 Cannot check the security level now, try again later".to_string()),
+        }
     }
 
     /// Write a rejection to the mail log.
@@ -461,6 +507,7 @@ impl Session {
     async fn commit_transaction(&mut self, id: String, file: std::fs::File, data_size: u64) -> Result<Next, ConnError> {
         // SPF, DKIM, DMARC of unauthenticated mail (emailauth.rs).
         let mut auth_headers = String::new();
+        let mut arc = tambo_ipc::proto::ArcChain::Unknown;
         if self.auth_user.is_none()
             && let Some(spf) = &self.spf
         {
@@ -484,6 +531,7 @@ impl Session {
                 return Ok(Next::Continue);
             }
             auth_headers = verdict.headers;
+            arc = verdict.arc;
         }
         drop(file);
         let envelope = IncomingEnvelope {
@@ -498,6 +546,7 @@ impl Session {
             listener: self.peer.listener,
             spf_pass: self.spf.as_ref().map(|s| s.word() == "pass"),
             auth_headers,
+            arc,
         };
         let reply = self.backend.commit(&id, envelope).await;
         if !reply.starts_with('2') {
@@ -690,7 +739,9 @@ impl Session {
                 AuthReply::Exists(_)
                 | AuthReply::Certificates { .. }
                 | AuthReply::Signature(_)
-                | AuthReply::DkimSignatures(_),
+                | AuthReply::DkimSignatures(_)
+                | AuthReply::ArcSet { .. }
+                | AuthReply::RelayAuth(_),
                 _,
             ))
             | Err(_) => {

@@ -1,17 +1,16 @@
-//! Operations hooks of the supervisor: the mail log and the monitoring
-//! endpoint, kept apart from the supervision loop, which only calls these
-//! few methods.
+//! Operations hooks of the supervisor: the mail log and the metrics of
+//! the monitoring endpoint (served by smtpd), kept apart from the
+//! supervision loop, which only calls these few methods.
 
 use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
-use nix::poll::PollFlags;
 use tambo_common::config::Config;
 use tambo_ipc::metrics::MetricSample;
 use tambo_ipc::proto::{MailLogEvent, WorkerKind};
 
 use crate::maillog::MailLog;
-use crate::monitor::Monitor;
+use crate::monitor::{Monitor, Page};
 
 /// The mail log and the optional monitoring server.
 pub struct Ops {
@@ -83,21 +82,31 @@ impl Ops {
         }
     }
 
-    /// Fds to add to the poll set.
-    pub fn poll_fds(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
-        self.monitor.as_ref().map(|m| m.poll_fds()).unwrap_or_default()
+    /// The monitoring socket and its address, for smtpd.
+    pub fn monitor_listener(&self) -> Option<(BorrowedFd<'_>, String)> {
+        self.monitor
+            .as_ref()
+            .map(|m| (m.listener_fd(), m.local_addr().to_string()))
     }
 
-    /// Readiness of the fds of the last [`poll_fds`](Self::poll_fds), then
-    /// timers. Returns a sequence number when the workers must be asked for
-    /// metrics (then call [`collecting`](Self::collecting)).
-    pub fn on_ready(&mut self, ready: &[bool]) -> Option<u64> {
-        let m = self.monitor.as_mut()?;
-        if !ready.is_empty() {
-            m.on_ready(ready);
+    /// smtpd asked for a metrics page (its request `req`).
+    pub fn want_page(&mut self, req: u64) {
+        if let Some(m) = &mut self.monitor {
+            m.want_page(req);
         }
+    }
+
+    /// Timers. Returns a sequence number when the workers must be asked for
+    /// metrics (then call [`collecting`](Self::collecting)).
+    pub fn on_tick(&mut self) -> Option<u64> {
+        let m = self.monitor.as_mut()?;
         m.on_tick();
         m.take_collect_request()
+    }
+
+    /// A finished page to send to smtpd, once.
+    pub fn take_page(&mut self) -> Option<Page> {
+        self.monitor.as_mut()?.take_page()
     }
 
     /// The workers asked for collection `seq`.

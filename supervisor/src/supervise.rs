@@ -121,8 +121,6 @@ impl<R: Reloader> Supervisor<R> {
             if let Some(cs) = &self.control_socket {
                 fds.push(PollFd::new(cs.as_fd(), PollFlags::POLLIN));
             }
-            let ops_at = fds.len();
-            fds.extend(self.ops.poll_fds().into_iter().map(|(fd, fl)| PollFd::new(fd, fl)));
             let ready = match poll(&mut fds, timeout) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -133,7 +131,7 @@ impl<R: Reloader> Supervisor<R> {
             };
             let revents: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
             drop(fds);
-            self.ops_tick(&revents[ops_at..]);
+            self.ops_tick();
             if ready == 0 {
                 continue;
             }
@@ -142,6 +140,8 @@ impl<R: Reloader> Supervisor<R> {
                     self.read_control(*k);
                 }
             }
+            // A page request or the last snapshot may have come in.
+            self.ops_tick();
             if self.control_socket.is_some() && revents[cs_at] {
                 self.accept_admin();
             }
@@ -256,6 +256,14 @@ impl<R: Reloader> Supervisor<R> {
                         .send(&msg, &[l.socket.as_fd()])
                         .map_err(|e| e.to_string())?;
                 }
+                // smtpd serves the monitoring endpoint: the supervisor
+                // never reads from the network.
+                if let Some((fd, addr)) = self.ops.monitor_listener() {
+                    started
+                        .control
+                        .send(&ControlMsg::MonitorListener { addr }, &[fd])
+                        .map_err(|e| e.to_string())?;
+                }
                 Ok(())
             });
         if let Err(e) = sent {
@@ -326,6 +334,10 @@ impl<R: Reloader> Supervisor<R> {
                     }
                     WorkerMsg::MailLog(ev) => self.ops.log(&ev),
                     WorkerMsg::Metrics { seq, samples } => self.ops.metrics(kind, seq, samples),
+                    WorkerMsg::MetricsWanted { req } if kind == WorkerKind::Smtpd => self.ops.want_page(req),
+                    WorkerMsg::MetricsWanted { .. } => {
+                        tracing::warn!("{}: metrics page request ignored (not smtpd)", kind.name())
+                    }
                 },
                 Ok(None) => break,
                 Err(e) => {
@@ -401,10 +413,10 @@ impl<R: Reloader> Supervisor<R> {
         }
     }
 
-    /// Monitoring timers and sockets; asks the running workers for metrics
-    /// when a scrape needs them.
-    fn ops_tick(&mut self, ready: &[bool]) {
-        if let Some(seq) = self.ops.on_ready(ready) {
+    /// Monitoring timers; asks the running workers for metrics when smtpd
+    /// wants a page, and sends it the finished page.
+    fn ops_tick(&mut self) {
+        if let Some(seq) = self.ops.on_tick() {
             let mut asked = Vec::new();
             for kind in WorkerKind::ALL {
                 if let SlotState::Running(s, false) = &mut self.slots.get_mut(&kind).expect("slot").state
@@ -414,6 +426,18 @@ impl<R: Reloader> Supervisor<R> {
                 }
             }
             self.ops.collecting(seq, asked);
+        }
+        if let Some(page) = self.ops.take_page()
+            && let SlotState::Running(s, false) = &mut self.slots.get_mut(&WorkerKind::Smtpd).expect("slot").state
+        {
+            let msg = ControlMsg::MetricsPage {
+                answers: page.answers,
+                openmetrics: page.openmetrics,
+                down: page.down,
+            };
+            if let Err(e) = s.control.send(&msg, &[]) {
+                tracing::warn!("smtpd: cannot send the metrics page: {e}");
+            }
         }
     }
 

@@ -170,9 +170,9 @@ impl Session {
             return Ok(Next::Continue);
         }
         // LAST: the same checks and commit as DATA.
-        let reply = if bdat.decoder.overflow() {
+        let reply = if bdat.decoder.stored().overflow() {
             "552 5.3.4 Message too big".to_string()
-        } else if bdat.decoder.looping() {
+        } else if bdat.decoder.stored().looping() {
             "554 5.4.6 Too many Received headers: mail loop?".to_string()
         } else if let Some(e) = &bdat.write_error {
             tracing::error!("writing the data file: {e}");
@@ -187,7 +187,7 @@ impl Session {
             self.conn.reply(&reply);
             return Ok(Next::Continue);
         }
-        let data_size = bdat.decoder.size();
+        let data_size = bdat.decoder.stored().size();
         let Some((id, file)) = bdat.slot.take() else {
             return Ok(Next::Close);
         };
