@@ -298,11 +298,15 @@ done
 
 echo
 printf "%-22s %10s %10s %16s\n" "msg/s" tambo chasquid tambo/chasquid
-for k in "drain $N" "drain $SMALL" "relay $N"; do
+KEYS=("drain $N")
+[ "$SMALL" -gt 0 ] && KEYS+=("drain $SMALL")
+KEYS+=("relay $N")
+for k in "${KEYS[@]}"; do
     a=${RESULT[tambo $k]:-}
     b=${RESULT[chasquid $k]:-}
     r=-
     [ -n "$a" ] && [ -n "$b" ] && r=$(calc "f'{$a/$b:.2f}x'")
-    [ -z "$b" ] && [ "$k" = "drain $N" ] && [ "$N" -gt 200 ] && b="(max 200)"
+    [ -z "$b" ] && [ "$k" = "drain $N" ] && [ "$N" -gt 200 ] &&
+        [[ " $SERVERS " == *" chasquid "* ]] && b="(max 200)"
     printf "%-22s %10s %10s %16s\n" "$k" "${a:--}" "${b:--}" "$r"
 done
