@@ -10,6 +10,7 @@ mod domaininfo;
 mod dsn;
 mod entry;
 mod hooks;
+mod journal;
 mod manager;
 mod received;
 mod resolve;

@@ -120,6 +120,8 @@ pub struct Queue {
     /// Per-domain security levels (`data_dir/domaininfo`).
     domaininfo: DomainInfo,
     aliases: AliasDb,
+    /// Users authd recently said exist.
+    users: crate::resolve::UserCache,
     /// Sender rewriting for forwarded mail; `None` when the secret could
     /// not be read or created (forwarded mail then keeps its sender).
     srs: Option<Srs>,
@@ -161,6 +163,7 @@ impl Queue {
             messages: Mutex::new(HashMap::new()),
             domaininfo: DomainInfo::load(PathBuf::from(&start.config.data_dir).join("domaininfo")),
             aliases: AliasDb::new(std::path::Path::new(&start.config_dir)),
+            users: crate::resolve::UserCache::default(),
             deliverd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedDeliverd.name()),
             authd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedAuthd.name()),
         });
@@ -188,6 +191,7 @@ impl Queue {
     /// reported.
     pub fn reload(&self, start: &WorkerStart) -> Result<(), String> {
         self.domaininfo.reload();
+        self.users.clear();
         let s = Arc::new(Settings::from_start(start));
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = s.clone();
         self.aliases
@@ -315,6 +319,7 @@ impl Queue {
             drop_characters: &s.config.drop_characters,
             suffix_separators: &s.config.suffix_separators,
             authd: &self.authd,
+            users: &self.users,
             aliases: &self.aliases,
             config_dir: &s.config_dir,
             srs: self.srs.as_ref(),
@@ -537,7 +542,7 @@ impl Queue {
             held: false,
             is_dsn: false,
         };
-        if let Err(e) = self.store.write(entry.clone()).await {
+        if let Err(e) = self.store.add(entry.clone()).await {
             tracing::error!(id, "cannot commit: {e}");
             return Err(reply(451, "4.3.0", "Cannot queue the message now, try again later"));
         }
@@ -748,7 +753,7 @@ impl Queue {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&entry.id);
-        if let Err(e) = self.store.remove(&entry.id).await {
+        if let Err(e) = self.store.remove_lazily(&entry.id).await {
             tracing::error!(id = entry.id, "cannot remove: {e}");
         } else {
             tracing::info!(id = entry.id, "all done");
@@ -1018,7 +1023,7 @@ impl Queue {
             held: false,
             is_dsn: true,
         };
-        if let Err(e) = self.store.write(dsn_entry.clone()).await {
+        if let Err(e) = self.store.add(dsn_entry.clone()).await {
             self.store.discard_data(&id);
             return Err(Some(format!("cannot queue: {e}")));
         }
