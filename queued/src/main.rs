@@ -4,6 +4,7 @@
 
 mod admin;
 mod aliases;
+mod capacity;
 mod dkim_sign;
 mod domaininfo;
 mod dsn;
