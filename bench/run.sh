@@ -5,8 +5,9 @@
 # a null delivery agent, concurrency 1, 8 and 32. Prints accepted messages
 # per second for each server and the ratio tambo/peer.
 #
-# Durability is on everywhere: tambo and chasquid sync each message before
-# their 250, Postfix fsyncs its queue file before its 250.
+# Durability: tambo (journal fdatasync) and Postfix (fsync of the queue
+# file) make each message durable before their 250; chasquid 1.11 never
+# syncs its queue files (see bench/README.md).
 #
 # Usage: bench/run.sh            (N messages per run: N=2000 by default)
 #        N=5000 CONCURRENCY="1 8 32" SERVERS="tambo chasquid postfix" bench/run.sh

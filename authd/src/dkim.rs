@@ -55,9 +55,19 @@ pub enum SignError {
     Crypto(String),
 }
 
-enum Key {
+pub(crate) enum Key {
     Rsa(RsaKey<Sha256>),
     Ed25519(Ed25519Key),
+}
+
+impl Key {
+    /// Sign `input` (hashed with SHA-256).
+    pub(crate) fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        match self {
+            Key::Rsa(r) => r.sign(input),
+            Key::Ed25519(e) => e.sign(input),
+        }
+    }
 }
 
 struct DomainKey {
@@ -89,6 +99,16 @@ impl DkimKeys {
             by_domain.entry(domain).or_default().push(DomainKey { selector, key });
         }
         Ok(DkimKeys { by_domain })
+    }
+
+    /// The first RSA key of `domain` (by selector) and its selector: the
+    /// key ARC seals with (RFC 8617 allows only rsa-sha256).
+    pub(crate) fn rsa_key(&self, domain: &str) -> Option<(&str, &Key)> {
+        self.by_domain
+            .get(domain)?
+            .iter()
+            .find(|k| matches!(k.key, Key::Rsa(_)))
+            .map(|k| (k.selector.as_str(), &k.key))
     }
 
     /// Number of keys loaded.

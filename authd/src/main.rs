@@ -2,6 +2,7 @@
 //! TLS private keys. It answers yes/no questions and signs TLS handshakes
 //! for smtpd; it never reveals a hash or a key.
 
+mod arc;
 mod dkim;
 mod dovecot;
 mod keys;
@@ -31,7 +32,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         };
         match msg {
-            ControlMsg::Peer(ch @ (PeerChannel::SmtpdAuthd | PeerChannel::QueuedAuthd)) => {
+            ControlMsg::Peer(
+                ch @ (PeerChannel::SmtpdAuthd | PeerChannel::QueuedAuthd | PeerChannel::DeliverdAuthd),
+            ) => {
                 let Some(stream) = single_stream(fds) else {
                     tracing::warn!("{}: expected one fd", ch.name());
                     continue;
@@ -41,19 +44,11 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                     let handler = move |req, _fds| {
                         let svc = svc.clone();
                         async move {
-                            // Only smtpd does TLS: queued may not use the keys.
-                            // Only queued may have messages DKIM-signed: smtpd
-                            // faces the network and must not get a signing
-                            // oracle.
-                            let reply = match (&req, ch) {
-                                (AuthRequest::Certificates | AuthRequest::Sign { .. }, PeerChannel::QueuedAuthd) => {
-                                    AuthReply::Error("TLS keys are for smtpd only".into())
-                                }
-                                (AuthRequest::DkimSign { .. }, PeerChannel::SmtpdAuthd) => {
-                                    tracing::warn!("smtpd asked for a DKIM signature: refused");
-                                    AuthReply::Error("not allowed on this channel".into())
-                                }
-                                _ => svc.handle(req).await,
+                            let reply = if allowed(&req, ch) {
+                                svc.handle(req).await
+                            } else {
+                                tracing::warn!("{}: {} is not allowed on this channel: refused", ch.name(), req.name());
+                                AuthReply::Error("not allowed on this channel".into())
                             };
                             (reply, Vec::new())
                         }
@@ -82,6 +77,22 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             ControlMsg::Start(_) | ControlMsg::Listener { .. } | ControlMsg::AdminClient { .. } => {
                 tracing::warn!("authd: unexpected control message ignored");
             }
+        }
+    }
+}
+
+/// Which peer may ask what. Only smtpd does TLS, so only smtpd gets the
+/// certificate chains and handshake signatures. Only queued has messages
+/// DKIM-signed or ARC-sealed: smtpd faces the network and must not get a
+/// signing oracle. deliverd gets the smarthost credentials and nothing
+/// else; nobody else gets them.
+fn allowed(req: &AuthRequest, ch: PeerChannel) -> bool {
+    match req {
+        AuthRequest::Certificates | AuthRequest::Sign { .. } => ch == PeerChannel::SmtpdAuthd,
+        AuthRequest::DkimSign { .. } | AuthRequest::ArcSeal { .. } => ch == PeerChannel::QueuedAuthd,
+        AuthRequest::RelayAuth => ch == PeerChannel::DeliverdAuthd,
+        AuthRequest::UserExists { .. } | AuthRequest::Authenticate { .. } => {
+            matches!(ch, PeerChannel::SmtpdAuthd | PeerChannel::QueuedAuthd)
         }
     }
 }

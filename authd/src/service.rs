@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::Rng;
+use tambo_common::relayauth::RelayCredentials;
 use tambo_common::userdb::UserDb;
 use tambo_ipc::metrics::{self, Metric};
 use tambo_ipc::proto::{AuthOutcome, AuthReply, AuthRequest, MailLogEvent, WorkerStart};
@@ -30,6 +31,23 @@ pub struct AuthService {
     keys: KeyStore,
     /// Dovecot, when `dovecot_auth` is on: consulted after the users file.
     dovecot: Option<Dovecot>,
+    /// The smarthost credentials (`relay_auth_file`): `None` when not
+    /// configured, an error text when the file does not load.
+    relay: RwLock<Option<Result<RelayCredentials, String>>>,
+}
+
+/// Read `relay_auth_file`, when set.
+fn load_relay(start: &WorkerStart) -> Option<Result<RelayCredentials, String>> {
+    let file = &start.config.relay_auth_file;
+    if file.is_empty() {
+        return None;
+    }
+    let r = RelayCredentials::load(Path::new(&start.config_dir), file).map_err(|e| e.to_string());
+    match &r {
+        Ok(c) => tracing::info!("relay_host credentials loaded for user {}", c.user),
+        Err(e) => tracing::error!("relay_host credentials: {e}"),
+    }
+    Some(r)
 }
 
 /// Load `domains/<d>/users` for every local domain. A domain without a
@@ -69,6 +87,7 @@ impl AuthService {
             throttle: Throttle::default(),
             keys,
             dovecot,
+            relay: RwLock::new(load_relay(start)),
         })
     }
 
@@ -91,7 +110,14 @@ impl AuthService {
             .keys
             .reload(Path::new(&start.config_dir))
             .context("reloading TLS certificates");
-        users.and(dkim).and(keys)
+        let relay = match load_relay(start) {
+            Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+            fresh => {
+                *self.relay.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                Ok(())
+            }
+        };
+        users.and(dkim).and(keys).and(relay)
     }
 
     fn dbs(&self) -> Arc<HashMap<String, UserDb>> {
@@ -145,6 +171,35 @@ impl AuthService {
                     Err(e) => AuthReply::Error(format!("DKIM: {e}")),
                 }
             }
+            AuthRequest::ArcSeal {
+                domain,
+                headers,
+                body_hash,
+                chain,
+                results,
+            } => {
+                let keys = self.dkim.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let res = tokio::task::spawn_blocking(move || {
+                    crate::arc::seal(&keys, &domain, &headers, &body_hash, chain, &results, now)
+                })
+                .await;
+                match res {
+                    Ok(Ok(crate::arc::Sealed::Set(headers))) => AuthReply::ArcSet {
+                        headers,
+                        skipped: String::new(),
+                    },
+                    Ok(Ok(crate::arc::Sealed::Skipped(why))) => AuthReply::ArcSet {
+                        headers: String::new(),
+                        skipped: why,
+                    },
+                    Ok(Err(e)) => AuthReply::Error(format!("ARC: {e}")),
+                    Err(e) => AuthReply::Error(format!("ARC: {e}")),
+                }
+            }
             AuthRequest::Authenticate {
                 user,
                 domain,
@@ -177,6 +232,11 @@ impl AuthService {
                 scheme,
                 message,
             } => self.keys.sign(generation, &name, scheme, &message),
+            AuthRequest::RelayAuth => match &*self.relay.read().unwrap_or_else(|p| p.into_inner()) {
+                None => AuthReply::RelayAuth(None),
+                Some(Ok(c)) => AuthReply::RelayAuth(Some(c.auth_plain())),
+                Some(Err(e)) => AuthReply::Error(e.clone()),
+            },
         }
     }
 

@@ -285,6 +285,9 @@ config_fields! {
     /// tambo addition: send all remote mail through this host ("host:port");
     /// empty means direct delivery via MX.
     relay_host: String = String::new();
+    /// tambo addition: file with the `user:password` for AUTH to
+    /// `relay_host` (read by authd only; relative to the config dir).
+    relay_auth_file: String = String::new();
     /// tambo addition: reject incoming mail failing DMARC with p=reject.
     reject_dmarc_failures: bool = false;
     /// tambo addition: maximum simultaneous incoming connections.
@@ -299,6 +302,10 @@ config_fields! {
     /// (Go duration). Later retries come after 5, 10 and then every 20
     /// times this delay, with jitter.
     min_retry_delay: String = "1m".to_string();
+    /// tambo addition: TCP port of the HTTPS server MTA-STS policies are
+    /// fetched from (`https://mta-sts.<domain>:PORT/...`); 443 except in
+    /// tests.
+    mta_sts_port: i64 = 443;
 }
 
 /// Where each field's current value came from: (file, line).
@@ -516,6 +523,12 @@ fn validate(cfg: &Config, origins: &Origins, default_file: &str) -> Result<(), C
                 "lmtp_address {:?}: expected \"unix:/absolute/path\" or \"host:port\"",
                 cfg.lmtp_address
             ),
+        ));
+    }
+    if !(1..=65535).contains(&cfg.mta_sts_port) {
+        return Err(err(
+            "mta_sts_port",
+            format!("mta_sts_port out of range: {}", cfg.mta_sts_port),
         ));
     }
     if cfg.outgoing_smtp_port > 65535 {
@@ -813,6 +826,7 @@ reject_dmarc_failures: True
         assert!(err("hostname: \"\"").contains("hostname is empty"));
         assert!(err("hostname: \"a b\"").contains("spaces"));
         assert!(err("outgoing_smtp_port: 70000").contains("out of range"));
+        assert!(err("mta_sts_port: 0").contains("mta_sts_port out of range"));
         assert!(err("max_connections: 0").contains("max_connections must be positive"));
         let e = err("\nlmtp_address: \"dovecot\"");
         assert!(e.contains(":2:") && e.contains("lmtp_address"), "{e}");

@@ -7,5 +7,6 @@ pub mod dates;
 pub mod dkimkey;
 pub mod domaininfo;
 pub mod names;
+pub mod relayauth;
 pub mod textproto;
 pub mod userdb;

@@ -5,13 +5,13 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, RwLock};
 
 use tambo_common::config::Config;
-use tambo_deliverd::remote::{Courier, Settings};
+use tambo_deliverd::remote::{Courier, RelayCredentialSource, Settings};
 use tambo_deliverd::{lmtp, mda};
 use tambo_ipc::proto::{
-    ControlMsg, DeliverReply, DeliverRequest, DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, PeerChannel,
-    RcptRoute, WorkerKind, WorkerMsg,
+    AuthReply, AuthRequest, ControlMsg, DeliverReply, DeliverRequest, DeliveryJob, DeliveryOutcome, DeliveryReport,
+    JobRcpt, PeerChannel, RcptRoute, WorkerKind, WorkerMsg,
 };
-use tambo_ipc::worker::{ControlLink, single_stream};
+use tambo_ipc::worker::{ControlLink, PeerSlot, single_stream};
 
 fn main() {
     tambo_ipc::worker::worker_main(WorkerKind::Deliverd, run)
@@ -22,10 +22,13 @@ fn main() {
 struct Deliverer {
     config: RwLock<Arc<Config>>,
     courier: RwLock<Result<Arc<Courier>, String>>,
+    /// The channel to authd, for the smarthost credentials only.
+    authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
 }
 
-fn make_courier(config: &Config) -> Result<Arc<Courier>, String> {
-    Courier::new(Settings::from_config(config)).map_err(|e| {
+fn make_courier(config: &Config, authd: &Arc<PeerSlot<AuthRequest, AuthReply>>) -> Result<Arc<Courier>, String> {
+    let credentials: Arc<dyn RelayCredentialSource> = authd.clone();
+    Courier::with_credentials(Settings::from_config(config), Some(credentials)).map_err(|e| {
         tracing::error!("remote delivery unavailable: {e}");
         e.to_string()
     })
@@ -165,9 +168,11 @@ fn log_outcome(id: &str, to: &str, outcome: &DeliveryOutcome) {
 
 async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
     let (mut link, start) = ControlLink::start(control).await?;
+    let authd = PeerSlot::new(PeerChannel::DeliverdAuthd.name());
     let deliverer = Arc::new(Deliverer {
-        courier: RwLock::new(make_courier(&start.config)),
+        courier: RwLock::new(make_courier(&start.config, &authd)),
         config: RwLock::new(Arc::new(start.config)),
+        authd,
     });
     link.send(WorkerMsg::Ready).await?;
     loop {
@@ -193,11 +198,24 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                     }
                 });
             }
+            ControlMsg::Peer(PeerChannel::DeliverdAuthd) => {
+                let Some(stream) = single_stream(fds) else {
+                    tracing::warn!("deliverd-authd: expected one fd");
+                    continue;
+                };
+                let slot = deliverer.authd.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = slot.install(stream).await {
+                        tracing::warn!("deliverd-authd: {e}");
+                    }
+                });
+            }
             ControlMsg::Peer(ch @ (PeerChannel::SmtpdAuthd | PeerChannel::SmtpdQueued | PeerChannel::QueuedAuthd)) => {
                 tracing::warn!("deliverd was handed {}, which is not its channel", ch.name());
             }
             ControlMsg::Reload(start) => {
-                *deliverer.courier.write().unwrap_or_else(|p| p.into_inner()) = make_courier(&start.config);
+                *deliverer.courier.write().unwrap_or_else(|p| p.into_inner()) =
+                    make_courier(&start.config, &deliverer.authd);
                 *deliverer.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(start.config);
                 link.send(WorkerMsg::Reloaded {
                     ok: true,

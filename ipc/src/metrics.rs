@@ -61,11 +61,17 @@ pub enum Metric {
     DmarcResults,
     /// Hook runs, by hook and outcome.
     HookRuns,
+    /// MTA-STS (RFC 8461) decisions of the remote courier, by decision
+    /// (`policy_fetched`, `fetch_failed`, `cached_policy_used`,
+    /// `mx_skipped`, `enforce_deferred`, `testing_violation`).
+    MtaSts,
+    /// ARC chain verifications of incoming mail, by result.
+    ArcResults,
 }
 
 impl Metric {
     /// Every family, in exposition order.
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 17] = [
         Metric::SmtpConnections,
         Metric::SmtpConnectionsRefused,
         Metric::SmtpCommands,
@@ -81,6 +87,8 @@ impl Metric {
         Metric::DkimResults,
         Metric::DmarcResults,
         Metric::HookRuns,
+        Metric::MtaSts,
+        Metric::ArcResults,
     ];
 
     /// The exposed name (counters get `_total` appended on exposition).
@@ -101,6 +109,8 @@ impl Metric {
             Metric::DkimResults => "tambo_dkim_results",
             Metric::DmarcResults => "tambo_dmarc_results",
             Metric::HookRuns => "tambo_hook_runs",
+            Metric::MtaSts => "tambo_mta_sts_decisions",
+            Metric::ArcResults => "tambo_arc_results",
         }
     }
 
@@ -122,6 +132,8 @@ impl Metric {
             Metric::DkimResults => "DKIM verifications of incoming mail, by result.",
             Metric::DmarcResults => "DMARC evaluations of incoming mail, by result.",
             Metric::HookRuns => "Hook runs, by hook and outcome.",
+            Metric::MtaSts => "MTA-STS decisions of remote delivery, by decision.",
+            Metric::ArcResults => "ARC chain verifications of incoming mail, by result.",
         }
     }
 
@@ -141,7 +153,9 @@ impl Metric {
             | Metric::SpfResults
             | Metric::DkimResults
             | Metric::DmarcResults
-            | Metric::HookRuns => MetricKind::Counter,
+            | Metric::HookRuns
+            | Metric::MtaSts
+            | Metric::ArcResults => MetricKind::Counter,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! | `queued-authd` | queued → authd | [`AuthRequest`] | [`AuthReply`] |
 //! | `smtpd-queued` | smtpd → queued | [`QueueRequest`] | [`QueueReply`] |
 //! | `queued-deliverd` | queued → deliverd | [`DeliverRequest`] | [`DeliverReply`] |
+//! | `deliverd-authd` | deliverd → authd | [`AuthRequest`] (only [`AuthRequest::RelayAuth`]) | [`AuthReply`] |
 //!
 //! Message bodies never travel inside frames: queued hands smtpd a writable
 //! file descriptor ([`QueueReply::MessageSlot`]) and deliverd a read-only one
@@ -65,15 +66,19 @@ pub enum PeerChannel {
     QueuedDeliverd,
     /// queued asks authd (user lookups, DKIM signing).
     QueuedAuthd,
+    /// deliverd asks authd for the smarthost credentials (and nothing
+    /// else: authd refuses every other request on this channel).
+    DeliverdAuthd,
 }
 
 impl PeerChannel {
     /// Every peer channel.
-    pub const ALL: [PeerChannel; 4] = [
+    pub const ALL: [PeerChannel; 5] = [
         PeerChannel::SmtpdAuthd,
         PeerChannel::SmtpdQueued,
         PeerChannel::QueuedDeliverd,
         PeerChannel::QueuedAuthd,
+        PeerChannel::DeliverdAuthd,
     ];
 
     /// The name used in the handshake.
@@ -83,6 +88,7 @@ impl PeerChannel {
             PeerChannel::SmtpdQueued => "smtpd-queued",
             PeerChannel::QueuedDeliverd => "queued-deliverd",
             PeerChannel::QueuedAuthd => "queued-authd",
+            PeerChannel::DeliverdAuthd => "deliverd-authd",
         }
     }
 
@@ -93,6 +99,7 @@ impl PeerChannel {
             PeerChannel::SmtpdQueued => (WorkerKind::Smtpd, WorkerKind::Queued),
             PeerChannel::QueuedDeliverd => (WorkerKind::Queued, WorkerKind::Deliverd),
             PeerChannel::QueuedAuthd => (WorkerKind::Queued, WorkerKind::Authd),
+            PeerChannel::DeliverdAuthd => (WorkerKind::Deliverd, WorkerKind::Authd),
         }
     }
 }
@@ -417,6 +424,24 @@ pub enum AuthRequest {
         /// SHA-256 of the body under relaxed canonicalization (32 bytes).
         body_hash: Vec<u8>,
     },
+    /// Add an ARC set (RFC 8617) to a message that a local alias forwards
+    /// to a remote address, with the first RSA DKIM key of `domain`
+    /// (queued only, like [`AuthRequest::DkimSign`]).
+    ArcSeal {
+        /// The forwarding domain (a local domain): `d=` of the seal.
+        domain: String,
+        /// The header section as it will be sent (CRLF line endings,
+        /// without the blank line), tambo's own headers included.
+        headers: Vec<u8>,
+        /// SHA-256 of the body under relaxed canonicalization (32 bytes).
+        body_hash: Vec<u8>,
+        /// The chain's state at receipt: the seal's `cv=`. Only
+        /// [`ArcChain::None`] and [`ArcChain::Pass`] are sealed.
+        chain: ArcChain,
+        /// The value of tambo's Authentication-Results (`authserv-id;
+        /// results`), copied into ARC-Authentication-Results.
+        results: String,
+    },
     /// Check a password.
     Authenticate {
         /// Normalised user part.
@@ -441,6 +466,25 @@ pub enum AuthRequest {
         /// What to sign (a TLS server handshake message, bounded).
         message: Vec<u8>,
     },
+    /// The `AUTH PLAIN` response for `relay_host` (deliverd only; authd
+    /// refuses it from smtpd and queued).
+    RelayAuth,
+}
+
+impl AuthRequest {
+    /// The request's kind, for logs (never its contents: they may hold a
+    /// password).
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuthRequest::UserExists { .. } => "UserExists",
+            AuthRequest::DkimSign { .. } => "DkimSign",
+            AuthRequest::ArcSeal { .. } => "ArcSeal",
+            AuthRequest::Authenticate { .. } => "Authenticate",
+            AuthRequest::Certificates => "Certificates",
+            AuthRequest::Sign { .. } => "Sign",
+            AuthRequest::RelayAuth => "RelayAuth",
+        }
+    }
 }
 
 /// authd's answers.
@@ -466,6 +510,34 @@ pub enum AuthReply {
     },
     /// Answer to [`AuthRequest::Sign`].
     Signature(Vec<u8>),
+    /// Answer to [`AuthRequest::ArcSeal`]: ARC-Seal,
+    /// ARC-Message-Signature and ARC-Authentication-Results (folded, each
+    /// ending in CRLF), or empty when the message is not sealed (no RSA
+    /// key, chain too long or not sealable), with the reason.
+    ArcSet {
+        /// The three header fields, or empty.
+        headers: String,
+        /// Why nothing was sealed (empty when sealed).
+        skipped: String,
+    },
+    /// Answer to [`AuthRequest::RelayAuth`]: the base64 initial response
+    /// of `AUTH PLAIN`, or `None` when `relay_auth_file` is not set.
+    RelayAuth(Option<String>),
+}
+
+/// The ARC chain of an incoming message as verified at receipt (RFC 8617).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArcChain {
+    /// Not verified: authenticated or local submission, DNS temporary
+    /// error, message too large.
+    #[default]
+    Unknown,
+    /// The message carried no ARC header.
+    None,
+    /// The chain validated.
+    Pass,
+    /// The chain is broken or a signature does not verify.
+    Fail,
 }
 
 /// The public half of one `certs/<name>/` directory.
@@ -530,6 +602,10 @@ pub struct IncomingEnvelope {
     /// The SPF verdict for the sender: `Some(true)` on pass, `None` when
     /// no check was made (the post-data hook's SPF_PASS is then empty).
     pub spf_pass: Option<bool>,
+    /// The ARC chain as smtpd verified it (decides `cv=` when queued has
+    /// the message sealed for a forward).
+    #[serde(default)]
+    pub arc: ArcChain,
 }
 
 /// smtpd → queued.

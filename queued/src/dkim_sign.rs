@@ -121,7 +121,12 @@ pub async fn sign(
         Ok((AuthReply::DkimSignatures(sigs), _)) => Ok(sigs.concat()),
         Ok((AuthReply::Error(e), _)) => Err(SignFailure::Temporary(format!("authd: {e}"))),
         Ok((
-            AuthReply::Exists(_) | AuthReply::Auth(_) | AuthReply::Certificates { .. } | AuthReply::Signature(_),
+            AuthReply::Exists(_)
+            | AuthReply::Auth(_)
+            | AuthReply::Certificates { .. }
+            | AuthReply::Signature(_)
+            | AuthReply::ArcSet { .. }
+            | AuthReply::RelayAuth(_),
             _,
         )) => Err(SignFailure::Temporary("unexpected reply from authd".into())),
         Err(e) => Err(SignFailure::Temporary(format!("authd: {e}"))),

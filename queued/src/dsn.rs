@@ -214,6 +214,7 @@ mod tests {
     fn rcpt(addr: &str, state: RcptState, err: &str) -> RcptEntry {
         RcptEntry {
             address: addr.into(),
+            sender: None,
             original: addr.into(),
             route: RcptRoute::Remote { via: vec![] },
             state,

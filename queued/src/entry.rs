@@ -27,6 +27,10 @@ pub struct RcptEntry {
     pub original: String,
     /// How deliverd reaches it.
     pub route: RcptRoute,
+    /// The envelope sender for this recipient when it is not the
+    /// message's (SRS for forwarded mail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
     /// Current state.
     pub state: RcptState,
     /// Attempts made so far.
@@ -123,6 +127,7 @@ mod tests {
             rcpts: vec![RcptEntry {
                 address: "u@l".into(),
                 original: "u@l".into(),
+                sender: None,
                 route: RcptRoute::Local {
                     user: "u".into(),
                     domain: "l".into(),

@@ -437,6 +437,7 @@ mod tests {
             data_size: 0,
             listener: tambo_ipc::proto::ListenerKind::Smtp,
             spf_pass: None,
+            arc: tambo_ipc::proto::ArcChain::Unknown,
             auth_headers: String::new(),
         }
     }

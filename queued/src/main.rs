@@ -4,15 +4,18 @@
 
 mod admin;
 mod aliases;
+mod arc_seal;
 mod capacity;
 mod dkim_sign;
 mod domaininfo;
 mod dsn;
 mod entry;
 mod hooks;
+mod journal;
 mod manager;
 mod received;
 mod resolve;
+mod srs;
 mod store;
 mod submit;
 
@@ -71,7 +74,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                             }
                         });
                     }
-                    PeerChannel::SmtpdAuthd => tracing::warn!("queued was handed {}, not its channel", ch.name()),
+                    PeerChannel::SmtpdAuthd | PeerChannel::DeliverdAuthd => {
+                        tracing::warn!("queued was handed {}, not its channel", ch.name())
+                    }
                 }
             }
             ControlMsg::Reload(start) => {

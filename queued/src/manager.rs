@@ -30,6 +30,7 @@ use crate::entry::{ENTRY_VERSION, QueueEntry, RcptEntry, RcptState};
 use crate::hooks::{POST_DATA_TIMEOUT, PostData, PostDataEnv, find_hook};
 use crate::received::{received_header, rfc5322_date};
 use crate::resolve::{ResolveError, ResolverContext};
+use crate::srs::{Srs, day_number};
 use crate::store::{Store, valid_id};
 
 /// Unix time now, in seconds.
@@ -123,6 +124,11 @@ pub struct Queue {
     /// Per-domain security levels (`data_dir/domaininfo`).
     domaininfo: DomainInfo,
     aliases: AliasDb,
+    /// Users authd recently said exist.
+    users: crate::resolve::UserCache,
+    /// Sender rewriting for forwarded mail; `None` when the secret could
+    /// not be read or created (forwarded mail then keeps its sender).
+    srs: Option<Srs>,
     /// Client of deliverd.
     pub deliverd: Arc<PeerSlot<DeliverRequest, DeliverReply>>,
     /// Client of authd.
@@ -145,13 +151,23 @@ impl Queue {
         if store.corrupt_count() > 0 {
             tracing::warn!("{} corrupt queue entries moved aside", store.corrupt_count());
         }
+        let srs_dir = PathBuf::from(&start.config.data_dir).join("srs");
+        let srs = match Srs::load_or_create(&srs_dir) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("SRS disabled, forwarded mail keeps its sender: {e}");
+                None
+            }
+        };
         let queue = Arc::new(Queue {
+            srs,
             store,
             settings: RwLock::new(Arc::new(Settings::from_start(start))),
             incoming: Mutex::new(HashMap::new()),
             messages: Mutex::new(Table::default()),
             domaininfo: DomainInfo::load(PathBuf::from(&start.config.data_dir).join("domaininfo")),
             aliases: AliasDb::new(std::path::Path::new(&start.config_dir)),
+            users: crate::resolve::UserCache::default(),
             deliverd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedDeliverd.name()),
             authd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedAuthd.name()),
         });
@@ -235,6 +251,7 @@ impl Queue {
     /// reported.
     pub fn reload(&self, start: &WorkerStart) -> Result<(), String> {
         self.domaininfo.reload();
+        self.users.clear();
         let s = Arc::new(Settings::from_start(start));
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = s.clone();
         self.aliases
@@ -357,8 +374,10 @@ impl Queue {
             drop_characters: &s.config.drop_characters,
             suffix_separators: &s.config.suffix_separators,
             authd: &self.authd,
+            users: &self.users,
             aliases: &self.aliases,
             config_dir: &s.config_dir,
+            srs: self.srs.as_ref(),
         }
     }
 
@@ -449,6 +468,9 @@ impl Queue {
         let ctx = self.resolver(&s);
         let now = unix_now();
         let mut rcpts = Vec::new();
+        // The domain of the first alias that forwards this message to a
+        // remote address: its key ARC-seals the message.
+        let mut forwarder: Option<String> = None;
         for original in &env.rcpts {
             let resolved = match ctx.resolve(original).await {
                 Ok(r) => r,
@@ -469,11 +491,19 @@ impl Queue {
                 {
                     continue;
                 }
+                if forwarder.is_none()
+                    && r.failure.is_none()
+                    && let Some(d) = &r.forwarded_by
+                {
+                    forwarder = Some(d.clone());
+                }
                 let (state, last_error) = match r.failure {
                     Some(f) => (RcptState::Failed, f),
                     None => (RcptState::Pending, String::new()),
                 };
+                let sender = self.srs_sender(&ctx, &env.mail_from, original, &r.route, now);
                 rcpts.push(RcptEntry {
+                    sender,
                     address: r.address,
                     original: original.clone(),
                     route: r.route,
@@ -537,6 +567,31 @@ impl Queue {
                 }
             }
         }
+        if env.auth_user.is_none()
+            && let Some(domain) = &forwarder
+        {
+            let sealed = crate::arc_seal::seal(
+                &self.authd,
+                domain,
+                &header_prefix,
+                env.arc,
+                &env.auth_headers,
+                file,
+                size,
+            )
+            .await;
+            match sealed {
+                Ok(set) => {
+                    tracing::info!(id, domain = domain.as_str(), "ARC-sealed for a forward");
+                    header_prefix.insert_str(0, &set);
+                }
+                Err(SignFailure::Skip(why)) => tracing::info!(id, "forward not ARC-sealed: {why}"),
+                Err(SignFailure::Temporary(why)) => {
+                    tracing::warn!(id, "ARC sealing failed: {why}");
+                    return Err(reply(451, "4.3.0", "Cannot seal the message now, try again later"));
+                }
+            }
+        }
         let entry = QueueEntry {
             version: ENTRY_VERSION,
             id: id.to_string(),
@@ -552,7 +607,7 @@ impl Queue {
             is_dsn: false,
             dsn_of: None,
         };
-        if let Err(e) = self.store.write(entry.clone()).await {
+        if let Err(e) = self.store.add(entry.clone()).await {
             tracing::error!(id, "cannot commit: {e}");
             return Err(reply(451, "4.3.0", "Cannot queue the message now, try again later"));
         }
@@ -573,6 +628,37 @@ impl Queue {
         });
         self.launch_in(entry, Some(slot));
         Ok(QueueReply::Committed { id: id.to_string() })
+    }
+
+    /// The rewritten envelope sender (SRS) for a recipient, when the
+    /// message comes from a remote sender (not `<>`) and an alias of the
+    /// local domain of `original` forwards it to a remote address.
+    fn srs_sender(
+        &self,
+        ctx: &ResolverContext<'_>,
+        from: &str,
+        original: &str,
+        route: &RcptRoute,
+        now: u64,
+    ) -> Option<String> {
+        let srs = self.srs.as_ref()?;
+        if from.is_empty() || !matches!(route, RcptRoute::Remote { .. }) {
+            return None;
+        }
+        let (_, from_domain) = split_address(from);
+        let (_, forwarding_domain) = split_address(original);
+        if ctx.is_local(from_domain) || !ctx.is_local(forwarding_domain) || forwarding_domain == "localhost" {
+            return None;
+        }
+        let rewritten = srs.forward(from, forwarding_domain, day_number(now));
+        if split_address(&rewritten).0.len() > tambo_common::names::MAX_USER_LEN {
+            tracing::warn!(
+                "SRS: {from} is too long to rewrite (local parts have at most {} bytes); forwarded unchanged",
+                tambo_common::names::MAX_USER_LEN
+            );
+            return None;
+        }
+        Some(rewritten)
     }
 
     /// The incoming security-level ratchet: an accepted message from an
@@ -749,13 +835,15 @@ impl Queue {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&entry.id);
+        // With a DSN, the removal must be durable before the DSN may be
+        // delivered; without one it rides on the next flush.
         let removed = match dsn_entry {
             Some(d) => {
                 self.remove_before_dsn(&entry.id).await;
                 self.launch(d);
                 Ok(())
             }
-            None => self.store.remove(&entry.id).await,
+            None => self.store.remove_lazily(&entry.id).await,
         };
         if let Err(e) = removed {
             tracing::error!(id = entry.id, "cannot remove: {e}");
@@ -772,68 +860,43 @@ impl Queue {
     /// entry (not yet stored).
     async fn attempt(&self, mut entry: QueueEntry) -> QueueEntry {
         let now = unix_now();
-        let due: Vec<JobRcpt> = entry
-            .rcpts
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.state == RcptState::Pending && r.next_attempt <= now)
-            .map(|(i, r)| JobRcpt {
+        // One job per envelope sender: forwarded recipients may have a
+        // rewritten one (SRS).
+        let mut jobs: Vec<(String, Vec<JobRcpt>)> = Vec::new();
+        for (i, r) in entry.rcpts.iter().enumerate() {
+            if r.state != RcptState::Pending || r.next_attempt > now {
+                continue;
+            }
+            let from = r.sender.clone().unwrap_or_else(|| entry.from.clone());
+            let rcpt = JobRcpt {
                 index: i as u32,
                 address: r.address.clone(),
                 route: r.route.clone(),
-            })
-            .collect();
-        let data = match self.store.open_data(&entry.id) {
-            Ok(f) => OwnedFd::from(f),
-            Err(e) => {
-                tracing::error!(id = entry.id, "cannot open data file: {e}");
-                for r in entry.rcpts.iter_mut().filter(|r| r.state == RcptState::Pending) {
-                    r.next_attempt = now + 60;
-                    r.last_error = format!("cannot open data file: {e}");
-                }
-                return entry;
+            };
+            match jobs.iter_mut().find(|(f, _)| *f == from) {
+                Some((_, v)) => v.push(rcpt),
+                None => jobs.push((from, vec![rcpt])),
             }
-        };
-        let mut outgoing_levels: Vec<(String, SecLevel)> = Vec::new();
-        for j in &due {
-            if let RcptRoute::Remote { .. } = j.route {
-                let domain = split_address(&j.address).1;
-                if !outgoing_levels.iter().any(|(d, _)| d == domain) {
-                    outgoing_levels.push((domain.to_string(), self.domaininfo.outgoing(domain)));
+        }
+        let mut results = Vec::new();
+        for (from, due) in jobs {
+            match self.attempt_job(&entry, from, due.clone()).await {
+                Ok(r) => results.extend(r),
+                Err(NoAttempt::Data(e)) => {
+                    for j in &due {
+                        let r = &mut entry.rcpts[j.index as usize];
+                        r.next_attempt = now + 60;
+                        r.last_error = e.clone();
+                    }
+                }
+                Err(NoAttempt::Deliverd(e)) => {
+                    tracing::warn!(id = entry.id, "deliverd unreachable ({e}); retrying soon");
+                    for j in &due {
+                        entry.rcpts[j.index as usize].next_attempt = now + DELIVERD_LOST_RETRY.as_secs();
+                    }
                 }
             }
         }
-        let job = DeliveryJob {
-            id: entry.id.clone(),
-            from: entry.from.clone(),
-            rcpts: due.clone(),
-            header_prefix: entry.header_prefix.as_bytes().to_vec(),
-            outgoing_levels,
-        };
-        let results = match self
-            .deliverd
-            .call(DeliverRequest::Deliver(job), vec![data], DELIVERD_WAIT)
-            .await
-        {
-            Ok((DeliverReply::Results(r), _)) => r,
-            Ok((DeliverReply::Report(report), _)) => {
-                for (domain, level) in &report.levels_seen {
-                    // deliverd reports ASCII domains; record them under the
-                    // normalised (Unicode) name the queue uses.
-                    let name = tambo_common::names::normalize_domain(domain).unwrap_or_else(|_| domain.clone());
-                    self.domaininfo.record_outgoing(&name, *level);
-                }
-                report.results
-            }
-            Err(e) => {
-                tracing::warn!(id = entry.id, "deliverd unreachable ({e}); retrying soon");
-                let at = now + DELIVERD_LOST_RETRY.as_secs();
-                for j in &due {
-                    entry.rcpts[j.index as usize].next_attempt = at;
-                }
-                return entry;
-            }
-        };
         let s = self.settings();
         let give_up = s.config.give_up_send_after_duration();
         let first_retry = s.config.min_retry_delay_duration();
@@ -898,6 +961,57 @@ impl Queue {
         entry
     }
 
+    /// One deliverd call for the recipients `due`, sent with the envelope
+    /// sender `from`. `Err`: the attempt did not happen (data file or
+    /// deliverd unavailable).
+    async fn attempt_job(
+        &self,
+        entry: &QueueEntry,
+        from: String,
+        due: Vec<JobRcpt>,
+    ) -> Result<Vec<(u32, DeliveryOutcome)>, NoAttempt> {
+        let data = match self.store.open_data(&entry.id) {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) => {
+                tracing::error!(id = entry.id, "cannot open data file: {e}");
+                return Err(NoAttempt::Data(format!("cannot open data file: {e}")));
+            }
+        };
+        let mut outgoing_levels: Vec<(String, SecLevel)> = Vec::new();
+        for j in &due {
+            if let RcptRoute::Remote { .. } = j.route {
+                let domain = split_address(&j.address).1;
+                if !outgoing_levels.iter().any(|(d, _)| d == domain) {
+                    outgoing_levels.push((domain.to_string(), self.domaininfo.outgoing(domain)));
+                }
+            }
+        }
+        let job = DeliveryJob {
+            id: entry.id.clone(),
+            from,
+            rcpts: due,
+            header_prefix: entry.header_prefix.as_bytes().to_vec(),
+            outgoing_levels,
+        };
+        match self
+            .deliverd
+            .call(DeliverRequest::Deliver(job), vec![data], DELIVERD_WAIT)
+            .await
+        {
+            Ok((DeliverReply::Results(r), _)) => Ok(r),
+            Ok((DeliverReply::Report(report), _)) => {
+                for (domain, level) in &report.levels_seen {
+                    // deliverd reports ASCII domains; record them under the
+                    // normalised (Unicode) name the queue uses.
+                    let name = tambo_common::names::normalize_domain(domain).unwrap_or_else(|_| domain.clone());
+                    self.domaininfo.record_outgoing(&name, *level);
+                }
+                Ok(report.results)
+            }
+            Err(e) => Err(NoAttempt::Deliverd(e.to_string())),
+        }
+    }
+
     /// Queue (durably, without starting its delivery) the DSN for a
     /// finished entry, retrying while the sender's address cannot be
     /// resolved for a temporary reason. The DSN entry, to launch once the
@@ -947,6 +1061,7 @@ impl Queue {
             .into_iter()
             .filter(|r| r.failure.is_none())
             .map(|r| RcptEntry {
+                sender: None,
                 address: r.address,
                 original: entry.from.clone(),
                 route: r.route,
@@ -1014,13 +1129,21 @@ impl Queue {
             is_dsn: true,
             dsn_of: Some(entry.id.clone()),
         };
-        if let Err(e) = self.store.write(dsn_entry.clone()).await {
+        if let Err(e) = self.store.add(dsn_entry.clone()).await {
             self.store.discard_data(&id);
             return Err(Some(format!("cannot queue: {e}")));
         }
         tracing::info!(id, original = entry.id, to = entry.from, "DSN queued");
         Ok(dsn_entry)
     }
+}
+
+/// Why a delivery attempt did not happen.
+enum NoAttempt {
+    /// The data file could not be opened (recorded as the last error).
+    Data(String),
+    /// deliverd is away or its answer was lost.
+    Deliverd(String),
 }
 
 /// The metrics label of a route.

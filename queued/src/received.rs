@@ -61,6 +61,7 @@ mod tests {
             listener: ListenerKind::Smtp,
             auth_headers: String::new(),
             spf_pass: None,
+            arc: tambo_ipc::proto::ArcChain::Unknown,
         };
         let h = received_header(&env, "mx.l", "ID1", 0);
         assert!(

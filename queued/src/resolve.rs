@@ -17,12 +17,13 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tambo_common::aliases::{AliasTarget, parse_rhs, remove_drop_characters, remove_drops_and_suffix};
-use tambo_common::names::{normalize_user, split_address};
+use tambo_common::names::{normalize_address, normalize_user, split_address};
 use tambo_ipc::proto::{AuthReply, AuthRequest, RcptRoute};
 use tambo_ipc::worker::PeerSlot;
 
 use crate::aliases::AliasDb;
 use crate::hooks::{HookInput, base_env, find_hook, run_hook};
+use crate::srs::{Srs, day_number, is_srs};
 
 /// How many levels of aliases are followed.
 pub const MAX_DEPTH: usize = 10;
@@ -42,6 +43,9 @@ pub struct Resolved {
     /// at a local user that does not exist): it is recorded as failed and
     /// reported in a DSN instead of being attempted.
     pub failure: Option<String>,
+    /// For a remote recipient reached through a local alias: the domain of
+    /// the alias that forwards it (whose key ARC-seals the message).
+    pub forwarded_by: Option<String>,
 }
 
 /// Why an address does not resolve.
@@ -77,14 +81,62 @@ pub struct ResolverContext<'a> {
     pub suffix_separators: &'a str,
     /// The channel to authd, to ask whether users exist.
     pub authd: &'a PeerSlot<AuthRequest, AuthReply>,
+    /// Users authd recently said exist.
+    pub users: &'a UserCache,
     /// The aliases files.
     pub aliases: &'a AliasDb,
     /// The configuration directory (for the `alias-resolve` hook).
     pub config_dir: &'a Path,
+    /// SRS, to resolve bounces to rewritten senders (`SRS0=…@local`).
+    pub srs: Option<&'a Srs>,
 }
 
 /// How long to wait for authd when it is restarting.
 const AUTHD_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a "this user exists" answer from authd is reused.
+pub const USER_CACHE_TTL: Duration = Duration::from_secs(2);
+/// Most users remembered at once.
+const USER_CACHE_MAX: usize = 4096;
+
+/// Positive answers of authd to "does this user exist", kept for
+/// [`USER_CACHE_TTL`]: a message's recipient is checked at RCPT and again
+/// when the message is committed, each time a round trip
+/// smtpd → queued → authd; under load the second one (and the checks of
+/// the next messages to the same user) are answered from here. Only
+/// existence is remembered, so a new user is never refused because of the
+/// cache; a removed user is accepted for at most the TTL more. Cleared on
+/// reload.
+#[derive(Default)]
+pub struct UserCache {
+    seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl UserCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn exists(&self, key: &str) -> bool {
+        self.lock().get(key).is_some_and(|t| t.elapsed() < USER_CACHE_TTL)
+    }
+
+    fn insert(&self, key: String) {
+        let mut seen = self.lock();
+        if seen.len() >= USER_CACHE_MAX {
+            seen.retain(|_, t| t.elapsed() < USER_CACHE_TTL);
+            if seen.len() >= USER_CACHE_MAX {
+                seen.clear();
+            }
+        }
+        seen.insert(key, std::time::Instant::now());
+    }
+
+    /// Forget everything (reload).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+}
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -151,14 +203,34 @@ impl ResolverContext<'_> {
             }
             let (user, domain) = split_address(address);
             if !self.is_local(domain) {
+                let forwarded_by = w.chain.last().map(|a| split_address(a).1.to_string());
                 return w.push(
                     top,
                     Resolved {
                         address: address.to_string(),
                         route: RcptRoute::Remote { via: Vec::new() },
                         failure: None,
+                        forwarded_by,
                     },
                 );
+            }
+            // A bounce to an address we rewrote (SRS): back to the original
+            // sender, if the hash and the age are right; otherwise no such
+            // user, whatever the aliases say.
+            if let Some(srs) = self.srs
+                && is_srs(user)
+            {
+                let now = day_number(crate::manager::unix_now());
+                return match srs.reverse(user, now) {
+                    Ok(Some(original)) => match normalize_address(&original) {
+                        Ok(original) => self.walk(top, &original, depth + 1, w).await,
+                        Err(_) => Err(ResolveError::Unknown(address.to_string())),
+                    },
+                    Ok(None) | Err(_) => {
+                        tracing::info!("{address}: not a valid SRS address of ours");
+                        Err(ResolveError::Unknown(address.to_string()))
+                    }
+                };
             }
             let aliases = self.aliases.get(domain, self.drop_characters, self.suffix_separators);
             // Exact match first (so `user+tag: …` can have an alias of its
@@ -209,6 +281,7 @@ impl ResolverContext<'_> {
                             address: clean.clone(),
                             route: RcptRoute::Pipe { argv },
                             failure: None,
+                            forwarded_by: None,
                         },
                     )?,
                     AliasTarget::Forward { address: a, via } => w.push(
@@ -217,6 +290,7 @@ impl ResolverContext<'_> {
                             address: star(&a, user),
                             route: RcptRoute::Remote { via },
                             failure: None,
+                            forwarded_by: Some(domain.to_string()),
                         },
                     )?,
                     AliasTarget::Email(a) => {
@@ -273,18 +347,29 @@ impl ResolverContext<'_> {
     }
 
     async fn user_exists(&self, user: &str, domain: &str) -> Result<bool, ResolveError> {
+        let key = format!("{user}@{domain}");
+        if self.users.exists(&key) {
+            return Ok(true);
+        }
         let req = AuthRequest::UserExists {
             user: user.to_string(),
             domain: domain.to_string(),
         };
         match self.authd.call(req, Vec::new(), AUTHD_WAIT).await {
-            Ok((AuthReply::Exists(b), _)) => Ok(b),
+            Ok((AuthReply::Exists(b), _)) => {
+                if b {
+                    self.users.insert(key);
+                }
+                Ok(b)
+            }
             Ok((AuthReply::Error(e), _)) => Err(ResolveError::Temporary(format!("{user}@{domain}"), e)),
             Ok((
                 AuthReply::Auth(_)
                 | AuthReply::Certificates { .. }
                 | AuthReply::Signature(_)
-                | AuthReply::DkimSignatures(_),
+                | AuthReply::RelayAuth(_)
+                | AuthReply::DkimSignatures(_)
+                | AuthReply::ArcSet { .. },
                 _,
             )) => Err(ResolveError::Temporary(
                 format!("{user}@{domain}"),
@@ -306,6 +391,7 @@ fn local(user: &str, domain: &str, failure: Option<String>) -> Resolved {
             domain: domain.to_string(),
         },
         failure,
+        forwarded_by: None,
     }
 }
 
@@ -337,7 +423,9 @@ mod tests {
                     AuthRequest::Authenticate { .. }
                     | AuthRequest::Certificates
                     | AuthRequest::Sign { .. }
-                    | AuthRequest::DkimSign { .. } => AuthReply::Error("no".into()),
+                    | AuthRequest::RelayAuth
+                    | AuthRequest::DkimSign { .. }
+                    | AuthRequest::ArcSeal { .. } => AuthReply::Error("no".into()),
                 };
                 (rep, Vec::new())
             };
@@ -348,11 +436,30 @@ mod tests {
         slot
     }
 
+    #[test]
+    fn user_cache_remembers_existence_for_a_while() {
+        let c = UserCache::default();
+        assert!(!c.exists("a@d.org"));
+        c.insert("a@d.org".into());
+        assert!(c.exists("a@d.org"));
+        c.lock()
+            .insert("old@d.org".into(), std::time::Instant::now() - USER_CACHE_TTL);
+        assert!(!c.exists("old@d.org"));
+        for i in 0..USER_CACHE_MAX + 10 {
+            c.insert(format!("u{i}@d.org"));
+        }
+        assert!(c.lock().len() <= USER_CACHE_MAX);
+        c.clear();
+        assert!(!c.exists("a@d.org"));
+    }
+
     struct Fixture {
         dir: tempfile::TempDir,
         authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
+        users: UserCache,
         db: AliasDb,
         domains: Vec<String>,
+        srs: Srs,
     }
 
     impl Fixture {
@@ -364,8 +471,10 @@ mod tests {
             Fixture {
                 dir,
                 authd: fake_authd().await,
+                users: UserCache::default(),
                 db,
                 domains: vec!["d.org".into()],
+                srs: Srs::from_secret(b"test secret"),
             }
         }
 
@@ -376,16 +485,22 @@ mod tests {
             std::fs::set_permissions(h.join("alias-resolve"), std::fs::Permissions::from_mode(0o755)).unwrap();
         }
 
-        async fn resolve(&self, a: &str) -> Result<Vec<(String, String)>, ResolveError> {
+        async fn resolve_full(&self, a: &str) -> Result<Vec<Resolved>, ResolveError> {
             let ctx = ResolverContext {
                 local_domains: &self.domains,
                 drop_characters: ".",
                 suffix_separators: "+",
                 authd: &self.authd,
+                users: &self.users,
                 aliases: &self.db,
                 config_dir: self.dir.path(),
+                srs: Some(&self.srs),
             };
-            let r = ctx.resolve(a).await?;
+            ctx.resolve(a).await
+        }
+
+        async fn resolve(&self, a: &str) -> Result<Vec<(String, String)>, ResolveError> {
+            let r = self.resolve_full(a).await?;
             Ok(r.into_iter()
                 .map(|r| {
                     let how = match (&r.route, &r.failure) {
@@ -402,6 +517,33 @@ mod tests {
 
     fn v(items: &[(&str, &str)]) -> Vec<(String, String)> {
         items.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    /// Remote recipients reached through an alias know the alias's domain
+    /// (the ARC sealer); a remote RCPT itself does not.
+    #[tokio::test]
+    async fn forwarding_domain() {
+        let f = Fixture::new("team: alice, out@remote.org\nfwd: x@far.org via mx.far.org\nnested: team\n").await;
+        let by = |r: &[Resolved]| -> Vec<(String, Option<String>)> {
+            r.iter().map(|r| (r.address.clone(), r.forwarded_by.clone())).collect()
+        };
+        let d = Some("d.org".to_string());
+        assert_eq!(
+            by(&f.resolve_full("team@d.org").await.unwrap()),
+            [("alice@d.org".into(), None), ("out@remote.org".into(), d.clone())]
+        );
+        assert_eq!(
+            by(&f.resolve_full("nested@d.org").await.unwrap())[1],
+            ("out@remote.org".into(), d.clone())
+        );
+        assert_eq!(
+            by(&f.resolve_full("fwd@d.org").await.unwrap()),
+            [("x@far.org".into(), d)]
+        );
+        assert_eq!(
+            by(&f.resolve_full("y@elsewhere.org").await.unwrap()),
+            [("y@elsewhere.org".into(), None)]
+        );
     }
 
     #[tokio::test]
@@ -542,6 +684,33 @@ mod tests {
             Err(ResolveError::Temporary(..))
         ));
         assert!(started.elapsed() < Duration::from_secs(20));
+    }
+
+    #[tokio::test]
+    async fn srs_bounces() {
+        let f = Fixture::new("*: alice\nfwd: out@remote.org\n").await;
+        let today = day_number(crate::manager::unix_now());
+        let rewritten = f.srs.forward("joe.x+y@far.org", "d.org", today);
+        // Normalisation lowercases the local part: still valid.
+        let lower = normalize_address(&rewritten).unwrap();
+        assert_eq!(f.resolve(&lower).await.unwrap(), v(&[("joe.x+y@far.org", "remote ")]));
+        // A forged or expired one is no user, catch-all or not.
+        let forged = lower.replace("joe.x", "root");
+        assert_eq!(f.resolve(&forged).await, Err(ResolveError::Unknown(forged.clone())));
+        let old = f.srs.forward("joe@far.org", "d.org", today - 30);
+        let old = normalize_address(&old).unwrap();
+        assert_eq!(f.resolve(&old).await, Err(ResolveError::Unknown(old.clone())));
+        // An SRS address of another domain is just remote.
+        assert_eq!(
+            f.resolve("srs0=x=y=z=w@else.org").await.unwrap(),
+            v(&[("srs0=x=y=z=w@else.org", "remote ")])
+        );
+        // SRS1 goes back to the first forwarder's SRS0 address.
+        let srs1 = f.srs.forward("SRS0=abc=de=far.org=joe@one.org", "d.org", today);
+        assert_eq!(
+            f.resolve(&normalize_address(&srs1).unwrap()).await.unwrap(),
+            v(&[("srs0=abc=de=far.org=joe@one.org", "remote ")])
+        );
     }
 
     #[test]

@@ -104,6 +104,7 @@ pub async fn submit(
         listener: ListenerKind::Submission,
         auth_headers: String::new(),
         spf_pass: None,
+        arc: tambo_ipc::proto::ArcChain::Unknown,
     };
     match queue.commit(&id, env).await {
         QueueReply::Committed { id } => Ok(id),

@@ -13,6 +13,12 @@
 //!   once, so memory stays bounded whatever the load.
 //! - DMARC: the result is always recorded; a `p=reject` failure is refused
 //!   at DATA with 550 5.7.1 only when `reject_dmarc_failures` is set.
+//! - ARC (RFC 8617): the chain is verified (at most 50 sets, within the
+//!   same time bound) and reported as `arc=pass|fail|none`, with
+//!   `temperror` for DNS trouble and `neutral` when the message is too
+//!   large to verify; never a rejection. The result travels to queued in
+//!   the envelope, where it becomes the `cv=` of tambo's own seal when the
+//!   message is forwarded.
 //! - DNS temporary errors give `temperror` and never a rejection by
 //!   themselves.
 //!
@@ -40,6 +46,7 @@ use mail_auth::{
     MessageAuthenticator, ReceivedSpf, SpfOutput, SpfResult,
 };
 use tambo_ipc::metrics::{self, Metric};
+use tambo_ipc::proto::ArcChain;
 use tokio::sync::Semaphore;
 
 /// Signatures verified per message at most; later ones are ignored.
@@ -144,6 +151,8 @@ pub struct DataVerdict {
     pub headers: String,
     /// The reply refusing the message, when DMARC enforcement applies.
     pub reject: Option<String>,
+    /// The ARC chain's verdict.
+    pub arc: ArcChain,
 }
 
 /// The shared checker: the DNS resolver (replaced on reload) and the
@@ -285,6 +294,7 @@ impl EmailAuth {
         };
         let mut results = strip_host(&spf_part.to_string(), hostname);
         let mut reject = None;
+        let mut arc = ArcChain::Unknown;
         match AuthenticatedMessage::parse(&raw) {
             None => results.push_str(";\r\n\tdkim=none (no header section)"),
             Some(mut msg) => {
@@ -323,6 +333,12 @@ impl EmailAuth {
                         .map(|(_, d)| d.to_string())
                         .unwrap_or_default()
                 };
+                let (chain, part) = check_arc(resolver.as_deref(), &msg, too_large, spf.ip).await;
+                arc = chain;
+                for word in result_words(&part, "arc=") {
+                    metrics::inc(Metric::ArcResults, &[("result", word)]);
+                }
+                results.push_str(&part);
                 if let Some(r) = &resolver {
                     let params = DmarcParameters::new(&msg, &dkim, &mail_from_domain, &spf.output);
                     let dmarc: DmarcOutput = tokio::time::timeout(CHECK_TIMEOUT, r.verify_dmarc(params))
@@ -356,7 +372,63 @@ impl EmailAuth {
             headers.push_str("\r\n");
         }
         headers.push_str(&format!("Authentication-Results: {hostname}{results}\r\n"));
-        DataVerdict { headers, reject }
+        DataVerdict { headers, reject, arc }
+    }
+}
+
+/// Whether the message carries any ARC header (well formed or not).
+fn has_arc_headers(msg: &AuthenticatedMessage<'_>) -> bool {
+    msg.has_arc_errors || !msg.ams_headers.is_empty() || !msg.as_headers.is_empty() || !msg.aar_headers.is_empty()
+}
+
+/// Verify the ARC chain of `msg`: the verdict, and the `arc=` part of
+/// Authentication-Results (`;\r\n\tarc=…`).
+async fn check_arc(
+    resolver: Option<&MessageAuthenticator>,
+    msg: &AuthenticatedMessage<'_>,
+    too_large: bool,
+    ip: IpAddr,
+) -> (ArcChain, String) {
+    let ip = pvalue(&ip.to_string());
+    let part = |word: &str, comment: &str| {
+        let comment = if comment.is_empty() {
+            String::new()
+        } else {
+            let c: String = comment
+                .chars()
+                .filter(|c| !c.is_control() && !matches!(c, '(' | ')' | '\\'))
+                .take(100)
+                .collect();
+            format!(" ({c})")
+        };
+        format!(";\r\n\tarc={word}{comment} smtp.remote-ip={ip}")
+    };
+    if !has_arc_headers(msg) {
+        return (ArcChain::None, part("none", ""));
+    }
+    if too_large {
+        let why = format!("message larger than {} MiB not verified", MAX_VERIFY_SIZE >> 20);
+        return (ArcChain::Unknown, part("neutral", &why));
+    }
+    let Some(r) = resolver else {
+        return (ArcChain::Unknown, part("temperror", "no DNS resolver"));
+    };
+    let out = match tokio::time::timeout(CHECK_TIMEOUT, r.verify_arc(msg)).await {
+        Ok(o) => o,
+        Err(_) => return (ArcChain::Unknown, part("temperror", "timed out")),
+    };
+    let last = out
+        .sets()
+        .last()
+        .map(|s| format!("i={} d={}", s.seal.header.i, pvalue(&s.seal.header.d)));
+    match out.result() {
+        DkimResult::Pass => (ArcChain::Pass, part("pass", last.as_deref().unwrap_or_default())),
+        DkimResult::TempError(e) => (ArcChain::Unknown, part("temperror", &e.to_string())),
+        // ARC headers without a message signature: a broken chain.
+        DkimResult::None => (ArcChain::Fail, part("fail", "broken or incomplete ARC chain")),
+        DkimResult::Fail(e) | DkimResult::Neutral(e) | DkimResult::PermError(e) => {
+            (ArcChain::Fail, part("fail", &e.to_string()))
+        }
     }
 }
 

@@ -67,7 +67,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                     }
                 });
             }
-            ControlMsg::Peer(ch @ (PeerChannel::QueuedDeliverd | PeerChannel::QueuedAuthd)) => {
+            ControlMsg::Peer(
+                ch @ (PeerChannel::QueuedDeliverd | PeerChannel::QueuedAuthd | PeerChannel::DeliverdAuthd),
+            ) => {
                 tracing::warn!("smtpd was handed {}, which is not its channel", ch.name());
             }
             ControlMsg::Reload(start) => {

@@ -507,6 +507,7 @@ impl Session {
     async fn commit_transaction(&mut self, id: String, file: std::fs::File, data_size: u64) -> Result<Next, ConnError> {
         // SPF, DKIM, DMARC of unauthenticated mail (emailauth.rs).
         let mut auth_headers = String::new();
+        let mut arc = tambo_ipc::proto::ArcChain::Unknown;
         if self.auth_user.is_none()
             && let Some(spf) = &self.spf
         {
@@ -530,6 +531,7 @@ impl Session {
                 return Ok(Next::Continue);
             }
             auth_headers = verdict.headers;
+            arc = verdict.arc;
         }
         drop(file);
         let envelope = IncomingEnvelope {
@@ -544,6 +546,7 @@ impl Session {
             listener: self.peer.listener,
             spf_pass: self.spf.as_ref().map(|s| s.word() == "pass"),
             auth_headers,
+            arc,
         };
         let reply = self.backend.commit(&id, envelope).await;
         if !reply.starts_with('2') {
@@ -736,7 +739,9 @@ impl Session {
                 AuthReply::Exists(_)
                 | AuthReply::Certificates { .. }
                 | AuthReply::Signature(_)
-                | AuthReply::DkimSignatures(_),
+                | AuthReply::DkimSignatures(_)
+                | AuthReply::ArcSet { .. }
+                | AuthReply::RelayAuth(_),
                 _,
             ))
             | Err(_) => {

@@ -154,7 +154,12 @@ async fn fetch(authd: &AuthdSlot) -> Result<(u64, Vec<CertChain>), String> {
         Ok(Ok((AuthReply::Certificates { generation, chains }, _))) => Ok((generation, chains)),
         Ok(Ok((AuthReply::Error(e), _))) => Err(e),
         Ok(Ok((
-            AuthReply::Exists(_) | AuthReply::Auth(_) | AuthReply::Signature(_) | AuthReply::DkimSignatures(_),
+            AuthReply::Exists(_)
+            | AuthReply::Auth(_)
+            | AuthReply::Signature(_)
+            | AuthReply::DkimSignatures(_)
+            | AuthReply::ArcSet { .. }
+            | AuthReply::RelayAuth(_),
             _,
         ))) => Err("unexpected reply".into()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -313,7 +318,9 @@ impl Signer for RemoteSigner {
                 AuthReply::Exists(_)
                 | AuthReply::Auth(_)
                 | AuthReply::Certificates { .. }
-                | AuthReply::DkimSignatures(_),
+                | AuthReply::DkimSignatures(_)
+                | AuthReply::ArcSet { .. }
+                | AuthReply::RelayAuth(_),
                 _,
             ))) => "unexpected reply".into(),
             Ok(Err(e)) => e.to_string(),

@@ -27,7 +27,30 @@ pub fn load(config_dir: &Path, overrides: Option<&str>) -> Result<(Config, Vec<S
             .map_err(|e| e.to_string())?;
     }
     check_dkim_keys(config_dir, &domains)?;
+    check_relay_auth(config_dir, &config)?;
     Ok((config, domains))
+}
+
+/// authd reads `relay_auth_file`; a file that does not parse stops
+/// tambod at start-up (and fails a reload) with its name and line.
+fn check_relay_auth(config_dir: &Path, config: &Config) -> Result<(), String> {
+    if config.relay_auth_file.is_empty() {
+        return Ok(());
+    }
+    if config.relay_host.is_empty() {
+        return Err("relay_auth_file is set but relay_host is not".into());
+    }
+    tambo_common::relayauth::RelayCredentials::load(config_dir, &config.relay_auth_file).map_err(|e| e.to_string())?;
+    let path = tambo_common::relayauth::resolve_path(config_dir, &config.relay_auth_file);
+    if let Ok(md) = std::fs::metadata(&path)
+        && md.permissions().mode() & 0o004 != 0
+    {
+        tracing::warn!(
+            "{}: relay credentials readable by every user; chmod 0640 and chgrp it to authd's group",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// DKIM keys are loaded by authd; a key that does not load stops tambod
@@ -174,16 +197,22 @@ fn owned_by(path: &Path, id: Option<&Identity>) -> Result<(), String> {
     Ok(())
 }
 
-/// Create `data_dir` (queue, domaininfo, sts-cache owned by queued's user)
-/// and `run_dir` with smtpd's empty chroot.
+/// Create `data_dir` (queue, domaininfo and srs owned by queued's user;
+/// sts-cache owned by deliverd's user, the only process that fetches and
+/// caches MTA-STS policies) and `run_dir` with smtpd's empty chroot.
 pub fn prepare_dirs(config: &Config, ids: &[(WorkerKind, Identity)]) -> Result<Dirs, String> {
     let id_of = |k: WorkerKind| ids.iter().find(|(kind, _)| *kind == k).map(|(_, id)| id);
     let data = PathBuf::from(&config.data_dir);
     mkdir(&data, 0o755)?;
-    for sub in ["queue", "domaininfo", "sts-cache"] {
+    for (sub, owner) in [
+        ("queue", WorkerKind::Queued),
+        ("domaininfo", WorkerKind::Queued),
+        ("srs", WorkerKind::Queued),
+        ("sts-cache", WorkerKind::Deliverd),
+    ] {
         let p = data.join(sub);
         mkdir(&p, 0o700)?;
-        owned_by(&p, id_of(WorkerKind::Queued))?;
+        owned_by(&p, id_of(owner))?;
     }
     let run = PathBuf::from(&config.run_dir);
     mkdir(&run, 0o755)?;

@@ -100,9 +100,25 @@ impl FakeDns {
         }
     }
 
-    /// A TXT record.
+    /// A TXT record (split in character-strings of at most 255 bytes, as
+    /// a long DKIM key needs).
     pub fn txt(&self, name: &str, text: &str) {
-        self.add(name, RecordType::TXT, RData::TXT(TXT::new(vec![text.to_string()])));
+        let strings = text
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        self.add(name, RecordType::TXT, RData::TXT(TXT::new(strings)));
+    }
+
+    /// Replace every TXT record of `name` with this one.
+    pub fn set_txt(&self, name: &str, text: &str) {
+        self.zone
+            .lock()
+            .expect("zone")
+            .records
+            .remove(&(key(name), RecordType::TXT));
+        self.txt(name, text);
     }
 
     /// Answer SERVFAIL for every query of `name`.

@@ -160,6 +160,8 @@ pub struct Extensions {
     pub smtputf8: bool,
     /// STARTTLS (RFC 3207).
     pub starttls: bool,
+    /// AUTH (RFC 4954): the mechanisms offered, upper case.
+    pub auth: Vec<String>,
 }
 
 impl Extensions {
@@ -175,6 +177,7 @@ impl Extensions {
                 "SMTPUTF8" => e.smtputf8 = true,
                 "STARTTLS" => e.starttls = true,
                 "SIZE" => e.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "AUTH" => e.auth = words.take(32).map(|m| m.to_ascii_uppercase()).collect(),
                 _ => {}
             }
         }
@@ -336,6 +339,17 @@ impl Session {
         }
         self.ext = Extensions::default();
         Ok(())
+    }
+
+    /// `AUTH PLAIN` with the base64 initial response `response` (RFC
+    /// 4954, 4616). The credentials are never logged.
+    pub async fn auth_plain(&mut self, response: &str) -> Result<(), SmtpError> {
+        let r = self.command(&format!("AUTH PLAIN {response}\r\n"), "AUTH").await?;
+        if r.code == 235 {
+            Ok(())
+        } else {
+            Err(SmtpError::Refused("AUTH", r))
+        }
     }
 
     /// Send a command and read its reply.
@@ -598,6 +612,11 @@ mod tests {
         let e = Extensions::parse(&r);
         assert!(e.pipelining && e.eight_bit_mime && !e.smtputf8 && !e.starttls);
         assert_eq!(e.size, Some(1000));
+        assert!(e.auth.is_empty());
+        let r = parse(b"250-mx.test\r\n250-AUTH login Plain\r\n250 STARTTLS\r\n")
+            .await
+            .unwrap();
+        assert_eq!(Extensions::parse(&r).auth, vec!["LOGIN", "PLAIN"]);
         assert_eq!(parse(b"354\r\n").await.unwrap().code, 354);
         assert!(matches!(
             parse(b"250-a\r\n251 b\r\n").await,

@@ -170,6 +170,30 @@ impl Dns {
     }
 }
 
+impl Dns {
+    /// The TXT records of `name`, each record's strings joined. A name
+    /// without TXT records, or that does not exist, gives an empty list.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        let lookup = match self.resolver.lookup(fqdn.as_str(), RecordType::TXT).await {
+            Ok(l) => l,
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => return Ok(Vec::new()),
+            Err(e) => return Err(temporary(name, &e)),
+        };
+        let mut out = Vec::new();
+        for r in lookup.answers() {
+            if let RData::TXT(txt) = &r.data {
+                let mut joined = Vec::new();
+                for part in txt.txt_data.iter() {
+                    joined.extend_from_slice(part);
+                }
+                out.push(String::from_utf8_lossy(&joined).into_owned());
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn temporary(name: &str, e: &NetError) -> DnsError {
     DnsError::Temporary(name.into(), e.to_string())
 }

@@ -1,6 +1,6 @@
 //! Remote delivery over SMTP: routing (MX, A/AAAA, null MX, alias `via`,
 //! `relay_host`), the SMTP client, TLS with per-domain security levels,
-//! connection reuse and concurrency limits.
+//! MTA-STS ([`sts`]), connection reuse and concurrency limits.
 //!
 //! The courier never touches the queue or the domaininfo store: queued
 //! sends the recorded level of each domain with the job and records what
@@ -11,25 +11,62 @@ pub mod client;
 pub mod dane;
 pub mod dns;
 pub mod pool;
+pub mod sts;
 pub mod tls;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tambo_common::config::Config;
 use tambo_common::domaininfo::SecLevel;
 use tambo_common::names::{domain_to_ascii, split_address};
-use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, RcptRoute};
+use tambo_ipc::proto::{AuthReply, AuthRequest, DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, RcptRoute};
+use tambo_ipc::worker::PeerSlot;
 
 use body::Body;
 use client::{Envelope, RcptResult, Session, SessionLimits, SmtpError};
 use dane::{DaneResolver, HostPolicy};
 use dns::{Dns, DnsError, MxAnswer};
 use pool::{Limits, Pool};
+use sts::{Sts, StsDecision, StsSettings};
 use tls::TlsClient;
+
+/// Where the smarthost's `AUTH PLAIN` response comes from: authd, over
+/// the `deliverd-authd` channel (deliverd never reads the file).
+pub trait RelayCredentialSource: Send + Sync {
+    /// The base64 initial response; `Ok(None)` when none is configured.
+    fn auth_plain(&self) -> Pin<Box<dyn Future<Output = Result<Option<String>, String>> + Send + '_>>;
+}
+
+/// How long to wait for authd's credentials (it may be restarting).
+const AUTHD_WAIT: Duration = Duration::from_secs(5);
+
+impl RelayCredentialSource for PeerSlot<AuthRequest, AuthReply> {
+    fn auth_plain(&self) -> Pin<Box<dyn Future<Output = Result<Option<String>, String>> + Send + '_>> {
+        Box::pin(async move {
+            match self.call(AuthRequest::RelayAuth, Vec::new(), AUTHD_WAIT).await {
+                Ok((AuthReply::RelayAuth(r), _)) => Ok(r),
+                Ok((AuthReply::Error(e), _)) => Err(format!("authd: {e}")),
+                Ok((
+                    AuthReply::Exists(_)
+                    | AuthReply::Auth(_)
+                    | AuthReply::DkimSignatures(_)
+                    | AuthReply::Certificates { .. }
+                    | AuthReply::Signature(_)
+                    | AuthReply::ArcSet { .. },
+                    _,
+                )) => Err("authd: unexpected reply".into()),
+                Err(e) => Err(format!("authd: {e}")),
+            }
+        })
+    }
+}
 
 /// Settings of the courier, from the configuration (tests change the
 /// timeouts).
@@ -41,6 +78,9 @@ pub struct Settings {
     pub port: u16,
     /// Smarthost ("host" or "host:port"), when set.
     pub relay_host: Option<String>,
+    /// Authenticate to the smarthost (`relay_auth_file` is set): only
+    /// after STARTTLS with a certificate valid for its name.
+    pub relay_auth: bool,
     /// `dns_servers`.
     pub dns_servers: Vec<String>,
     /// `tls_extra_ca_file`.
@@ -57,6 +97,10 @@ pub struct Settings {
     pub max_sessions_per_domain: usize,
     /// DNS query timeout.
     pub dns_timeout: Duration,
+    /// MTA-STS: the policy cache (`data_dir/sts-cache`, written by
+    /// deliverd), the policy servers' HTTPS port (`mta_sts_port`) and the
+    /// fetch timeout.
+    pub sts: StsSettings,
 }
 
 impl Settings {
@@ -66,6 +110,7 @@ impl Settings {
             hostname: c.hostname.clone(),
             port: u16::try_from(c.outgoing_smtp_port).unwrap_or(25),
             relay_host: (!c.relay_host.is_empty()).then(|| c.relay_host.clone()),
+            relay_auth: !c.relay_auth_file.is_empty(),
             dns_servers: c.dns_servers.clone(),
             tls_extra_ca_file: c.tls_extra_ca_file.clone(),
             session: SessionLimits::default(),
@@ -74,6 +119,11 @@ impl Settings {
             max_sessions: 100,
             max_sessions_per_domain: 20,
             dns_timeout: Duration::from_secs(5),
+            sts: StsSettings {
+                cache_dir: Some(PathBuf::from(&c.data_dir).join("sts-cache")),
+                port: u16::try_from(c.mta_sts_port).unwrap_or(443),
+                fetch_timeout: Duration::from_secs(30),
+            },
         }
     }
 }
@@ -87,6 +137,9 @@ pub enum CourierError {
     /// TLS configuration.
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
+    /// MTA-STS client configuration.
+    #[error("{0}")]
+    Sts(String),
     /// `relay_host` or a `via` server is not "host" or "host:port".
     #[error("bad server {0:?}: {1}")]
     Server(String, String),
@@ -100,6 +153,8 @@ pub struct Courier {
     tls: TlsClient,
     pool: Arc<Pool>,
     limits: Limits,
+    sts: Sts,
+    credentials: Option<Arc<dyn RelayCredentialSource>>,
 }
 
 /// Where to send mail for one group of recipients.
@@ -107,9 +162,10 @@ pub struct Courier {
 enum Target {
     /// Through DNS (MX) for this domain (ASCII form).
     Mx(String),
-    /// Through these servers ("host" or "host:port"): alias `via` or
-    /// `relay_host`.
+    /// Through these servers ("host" or "host:port"): alias `via`.
     Servers(Vec<String>),
+    /// Through the smarthost (`relay_host`), with AUTH when configured.
+    Relay(String),
 }
 
 /// The outcome of trying one server.
@@ -149,6 +205,14 @@ fn is_ascii_local(addr: &str) -> bool {
 impl Courier {
     /// Set up DNS and TLS. Needs a tokio runtime.
     pub fn new(settings: Settings) -> Result<Arc<Courier>, CourierError> {
+        Courier::with_credentials(settings, None)
+    }
+
+    /// Like [`Courier::new`], with the source of the smarthost credentials.
+    pub fn with_credentials(
+        settings: Settings,
+        credentials: Option<Arc<dyn RelayCredentialSource>>,
+    ) -> Result<Arc<Courier>, CourierError> {
         if let Some(r) = &settings.relay_host {
             parse_host_port(r, settings.port).map_err(|e| CourierError::Server(r.clone(), e))?;
         }
@@ -156,6 +220,7 @@ impl Courier {
         let dane = DaneResolver::new(&settings.dns_servers, settings.dns_timeout)?;
         let tls = TlsClient::new(&settings.tls_extra_ca_file)?;
         tracing::debug!(roots = tls.roots, "remote delivery ready");
+        let sts = Sts::new(dns.clone(), &tls, settings.sts.clone()).map_err(CourierError::Sts)?;
         let pool = Pool::new(settings.idle_timeout, 8, 256);
         let weak = Arc::downgrade(&pool);
         let every = settings.idle_timeout.max(Duration::from_secs(1));
@@ -175,6 +240,8 @@ impl Courier {
             dane,
             tls,
             pool,
+            sts,
+            credentials,
         }))
     }
 
@@ -202,7 +269,7 @@ impl Courier {
             let target = match &r.route {
                 RcptRoute::Remote { via } if !via.is_empty() => Target::Servers(via.clone()),
                 _ => match &self.settings.relay_host {
-                    Some(relay) => Target::Servers(vec![relay.clone()]),
+                    Some(relay) => Target::Relay(relay.clone()),
                     None => match domain_to_ascii(domain) {
                         Ok(d) => Target::Mx(d),
                         Err(e) => {
@@ -222,11 +289,12 @@ impl Courier {
             async move {
                 let recorded = match &target {
                     Target::Mx(d) => recorded_level(job, d),
-                    Target::Servers(_) => SecLevel::Plain,
+                    Target::Servers(_) | Target::Relay(_) => SecLevel::Plain,
                 };
                 let key = match &target {
                     Target::Mx(d) => d.clone(),
                     Target::Servers(s) => s.join("/"),
+                    Target::Relay(s) => s.clone(),
                 };
                 let fut = self.deliver_group(job, &target, &group, body, recorded, &key);
                 let (outcomes, level) = match tokio::time::timeout(self.settings.attempt_timeout, fut).await {
@@ -267,9 +335,14 @@ impl Courier {
         let all = |o: DeliveryOutcome| (group.iter().map(|_| o.clone()).collect::<Vec<_>>(), None);
         // Addresses as the peer will see them, and the SMTPUTF8 need.
         let needs_utf8 = !is_ascii_local(&job.from) || group.iter().any(|r| !is_ascii_local(&r.address));
+        let auth = matches!(target, Target::Relay(_)) && self.settings.relay_auth;
         // DANE applies when the MX answer is DNSSEC-authenticated.
         let mut dane_domain: Option<&str> = None;
         let (servers, implicit) = match target {
+            Target::Relay(s) => match parse_host_port(s, self.settings.port) {
+                Ok(hp) => (vec![hp], false),
+                Err(e) => return all(DeliveryOutcome::PermFail(format!("bad server {s:?}: {e}"))),
+            },
             Target::Servers(list) => {
                 let mut v = Vec::new();
                 for s in list {
@@ -293,6 +366,12 @@ impl Courier {
                 }
             }
         };
+        // MTA-STS (RFC 8461) for MX routing, applied per MX host in
+        // try_host where DANE does not authenticate the host.
+        let sts = match target {
+            Target::Mx(domain) => self.sts.decide(domain).await,
+            Target::Servers(_) | Target::Relay(_) => StsDecision::default(),
+        };
         let _permits = self.limits.acquire(key).await;
         let mut errors: Vec<String> = Vec::new();
         for (host, port) in servers.iter().take(dns::MAX_MX) {
@@ -307,15 +386,22 @@ impl Courier {
                     needs_utf8,
                     implicit,
                     dane_domain,
+                    &sts,
+                    auth,
                 )
                 .await
             {
-                Ok(HostOutcome::Done(outcomes, level)) => return (outcomes, Some(level)),
+                Ok(HostOutcome::Done(outcomes, level)) => {
+                    sts.note_delivery(level);
+                    return (outcomes, Some(level));
+                }
                 Ok(HostOutcome::Next(e)) => errors.push(e),
                 Err(perm) => return all(DeliveryOutcome::PermFail(perm)),
             }
         }
-        all(DeliveryOutcome::TempFail(errors.join("; ")))
+        let why = errors.join("; ");
+        sts.note_deferred(&why);
+        all(DeliveryOutcome::TempFail(why))
     }
 
     /// Try one server: a pooled session or new connections to each of its
@@ -332,6 +418,8 @@ impl Courier {
         needs_utf8: bool,
         implicit: bool,
         dane_domain: Option<&str>,
+        sts: &StsDecision,
+        auth: bool,
     ) -> Result<HostOutcome, String> {
         let policy = match dane_domain {
             Some(domain) => match self.dane.host_policy(host, port, domain).await {
@@ -340,7 +428,22 @@ impl Courier {
             },
             None => HostPolicy::Opportunistic,
         };
-        let pool_key = format!("{host}:{port}");
+        // MTA-STS where DANE does not authenticate this host (DANE takes
+        // precedence, RFC 8461 §2): under enforce, an MX the policy does
+        // not name is not contacted, and the others need TLS_SECURE.
+        let mut floor_why = "recorded for this domain";
+        let mut recorded = recorded;
+        if !policy.is_dane() {
+            if let Err(e) = sts.check_host(host) {
+                return Ok(HostOutcome::Next(e));
+            }
+            if sts.floor() > recorded {
+                recorded = sts.floor();
+                floor_why = "required by the domain's MTA-STS policy (enforce)";
+            }
+        }
+        // Authenticated sessions are pooled apart from the others.
+        let pool_key = format!("{}{host}:{port}", if auth { "auth:" } else { "" });
         let mut session = None;
         while let Some(mut s) = self.pool.take(&pool_key) {
             let fits = match &policy {
@@ -362,7 +465,11 @@ impl Courier {
             };
             for ip in addrs.into_iter().take(4) {
                 let addr = SocketAddr::new(ip, port);
-                match self.open(addr, host, recorded, &policy).await {
+                let opened = match self.open(addr, host, recorded, &policy).await {
+                    Ok(s) if auth => self.authenticate(s).await,
+                    other => other,
+                };
+                match opened {
                     Ok(s) => {
                         session = Some(s);
                         break;
@@ -377,11 +484,17 @@ impl Courier {
         let who = format!("{host}[{}]", session.addr.ip());
         if session.level < recorded {
             let level = session.level;
+            let problem = session
+                .tls_problem
+                .take()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default();
             tokio::spawn(session.quit());
             return Ok(HostOutcome::Next(format!(
-                "{who}: security level {} is below the {} recorded for this domain; not sending",
+                "{who}: security level {} is below the {} {}; not sending{problem}",
                 level.name(),
-                recorded.name()
+                recorded.name(),
+                floor_why,
             )));
         }
         if let Some(limit) = session.ext.size
@@ -480,6 +593,53 @@ impl Courier {
             return Ok(HostOutcome::Next(text));
         }
         Ok(HostOutcome::Done(outcomes, level))
+    }
+
+    /// Authenticate a new session to the smarthost: never without TLS
+    /// and a certificate valid for its name, so the password cannot go in
+    /// clear or to an impostor.
+    async fn authenticate(&self, mut s: Session) -> Result<Session, String> {
+        let who = format!("{}[{}]", s.host, s.addr.ip());
+        if s.level != SecLevel::TlsSecure {
+            let why = match (&s.level, &s.tls_problem) {
+                (SecLevel::Plain, _) => "the server did not offer STARTTLS".to_string(),
+                (_, Some(p)) => format!("its certificate is not valid ({p})"),
+                (_, None) => "its certificate is not valid".to_string(),
+            };
+            tokio::spawn(s.quit());
+            return Err(format!(
+                "{who}: relay credentials not sent: {why}; AUTH needs TLS with a certificate valid for the relay host"
+            ));
+        }
+        if !s.ext.auth.iter().any(|m| m == "PLAIN") {
+            tokio::spawn(s.quit());
+            return Err(format!("{who}: the relay host does not offer AUTH PLAIN"));
+        }
+        let response = match &self.credentials {
+            None => Err("no channel to authd".to_string()),
+            Some(c) => c.auth_plain().await,
+        };
+        let response = match response {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                tokio::spawn(s.quit());
+                return Err(format!("{who}: relay_auth_file is set but authd has no credentials"));
+            }
+            Err(e) => {
+                tokio::spawn(s.quit());
+                return Err(format!("{who}: cannot get the relay credentials: {e}"));
+            }
+        };
+        match s.auth_plain(&response).await {
+            Ok(()) => {
+                tracing::debug!(host = s.host, "authenticated to the relay host");
+                Ok(s)
+            }
+            Err(e) => {
+                tokio::spawn(s.quit());
+                Err(format!("{who}: {e}"))
+            }
+        }
     }
 
     /// A new session to `addr`. When TLS fails and the domain has no

@@ -136,6 +136,12 @@ impl TlsClient {
         })
     }
 
+    /// The verifier judging chains (system roots plus `tls_extra_ca_file`),
+    /// for other TLS clients of the courier (MTA-STS policy fetches).
+    pub fn verifier(&self) -> Option<Arc<WebPkiServerVerifier>> {
+        self.verifier.clone()
+    }
+
     /// Handshake over `tcp` for `host` (sent as SNI when it is a name).
     /// Returns the stream, the level reached and, when insecure, why.
     pub async fn handshake(
