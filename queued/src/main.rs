@@ -5,6 +5,7 @@
 mod admin;
 mod aliases;
 mod arc_seal;
+mod capacity;
 mod dkim_sign;
 mod domaininfo;
 mod dsn;

@@ -726,6 +726,7 @@ mod tests {
             data_size: size,
             held: false,
             is_dsn: false,
+            dsn_of: None,
         }
     }
 
