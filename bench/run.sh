@@ -5,11 +5,13 @@
 # a null delivery agent, concurrency 1, 8 and 32. Prints accepted messages
 # per second for each server and the ratio tambo/peer.
 #
-# Durability is on everywhere: tambo and chasquid sync each message before
-# their 250, Postfix fsyncs its queue file before its 250.
+# Durability: tambo (journal fdatasync) and Postfix (fsync of the queue
+# file) make each message durable before their 250; chasquid 1.11 never
+# syncs its queue files (see bench/README.md).
 #
 # Usage: bench/run.sh            (N messages per run: N=2000 by default)
 #        N=5000 CONCURRENCY="1 8 32" SERVERS="tambo chasquid postfix" bench/run.sh
+#        TAMBO_BIN=/some/dir bench/run.sh   (tambo's binaries from there, no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Every server checks SPF for the sender's domain; with the machine's
@@ -33,8 +35,13 @@ need smtp-source postfix
 need openssl openssl
 [[ " $SERVERS " == *" chasquid "* ]] && need chasquid chasquid
 
-echo "== building tambo (release)"
-cargo build --release --bins -q
+if [ -n "${TAMBO_BIN:-}" ]; then
+    echo "== tambo binaries from $TAMBO_BIN (not built)"
+else
+    echo "== building tambo (release)"
+    cargo build --release --bins -q
+    TAMBO_BIN=target/release
+fi
 
 # The work directory lives on the same filesystem as the repository (not
 # a tmpfs), so every server pays for real syncs.
@@ -58,10 +65,21 @@ chmod 755 "$WORK/null-mda"
 if [ -n "${BENCH_NS:-}" ]; then
     echo "nameserver 127.0.0.77" > "$WORK/resolv.conf"
     mount --bind "$WORK/resolv.conf" /etc/resolv.conf
-    /usr/sbin/dnsmasq --keep-in-foreground --port=53 --listen-address=127.0.0.77 --bind-interfaces \
-        --no-resolv --no-hosts --address=/#/ --user=root --pid-file="$WORK/dnsmasq.pid" 2>"$WORK/dnsmasq.log" &
+    # Authoritative for "test" (the sender's domain remote.test and every
+    # _dmarc name under it): NXDOMAIN with the zone's SOA, whose 60 s
+    # minimum lets a caching resolver keep the negative answer (RFC 2308),
+    # as real zones do. The same resolver serves every server; whether a
+    # server caches is its own business (chasquid 1.11 does not).
+    # BENCH_DNS=plain: NXDOMAIN without SOA (nothing can be cached).
+    # (--bind-dynamic: with --bind-interfaces, dnsmasq 2.90 does not treat
+    # queries to 127.0.0.77 as authoritative and sends no SOA.)
+    local_dns=(--auth-server=ns.bench.test,127.0.0.77 --auth-zone=test --auth-ttl=60)
+    [ "${BENCH_DNS:-}" = plain ] && local_dns=()
+    /usr/sbin/dnsmasq --keep-in-foreground --port=53 --listen-address=127.0.0.77 --bind-dynamic \
+        --no-resolv --no-hosts --address=/#/ "${local_dns[@]}" ${KEEP:+--log-queries --log-facility=-} \
+        --user=root --pid-file="$WORK/dnsmasq.pid" 2>"$WORK/dnsmasq.log" &
     PIDS+=($!)
-    echo "== private resolver: dnsmasq on 127.0.0.77 (every name NXDOMAIN)"
+    echo "== private resolver: dnsmasq on 127.0.0.77 (every name NXDOMAIN${local_dns:+, with the SOA of test.})"
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -102,7 +120,7 @@ start_tambo() {
     mkdir -p "$d/config/domains/example.com" "$d/data"
     make_cert "$d/config/certs/localhost"
     : > "$d/config/domains/example.com/aliases"
-    target/release/tambo -C "$d/config" user-add alice@example.com --password bench-pw >/dev/null
+    "$TAMBO_BIN/tambo" -C "$d/config" user-add alice@example.com --password bench-pw >/dev/null
     PORT[tambo]=$(free_port)
     write_conf "$d/config" "${PORT[tambo]}" "$(free_port)" "$(free_port)" "$d/data" "run_dir: \"$d/run\"
 max_queue_items: 1000000"
@@ -110,7 +128,8 @@ max_queue_items: 1000000"
         packaging/create-users.sh >/dev/null
         chmod -R a+rX "$d/config"
     fi
-    target/release/tambod --config_dir="$d/config" 2>"$d/tambod.log" &
+    "$TAMBO_BIN/tambod" --config_dir="$d/config" 2>"$d/tambod.log" &
+    TAMBOD_PID=$!
     PIDS+=($!)
     wait_port "${PORT[tambo]}"
 }
@@ -240,3 +259,20 @@ for c in $CONCURRENCY; do
     done
     echo
 done
+
+# CPU per accepted message of each tambo worker (user+system from /proc,
+# over every message tambo accepted, warm-up included; "children" is the
+# delivery agents deliverd ran and reaped).
+if [[ " ${ACTIVE[*]} " == *" tambo "* ]]; then
+    total=$((200 + N * $(wc -w <<<"$CONCURRENCY")))
+    drain tambo
+    echo
+    echo "tambo CPU per accepted message ($total messages):"
+    tck=$(getconf CLK_TCK)
+    for name in smtpd queued deliverd authd; do
+        for p in $(pgrep -P "$TAMBOD_PID" -x "tambo-$name"); do
+            read -r u s cu cs < <(awk '{print $14, $15, $16, $17}' "/proc/$p/stat")
+            python3 -c "print(f'   {\"$name\":9} {($u+$s)*1000/$tck/$total:.3f} ms  children {($cu+$cs)*1000/$tck/$total:.3f} ms')"
+        done
+    done
+fi

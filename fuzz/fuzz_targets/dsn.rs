@@ -87,6 +87,7 @@ fuzz_target!(|data: &[u8]| {
         data_size: message.len() as u64,
         held: false,
         is_dsn: false,
+        dsn_of: None,
     };
     let bare = dsn::build_dsn(&entry, "mx.example.com", 1_750_000_100, b"");
     let text = String::from_utf8(bare.clone()).expect("the DSN is UTF-8");

@@ -24,6 +24,14 @@ pub fn wants_dsn(entry: &QueueEntry) -> bool {
     !entry.from.is_empty() && !entry.is_dsn && entry.rcpts.iter().any(|r| r.state == RcptState::Failed)
 }
 
+/// The queue ID of the DSN reporting on message `id`. Derived from it
+/// (a random ID has 20 characters, so the two never collide), so every
+/// attempt to queue that DSN, before or after a crash, writes the same entry.
+pub fn dsn_id(id: &str) -> String {
+    let base: String = id.chars().filter(|c| c.is_ascii_alphanumeric()).take(61).collect();
+    format!("{base}DSN")
+}
+
 /// The RFC 3463 status and, when the error was an SMTP reply, the
 /// diagnostic code, for a failed recipient.
 pub fn status_of(r: &RcptEntry) -> (String, Option<String>) {
@@ -233,6 +241,7 @@ mod tests {
             data_size: 0,
             held: false,
             is_dsn: false,
+            dsn_of: None,
         }
     }
 
@@ -277,6 +286,17 @@ mod tests {
         e.is_dsn = false;
         e.from.clear();
         assert!(!wants_dsn(&e));
+    }
+
+    #[test]
+    fn dsn_ids_are_derived_and_valid() {
+        let id = crate::store::new_id();
+        let d = dsn_id(&id);
+        assert_eq!(d, format!("{id}DSN"));
+        assert_eq!(dsn_id(&id), d);
+        assert!(crate::store::valid_id(&d));
+        assert_ne!(dsn_id(&crate::store::new_id()), d);
+        assert!(crate::store::valid_id(&dsn_id(&"x".repeat(64))));
     }
 
     #[test]

@@ -77,6 +77,11 @@ pub struct QueueEntry {
     /// This message is a delivery status notification we generated.
     #[serde(default)]
     pub is_dsn: bool,
+    /// For a DSN: the queue ID of the message it reports on. While that
+    /// message is still queued (after a crash), this DSN is not delivered:
+    /// the message is removed first (see `Queue::start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn_of: Option<String>,
 }
 
 impl QueueEntry {
@@ -140,6 +145,7 @@ mod tests {
             data_size: 10,
             held: false,
             is_dsn: false,
+            dsn_of: None,
         }
     }
 

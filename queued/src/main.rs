@@ -5,11 +5,13 @@
 mod admin;
 mod aliases;
 mod arc_seal;
+mod capacity;
 mod dkim_sign;
 mod domaininfo;
 mod dsn;
 mod entry;
 mod hooks;
+mod journal;
 mod manager;
 mod received;
 mod resolve;

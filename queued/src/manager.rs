@@ -2,9 +2,10 @@
 //! message's delivery going (per recipient, with back-off) and removes it
 //! when every recipient is done.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,6 +22,7 @@ use tambo_ipc::worker::{PeerSlot, mail_log};
 use tokio::sync::Notify;
 
 use crate::aliases::AliasDb;
+use crate::capacity::{Slot, Table, try_reserve};
 use crate::dkim_sign::SignFailure;
 use crate::domaininfo::DomainInfo;
 use crate::dsn;
@@ -116,10 +118,14 @@ pub struct Queue {
     pub(crate) store: Store,
     settings: RwLock<Arc<Settings>>,
     incoming: Mutex<HashMap<String, Incoming>>,
-    pub(crate) messages: Mutex<HashMap<String, Arc<Message>>>,
+    /// The queued messages, and the places reserved by commits in
+    /// progress (`max_queue_items` applies to both).
+    pub(crate) messages: Mutex<Table<Arc<Message>>>,
     /// Per-domain security levels (`data_dir/domaininfo`).
     domaininfo: DomainInfo,
     aliases: AliasDb,
+    /// Users authd recently said exist.
+    users: crate::resolve::UserCache,
     /// Sender rewriting for forwarded mail; `None` when the secret could
     /// not be read or created (forwarded mail then keeps its sender).
     srs: Option<Srs>,
@@ -158,9 +164,10 @@ impl Queue {
             store,
             settings: RwLock::new(Arc::new(Settings::from_start(start))),
             incoming: Mutex::new(HashMap::new()),
-            messages: Mutex::new(HashMap::new()),
+            messages: Mutex::new(Table::default()),
             domaininfo: DomainInfo::load(PathBuf::from(&start.config.data_dir).join("domaininfo")),
             aliases: AliasDb::new(std::path::Path::new(&start.config_dir)),
+            users: crate::resolve::UserCache::default(),
             deliverd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedDeliverd.name()),
             authd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedAuthd.name()),
         });
@@ -170,9 +177,7 @@ impl Queue {
         metrics::global().add(Metric::DsnsSent, &[], 0.0);
         let weak = Arc::downgrade(&queue);
         metrics::global().register_gauges(Box::new(move || weak.upgrade().map(|q| q.gauges()).unwrap_or_default()));
-        for e in entries {
-            queue.launch(e);
-        }
+        queue.launch_recovered(entries);
         let q = queue.clone();
         tokio::spawn(async move {
             loop {
@@ -183,11 +188,70 @@ impl Queue {
         Ok(queue)
     }
 
+    /// Start delivering the entries found at start. A finished message
+    /// whose DSN is queued too (queued died between queuing the DSN and
+    /// removing the message) is removed first, and only then is its DSN
+    /// delivered: so the DSN is neither sent twice nor lost.
+    fn launch_recovered(self: &Arc<Self>, entries: Vec<QueueEntry>) {
+        let ids: HashSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let reported: HashSet<String> = entries
+            .iter()
+            .filter(|e| e.is_dsn)
+            .filter_map(|e| e.dsn_of.clone())
+            .filter(|o| ids.contains(o.as_str()))
+            .collect();
+        let mut held = Vec::new();
+        for e in entries {
+            if reported.contains(&e.id) {
+                continue;
+            }
+            if e.is_dsn && e.dsn_of.as_ref().is_some_and(|o| reported.contains(o)) {
+                held.push(e);
+            } else {
+                self.launch(e);
+            }
+        }
+        if held.is_empty() {
+            return;
+        }
+        let q = self.clone();
+        tokio::spawn(async move {
+            for dsn_entry in held {
+                let original = dsn_entry.dsn_of.clone().unwrap_or_default();
+                tracing::info!(
+                    id = original,
+                    dsn = dsn_entry.id,
+                    "finished message already has its DSN queued: removing it"
+                );
+                q.remove_before_dsn(&original).await;
+                q.launch(dsn_entry);
+            }
+        });
+    }
+
+    /// Remove a finished message whose DSN waits for that, retrying until
+    /// the removal is durable (a DSN delivered before that could be sent
+    /// again after a crash).
+    async fn remove_before_dsn(&self, id: &str) {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match self.store.remove(id).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(id, "cannot remove (its DSN waits for that): {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
     /// Replace the settings and read the aliases files again (on
     /// reload). A broken aliases file keeps the previous aliases and is
     /// reported.
     pub fn reload(&self, start: &WorkerStart) -> Result<(), String> {
         self.domaininfo.reload();
+        self.users.clear();
         let s = Arc::new(Settings::from_start(start));
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = s.clone();
         self.aliases
@@ -219,11 +283,6 @@ impl Queue {
                 value: age as f64,
             },
         ]
-    }
-
-    /// Number of messages in the queue.
-    pub fn len(&self) -> usize {
-        self.messages.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Every message in the queue.
@@ -315,14 +374,22 @@ impl Queue {
             drop_characters: &s.config.drop_characters,
             suffix_separators: &s.config.suffix_separators,
             authd: &self.authd,
+            users: &self.users,
             aliases: &self.aliases,
             config_dir: &s.config_dir,
             srs: self.srs.as_ref(),
         }
     }
 
+    /// `max_queue_items` as a count.
+    fn max_items(&self) -> usize {
+        usize::try_from(self.settings().config.max_queue_items).unwrap_or(0)
+    }
+
     pub(crate) fn new_message(&self) -> (QueueReply, Vec<OwnedFd>) {
-        let full = self.len() as i64 >= self.settings().config.max_queue_items;
+        // A cheap early refusal (before the client sends the data); the
+        // place itself is reserved at commit.
+        let full = self.messages.lock().unwrap_or_else(|p| p.into_inner()).occupied() >= self.max_items();
         if full {
             return (reply(451, "4.3.0", "Queue full, try again later"), vec![]);
         }
@@ -392,10 +459,12 @@ impl Queue {
             tracing::error!(id, "data file has {size} bytes, smtpd says {}", env.data_size);
             return Err(reply(451, "4.3.0", "Error writing the message, try again"));
         }
-        let s = self.settings();
-        if self.len() as i64 >= s.config.max_queue_items {
+        // Check and reserve atomically: however many commits run at once,
+        // queued messages plus commits in progress stay within the limit.
+        let Some(slot) = try_reserve(&self.messages, self.max_items()) else {
             return Err(reply(451, "4.3.0", "Queue full, try again later"));
-        }
+        };
+        let s = self.settings();
         let ctx = self.resolver(&s);
         let now = unix_now();
         let mut rcpts = Vec::new();
@@ -536,8 +605,9 @@ impl Queue {
             data_size: size,
             held: false,
             is_dsn: false,
+            dsn_of: None,
         };
-        if let Err(e) = self.store.write(entry.clone()).await {
+        if let Err(e) = self.store.add(entry.clone()).await {
             tracing::error!(id, "cannot commit: {e}");
             return Err(reply(451, "4.3.0", "Cannot queue the message now, try again later"));
         }
@@ -556,7 +626,7 @@ impl Queue {
             to: env.rcpts.clone(),
             ip: entry.remote_ip.clone(),
         });
-        self.launch(entry);
+        self.launch_in(entry, Some(slot));
         Ok(QueueReply::Committed { id: id.to_string() })
     }
 
@@ -647,6 +717,12 @@ impl Queue {
 
     /// Start the delivery task of a queued message.
     fn launch(self: &Arc<Self>, entry: QueueEntry) {
+        self.launch_in(entry, None);
+    }
+
+    /// Start the delivery task of a queued message, in the place `slot`
+    /// reserved for it if any.
+    fn launch_in(self: &Arc<Self>, entry: QueueEntry, slot: Option<Slot<'_, Arc<Message>>>) {
         let id = entry.id.clone();
         let msg = Arc::new(Message {
             entry: Mutex::new(entry),
@@ -654,10 +730,15 @@ impl Queue {
             io: tokio::sync::Mutex::new(()),
             removed: std::sync::atomic::AtomicBool::new(false),
         });
-        self.messages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), msg.clone());
+        match slot {
+            Some(slot) => slot.fill(id.clone(), msg.clone()),
+            None => {
+                self.messages
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), msg.clone());
+            }
+        }
         let q = self.clone();
         tokio::spawn(async move {
             q.deliver_loop(&msg).await;
@@ -737,18 +818,34 @@ impl Queue {
         if !failed.is_empty() {
             tracing::info!(id = entry.id, "{} recipient(s) failed", failed.len());
         }
-        if dsn::wants_dsn(&entry) {
-            // The original stays queued until its DSN is durably queued:
-            // a crash in between sends the DSN again rather than never.
-            self.queue_dsn(&entry).await;
-        }
+        // The DSN is queued durably while the message is still queued,
+        // under an ID derived from the message's; it is delivered only
+        // after the message's removal is durable. A crash before the DSN
+        // is queued queues it at restart; a crash after finds both and
+        // removes the message before delivering the DSN (see
+        // `launch_recovered`): never lost, never sent twice.
+        let dsn_entry = if dsn::wants_dsn(&entry) {
+            self.queue_dsn(&entry).await
+        } else {
+            None
+        };
         // Out of the count first, so a client that sees the envelope gone
         // also finds room in the queue.
         self.messages
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&entry.id);
-        if let Err(e) = self.store.remove(&entry.id).await {
+        // With a DSN, the removal must be durable before the DSN may be
+        // delivered; without one it rides on the next flush.
+        let removed = match dsn_entry {
+            Some(d) => {
+                self.remove_before_dsn(&entry.id).await;
+                self.launch(d);
+                Ok(())
+            }
+            None => self.store.remove_lazily(&entry.id).await,
+        };
+        if let Err(e) = removed {
             tracing::error!(id = entry.id, "cannot remove: {e}");
         } else {
             tracing::info!(id = entry.id, "all done");
@@ -915,19 +1012,21 @@ impl Queue {
         }
     }
 
-    /// Queue the DSN for a finished entry, retrying while the sender's
-    /// address cannot be resolved for a temporary reason.
-    async fn queue_dsn(self: &Arc<Self>, entry: &QueueEntry) {
+    /// Queue (durably, without starting its delivery) the DSN for a
+    /// finished entry, retrying while the sender's address cannot be
+    /// resolved for a temporary reason. The DSN entry, to launch once the
+    /// original is removed.
+    async fn queue_dsn(self: &Arc<Self>, entry: &QueueEntry) -> Option<QueueEntry> {
         let mut delay = Duration::from_secs(5);
         for _ in 0..10 {
             match self.try_queue_dsn(entry).await {
-                Ok(()) => return,
+                Ok(d) => return Some(d),
                 Err(Some(e)) => {
                     tracing::warn!(id = entry.id, "cannot queue the DSN yet: {e}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(600));
                 }
-                Err(None) => return,
+                Err(None) => return None,
             }
         }
         tracing::error!(
@@ -935,10 +1034,11 @@ impl Queue {
             "DSN to <{}> abandoned after repeated failures",
             entry.from
         );
+        None
     }
 
     /// `Err(Some(why))`: try again later; `Err(None)`: no DSN can be sent.
-    async fn try_queue_dsn(self: &Arc<Self>, entry: &QueueEntry) -> Result<(), Option<String>> {
+    async fn try_queue_dsn(self: &Arc<Self>, entry: &QueueEntry) -> Result<QueueEntry, Option<String>> {
         let s = self.settings();
         let now = unix_now();
         let headers = match self.store.open_data(&entry.id) {
@@ -981,7 +1081,17 @@ impl Queue {
             );
             return Err(None);
         }
-        let (id, mut file) = self.store.create_data().map_err(|e| Some(format!("data file: {e}")))?;
+        // The same ID on every attempt: a retry replaces what an earlier
+        // attempt left, never adds a second DSN.
+        let id = dsn::dsn_id(&entry.id);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(self.store.data_path(&id))
+            .map_err(|e| Some(format!("data file: {e}")))?;
         if let Err(e) = std::io::Write::write_all(&mut file, &body) {
             self.store.discard_data(&id);
             return Err(Some(format!("writing the DSN: {e}")));
@@ -1017,14 +1127,14 @@ impl Queue {
             data_size: body.len() as u64,
             held: false,
             is_dsn: true,
+            dsn_of: Some(entry.id.clone()),
         };
-        if let Err(e) = self.store.write(dsn_entry.clone()).await {
+        if let Err(e) = self.store.add(dsn_entry.clone()).await {
             self.store.discard_data(&id);
             return Err(Some(format!("cannot queue: {e}")));
         }
         tracing::info!(id, original = entry.id, to = entry.from, "DSN queued");
-        self.launch(dsn_entry);
-        Ok(())
+        Ok(dsn_entry)
     }
 }
 

@@ -81,6 +81,8 @@ pub struct ResolverContext<'a> {
     pub suffix_separators: &'a str,
     /// The channel to authd, to ask whether users exist.
     pub authd: &'a PeerSlot<AuthRequest, AuthReply>,
+    /// Users authd recently said exist.
+    pub users: &'a UserCache,
     /// The aliases files.
     pub aliases: &'a AliasDb,
     /// The configuration directory (for the `alias-resolve` hook).
@@ -91,6 +93,50 @@ pub struct ResolverContext<'a> {
 
 /// How long to wait for authd when it is restarting.
 const AUTHD_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a "this user exists" answer from authd is reused.
+pub const USER_CACHE_TTL: Duration = Duration::from_secs(2);
+/// Most users remembered at once.
+const USER_CACHE_MAX: usize = 4096;
+
+/// Positive answers of authd to "does this user exist", kept for
+/// [`USER_CACHE_TTL`]: a message's recipient is checked at RCPT and again
+/// when the message is committed, each time a round trip
+/// smtpd → queued → authd; under load the second one (and the checks of
+/// the next messages to the same user) are answered from here. Only
+/// existence is remembered, so a new user is never refused because of the
+/// cache; a removed user is accepted for at most the TTL more. Cleared on
+/// reload.
+#[derive(Default)]
+pub struct UserCache {
+    seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl UserCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn exists(&self, key: &str) -> bool {
+        self.lock().get(key).is_some_and(|t| t.elapsed() < USER_CACHE_TTL)
+    }
+
+    fn insert(&self, key: String) {
+        let mut seen = self.lock();
+        if seen.len() >= USER_CACHE_MAX {
+            seen.retain(|_, t| t.elapsed() < USER_CACHE_TTL);
+            if seen.len() >= USER_CACHE_MAX {
+                seen.clear();
+            }
+        }
+        seen.insert(key, std::time::Instant::now());
+    }
+
+    /// Forget everything (reload).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+}
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -301,12 +347,21 @@ impl ResolverContext<'_> {
     }
 
     async fn user_exists(&self, user: &str, domain: &str) -> Result<bool, ResolveError> {
+        let key = format!("{user}@{domain}");
+        if self.users.exists(&key) {
+            return Ok(true);
+        }
         let req = AuthRequest::UserExists {
             user: user.to_string(),
             domain: domain.to_string(),
         };
         match self.authd.call(req, Vec::new(), AUTHD_WAIT).await {
-            Ok((AuthReply::Exists(b), _)) => Ok(b),
+            Ok((AuthReply::Exists(b), _)) => {
+                if b {
+                    self.users.insert(key);
+                }
+                Ok(b)
+            }
             Ok((AuthReply::Error(e), _)) => Err(ResolveError::Temporary(format!("{user}@{domain}"), e)),
             Ok((
                 AuthReply::Auth(_)
@@ -381,9 +436,27 @@ mod tests {
         slot
     }
 
+    #[test]
+    fn user_cache_remembers_existence_for_a_while() {
+        let c = UserCache::default();
+        assert!(!c.exists("a@d.org"));
+        c.insert("a@d.org".into());
+        assert!(c.exists("a@d.org"));
+        c.lock()
+            .insert("old@d.org".into(), std::time::Instant::now() - USER_CACHE_TTL);
+        assert!(!c.exists("old@d.org"));
+        for i in 0..USER_CACHE_MAX + 10 {
+            c.insert(format!("u{i}@d.org"));
+        }
+        assert!(c.lock().len() <= USER_CACHE_MAX);
+        c.clear();
+        assert!(!c.exists("a@d.org"));
+    }
+
     struct Fixture {
         dir: tempfile::TempDir,
         authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
+        users: UserCache,
         db: AliasDb,
         domains: Vec<String>,
         srs: Srs,
@@ -398,6 +471,7 @@ mod tests {
             Fixture {
                 dir,
                 authd: fake_authd().await,
+                users: UserCache::default(),
                 db,
                 domains: vec!["d.org".into()],
                 srs: Srs::from_secret(b"test secret"),
@@ -417,6 +491,7 @@ mod tests {
                 drop_characters: ".",
                 suffix_separators: "+",
                 authd: &self.authd,
+                users: &self.users,
                 aliases: &self.db,
                 config_dir: self.dir.path(),
                 srs: Some(&self.srs),

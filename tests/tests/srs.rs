@@ -156,6 +156,10 @@ fn forwarded_mail_is_rewritten_and_bounces_come_back() {
 
     // The secret exists, private to queued.
     let secret = env.data_dir.join("srs/secret");
+    // queued creates it as it starts, which may be just after smtpd answers.
+    wait_for(Duration::from_secs(10), "queued to create data_dir/srs/secret", || {
+        secret.exists()
+    });
     let meta = std::fs::metadata(&secret).expect("data_dir/srs/secret exists");
     assert_eq!(meta.len(), 32);
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
