@@ -8,6 +8,7 @@
 //! directories are made readable (and the mail output directory writable)
 //! for them.
 
+pub mod certs;
 pub mod dovecot;
 pub mod fakedns;
 

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_resolver::proto::rr::RecordType;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tambo_common::domaininfo::SecLevel;
 use tambo_deliverd::remote::dane::DaneResolver;
 use tambo_deliverd::remote::{Courier, Settings};
 use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, RcptRoute};
+use tambo_tests::certs::server_config;
 use tambo_tests::fakedns::FakeDns;
 use tambo_tests::{free_port, have};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -94,18 +94,6 @@ struct Cert {
     leaf: Vec<u8>,
     spki: Vec<u8>,
     ca: Option<Vec<u8>>,
-}
-
-fn server_config(chain: Vec<CertificateDer<'static>>, key: Vec<u8>) -> Arc<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)))
-            .expect("server config"),
-    )
 }
 
 fn self_signed(name: &str) -> Cert {

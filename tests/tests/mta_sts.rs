@@ -8,15 +8,15 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tambo_common::domaininfo::SecLevel;
 use tambo_deliverd::remote::{Courier, Settings};
 use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, RcptRoute};
+use tambo_tests::certs::{TestCa as Ca, self_signed, server_config};
 use tambo_tests::fakedns::FakeDns;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,59 +27,8 @@ const MSG: &[u8] = b"Subject: sts\r\n\r\nhello over MTA-STS\r\n";
 
 // ------------------------------------------------------------ the test CA
 
-struct Ca {
-    key: KeyPair,
-    cert: rcgen::Certificate,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let key = KeyPair::generate().expect("ca key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "tambo MTA-STS test CA");
-        let cert = params.self_signed(&key).expect("ca");
-        Ca { key, cert }
-    }
-
-    /// A server configuration with a certificate for `names` signed by
-    /// this CA.
-    fn server(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
-        let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .expect("params")
-            .signed_by(&key, &self.cert, &self.key)
-            .expect("sign");
-        server_config(vec![cert.der().clone(), self.cert.der().clone()], key.serialize_der())
-    }
-
-    fn write_pem(&self, dir: &Path) -> PathBuf {
-        let p = dir.join("test-ca.pem");
-        std::fs::write(&p, self.cert.pem()).expect("write CA");
-        p
-    }
-}
-
-fn self_signed(names: &[&str]) -> Arc<rustls::ServerConfig> {
-    let c = rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("rcgen");
-    server_config(vec![c.cert.der().clone()], c.key_pair.serialize_der())
-}
-
-fn server_config(chain: Vec<rustls::pki_types::CertificateDer<'static>>, key: Vec<u8>) -> Arc<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                chain,
-                rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(key)),
-            )
-            .expect("server config"),
-    )
+fn new_ca() -> Ca {
+    Ca::new("tambo MTA-STS test CA")
 }
 
 // ------------------------------------------------- the HTTPS policy server
@@ -314,7 +263,7 @@ struct World {
 impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = Ca::new();
+        let ca = new_ca();
         let ca_file = ca.write_pem(dir.path());
         let cache = dir.path().join("sts-cache");
         std::fs::create_dir(&cache).expect("cache dir");
@@ -714,7 +663,7 @@ fn through_the_whole_server() {
         .build()
         .expect("runtime");
     let dns = FakeDns::start();
-    let ca = Ca::new();
+    let ca = new_ca();
     dns.mx("sts.test", 10, "mx.sts.test");
     dns.addr("mx.sts.test", LOCALHOST);
     dns.addr("mta-sts.sts.test", LOCALHOST);

@@ -13,20 +13,9 @@ use tambo_tests::{PASSWORD, RawClient, TestEnv, wait_for};
 
 /// A CA (PEM) and a certificate for `name` signed by it: (ca, chain, key).
 fn ca_and_cert(name: &str) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "tambo relay test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let key = KeyPair::generate().expect("key");
-    let cert = CertificateParams::new(vec![name.to_string()])
-        .expect("params")
-        .signed_by(&key, &ca, &ca_key)
-        .expect("sign");
-    (ca.pem(), format!("{}{}", cert.pem(), ca.pem()), key.serialize_pem())
+    let ca = tambo_tests::certs::TestCa::new("tambo relay test CA");
+    let cert = ca.issue(&[name]);
+    (ca.pem(), cert.chain_pem(), cert.key_pem())
 }
 
 fn send(port: u16, from: &str, to: &str, body: &str) {

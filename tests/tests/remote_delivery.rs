@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tambo_common::domaininfo::SecLevel;
 use tambo_deliverd::remote::{Courier, Settings};
 use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, RcptRoute};
+use tambo_tests::certs::TestCa;
 use tambo_tests::fakedns::FakeDns;
 use tambo_tests::{TestEnv, free_port, have, is_root};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -267,39 +268,12 @@ async fn dialog<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// A test CA, and a server certificate for `name` signed by it.
 fn ca_and_cert(name: &str) -> (String, Arc<rustls::ServerConfig>) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "tambo test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let key = KeyPair::generate().expect("key");
-    let cert = CertificateParams::new(vec![name.to_string()])
-        .expect("params")
-        .signed_by(&key, &ca, &ca_key)
-        .expect("sign");
-    let config = server_config(vec![cert.der().clone(), ca.der().clone()], key.serialize_der());
-    (ca.pem(), config)
+    let ca = TestCa::new("tambo test CA");
+    (ca.pem(), ca.server(&[name]))
 }
 
 fn self_signed(name: &str) -> Arc<rustls::ServerConfig> {
-    let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("rcgen");
-    server_config(vec![c.cert.der().clone()], c.key_pair.serialize_der())
-}
-
-fn server_config(chain: Vec<rustls::pki_types::CertificateDer<'static>>, key: Vec<u8>) -> Arc<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                chain,
-                rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(key)),
-            )
-            .expect("server config"),
-    )
+    tambo_tests::certs::self_signed(&[name])
 }
 
 const MSG: &[u8] = b"Subject: hi\r\n\r\nline one\r\n.dot line\r\n";
