@@ -299,9 +299,7 @@ mod tests {
     use super::*;
     use mail_auth::common::crypto::{HashContext, HashImpl, Sha256};
     use mail_auth::dkim::canonicalize::BodyHasher;
-    use std::io::Write;
     use std::path::Path;
-    use std::process::{Command, Stdio};
     use tambo_common::dkimkey::{self, KeyAlgo};
 
     const HEADERS: &str = "Received: from a by b; Thu, 1 Jan 2026 00:00:00 +0000\r\n\
@@ -450,18 +448,7 @@ mod tests {
                  print(cv.decode(), reason)\n";
             let recfile = dir.path().join("record");
             std::fs::write(&recfile, &record).unwrap();
-            let mut child = Command::new("/usr/bin/python3")
-                .args(["-c", script])
-                .arg(&recfile)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child.stdin.take().unwrap().write_all(message.as_bytes()).unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
+            crate::python::run(script, &recfile, message.as_bytes())
         };
         let one = format!("{first}{HEADERS}\r\n{BODY}");
         let v = verify(&one);

@@ -244,8 +244,6 @@ mod tests {
     use mail_auth::common::crypto::HashContext;
     use mail_auth::common::crypto::HashImpl;
     use mail_auth::dkim::canonicalize::BodyHasher;
-    use std::io::Write;
-    use std::process::{Command, Stdio};
 
     const MSG_HEADERS: &str = "From: Alice <alice@example.com>\r\nTo: bob@example.net\r\n\
         Subject:  Hello   there\r\n\tfolded\r\nDate: Thu, 1 Jan 2026 00:00:00 +0000\r\n\
@@ -354,18 +352,7 @@ mod tests {
                  print(' '.join(str(v(i)) for i in range(2)))\n";
             let recfile = dir.path().join("records");
             std::fs::write(&recfile, &records).unwrap();
-            let mut child = Command::new("/usr/bin/python3")
-                .args(["-c", script])
-                .arg(&recfile)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child.stdin.take().unwrap().write_all(message.as_bytes()).unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
+            crate::python::run(script, &recfile, message.as_bytes())
         };
         assert_eq!(verify(&msg), "True True");
         // Tampering with the body or a signed header breaks both.

@@ -6,6 +6,8 @@ mod arc;
 mod dkim;
 mod dovecot;
 mod keys;
+#[cfg(test)]
+mod python;
 mod service;
 mod throttle;
 
