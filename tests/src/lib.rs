@@ -324,6 +324,20 @@ impl TestEnv {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     }
 
+    /// Wait until `addr` has received a message containing `needle`, and
+    /// return the last such message alone (from its `Received: from` line
+    /// on; the test MDA appends every message to one file).
+    pub fn wait_last_delivered(&self, addr: &str, needle: &str) -> String {
+        let all = self.wait_delivered(addr, needle);
+        let start = all
+            .match_indices("Received: from ")
+            .map(|(i, _)| i)
+            .filter(|&i| all[i..].contains(needle))
+            .last()
+            .unwrap_or(0);
+        all[start..].to_string()
+    }
+
     /// Wait until `addr` has received a message containing `needle`.
     pub fn wait_delivered(&self, addr: &str, needle: &str) -> String {
         let mut last = String::new();
