@@ -3,7 +3,8 @@
 # Debian's chasquid and (when it can be set up) a private Postfix instance,
 # with the same workload: smtp-source, 10 KiB messages, one local recipient,
 # a null delivery agent, concurrency 1, 8 and 32. Prints accepted messages
-# per second for each server and the ratio tambo/peer.
+# per second for each server and the ratio tambo/peer, and the same for
+# "accepted and delivered" (until the server's queue is empty again).
 #
 # Durability: tambo (journal fdatasync) and Postfix (fsync of the queue
 # file) make each message durable before their 250; chasquid 1.11 never
@@ -192,7 +193,7 @@ EOF
 # Count messages still in a server's queue (0 when drained).
 queued_count() {
     case $1 in
-        tambo) find "$WORK/tambo/data/queue" -maxdepth 1 -name '*.env' | wc -l ;;
+        tambo) find "$WORK/tambo/data/queue" -maxdepth 1 -name '*.data' | wc -l ;;
         chasquid) find "$WORK/chasquid/data/queue" -maxdepth 1 -type f | wc -l ;;
         postfix) find "$WORK/postfix/queue/incoming" "$WORK/postfix/queue/active" \
             "$WORK/postfix/queue/deferred" -type f 2>/dev/null | wc -l ;;
@@ -207,9 +208,9 @@ drain() {
     echo "bench: $1's queue did not drain" >&2
 }
 
-declare -A RATE
+declare -A RATE DONE_RATE
 run_one() { # server concurrency
-    local s=$1 c=$2 start end out
+    local s=$1 c=$2 start end out done
     drain "$s"
     start=$(date +%s.%N)
     if ! out=$(smtp-source -s "$c" -m "$N" -l "$SIZE" -f bench@remote.test -t alice@example.com \
@@ -220,8 +221,13 @@ run_one() { # server concurrency
     fi
     end=$(date +%s.%N)
     if [ -n "$out" ]; then echo "   ($s: $out)" >&2; fi
+    # Then until every message is delivered (the queue is empty again).
+    drain "$s"
+    done=$(date +%s.%N)
     RATE[$s,$c]=$(python3 -c "print(f'{$N/($end-$start):.0f}')")
-    printf "   %-9s c=%-3s %6s msg/s\n" "$s" "$c" "${RATE[$s,$c]}"
+    DONE_RATE[$s,$c]=$(python3 -c "print(f'{$N/($done-$start):.0f}')")
+    printf "   %-9s c=%-3s %6s msg/s accepted, %6s msg/s accepted and delivered\n" \
+        "$s" "$c" "${RATE[$s,$c]}" "${DONE_RATE[$s,$c]}"
 }
 
 ACTIVE=()
@@ -245,20 +251,27 @@ for c in $CONCURRENCY; do
     done
 done
 
-echo
-printf "%-12s" "concurrency"
-for s in "${ACTIVE[@]}"; do printf "%12s" "$s"; done
-for s in "${ACTIVE[@]}"; do [ "$s" = tambo ] || printf "%16s" "tambo/$s"; done
-echo
-for c in $CONCURRENCY; do
-    printf "%-12s" "$c"
-    for s in "${ACTIVE[@]}"; do printf "%12s" "${RATE[$s,$c]}"; done
-    for s in "${ACTIVE[@]}"; do
-        [ "$s" = tambo ] && continue
-        printf "%16s" "$(python3 -c "a,b=${RATE[tambo,$c]:-0},${RATE[$s,$c]:-0}; print(f'{a/b:.2f}x' if b else '-')")"
-    done
+# table NAME ARRAY: messages per second of each server and tambo's ratios.
+table() {
+    local -n rates=$2
     echo
-done
+    echo "$1"
+    printf "%-12s" "concurrency"
+    for s in "${ACTIVE[@]}"; do printf "%12s" "$s"; done
+    for s in "${ACTIVE[@]}"; do [ "$s" = tambo ] || printf "%16s" "tambo/$s"; done
+    echo
+    for c in $CONCURRENCY; do
+        printf "%-12s" "$c"
+        for s in "${ACTIVE[@]}"; do printf "%12s" "${rates[$s,$c]}"; done
+        for s in "${ACTIVE[@]}"; do
+            [ "$s" = tambo ] && continue
+            printf "%16s" "$(python3 -c "a,b=${rates[tambo,$c]:-0},${rates[$s,$c]:-0}; print(f'{a/b:.2f}x' if b else '-')")"
+        done
+        echo
+    done
+}
+table "Accepted messages per second (N / time until smtp-source is done):" RATE
+table "Accepted and delivered (N / time until the queue is empty again):" DONE_RATE
 
 # CPU per accepted message of each tambo worker (user+system from /proc,
 # over every message tambo accepted, warm-up included; "children" is the

@@ -306,6 +306,12 @@ config_fields! {
     /// fetched from (`https://mta-sts.<domain>:PORT/...`); 443 except in
     /// tests.
     mta_sts_port: i64 = 443;
+    /// tambo addition: niceness (0–19, added to tambod's own) of deliverd
+    /// and so of every delivery agent it runs, so that under CPU pressure the SMTP front end
+    /// and the queue commit (clients waiting for their reply) win over
+    /// deliveries of mail that is already safe in the queue. 0: same
+    /// priority as the other workers. Read when tambod starts.
+    delivery_nice: i64 = 10;
 }
 
 /// Where each field's current value came from: (file, line).
@@ -529,6 +535,12 @@ fn validate(cfg: &Config, origins: &Origins, default_file: &str) -> Result<(), C
         return Err(err(
             "mta_sts_port",
             format!("mta_sts_port out of range: {}", cfg.mta_sts_port),
+        ));
+    }
+    if !(0..=19).contains(&cfg.delivery_nice) {
+        return Err(err(
+            "delivery_nice",
+            format!("delivery_nice must be between 0 and 19, got {}", cfg.delivery_nice),
         ));
     }
     if cfg.outgoing_smtp_port > 65535 {
@@ -827,6 +839,8 @@ reject_dmarc_failures: True
         assert!(err("hostname: \"a b\"").contains("spaces"));
         assert!(err("outgoing_smtp_port: 70000").contains("out of range"));
         assert!(err("mta_sts_port: 0").contains("mta_sts_port out of range"));
+        assert!(err("delivery_nice: 20").contains("between 0 and 19"));
+        assert!(err("delivery_nice: -1").contains("between 0 and 19"));
         assert!(err("max_connections: 0").contains("max_connections must be positive"));
         let e = err("\nlmtp_address: \"dovecot\"");
         assert!(e.contains(":2:") && e.contains("lmtp_address"), "{e}");

@@ -147,7 +147,10 @@ impl Queue {
     /// Open the queue and start delivering what it holds.
     pub fn start(start: &WorkerStart) -> anyhow::Result<Arc<Queue>> {
         let dir = PathBuf::from(&start.config.data_dir).join("queue");
-        let (store, entries) = Store::open(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        // Spares for as many messages as the queue may hold, up to the
+        // store's cap (see `Spares`).
+        let spares = usize::try_from(start.config.max_queue_items).unwrap_or(0);
+        let (store, entries) = Store::open(&dir, spares).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         if store.corrupt_count() > 0 {
             tracing::warn!("{} corrupt queue entries moved aside", store.corrupt_count());
         }

@@ -1,9 +1,12 @@
 //! The queue on disk, with group commit.
 //!
 //! Layout of `data_dir/queue/`: `<id>.data` (the message as received,
-//! CRLF line endings), `<id>.env` (the [`QueueEntry`], JSON; its presence
-//! means "acknowledged"), `journal` (the write-ahead journal, see
-//! [`crate::journal`]), `corrupt/` (entries that could not be read).
+//! CRLF line endings), `<id>.env` (the [`QueueEntry`], JSON), `journal`
+//! (the write-ahead journal, see [`crate::journal`]), `corrupt/` (entries
+//! that could not be read), `spare/` (recycled files, see [`Spares`]).
+//! A message is acknowledged when its journal record is durable; its
+//! `.env` file may be written later (see [`Committer::journal_only`]).
+//! After recovery every acknowledged message has its `.env` file.
 //!
 //! Durability: every change of an envelope (new message, recipient result,
 //! removal) goes through one committer thread. It takes every operation
@@ -87,12 +90,19 @@ pub fn valid_id(s: &str) -> bool {
 impl Store {
     /// Open (creating) the queue directory, recover what it holds and start
     /// the committer. Returns the store and every acknowledged entry.
-    pub fn open(dir: &Path) -> std::io::Result<(Store, Vec<QueueEntry>)> {
+    /// Spare files are created in the background until there are
+    /// `spares_at_start` (at most [`SPARES_AT_START`]), so that a burst of
+    /// mail does not allocate inodes (see [`Spares`]).
+    pub fn open(dir: &Path, spares_at_start: usize) -> std::io::Result<(Store, Vec<QueueEntry>)> {
         std::fs::create_dir_all(dir)?;
         std::fs::create_dir_all(dir.join("corrupt"))?;
         let (tx, rx) = mpsc::channel::<Op>();
         let flushes = Arc::new(AtomicU64::new(0));
         let spares = Arc::new(Spares::open(&dir.join("spare"))?);
+        let filler = spares.clone();
+        std::thread::Builder::new()
+            .name("spare-filler".into())
+            .spawn(move || filler.fill_to(spares_at_start.min(SPARES_AT_START)))?;
         let store = Store {
             dir: dir.to_path_buf(),
             ops: tx,
@@ -107,7 +117,7 @@ impl Store {
             for r in &records {
                 replay(dir, r)?;
             }
-            checkpoint(&dirfd, &mut journal)?;
+            sync_and_reset(&dirfd, &mut journal)?;
         }
         let entries = store.recover()?;
         let dir2 = dir.to_path_buf();
@@ -314,11 +324,18 @@ impl Store {
 fn committer(
     dir: PathBuf,
     dirfd: File,
-    mut journal: Journal,
+    journal: Journal,
     rx: mpsc::Receiver<Op>,
     flushes: Arc<AtomicU64>,
     spares: Arc<Spares>,
 ) {
+    let mut state = Committer {
+        dir,
+        dirfd,
+        journal,
+        spares,
+        journal_only: std::collections::HashMap::new(),
+    };
     let mut stats = FlushStats::new();
     // Records appended (lazy removals) that no flush covers yet.
     let mut unflushed = false;
@@ -327,7 +344,7 @@ fn committer(
             match rx.recv_timeout(LAZY_FLUSH) {
                 Ok(op) => op,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Err(e) = journal.sync() {
+                    if let Err(e) = state.journal.sync() {
                         tracing::error!("journal fdatasync: {e}");
                     }
                     flushes.fetch_add(1, Ordering::Relaxed);
@@ -353,7 +370,7 @@ fn committer(
         let mut big_files = Vec::new();
         let mut results = Vec::with_capacity(batch.len());
         for op in &batch {
-            results.push(apply(&dir, &dirfd, &mut journal, &op.kind, &mut big_files, &spares));
+            results.push(state.apply(&op.kind, &mut big_files));
         }
         let mut waiting = Vec::with_capacity(batch.len());
         for (op, res) in batch.into_iter().zip(results) {
@@ -374,7 +391,7 @@ fn committer(
             }
         }
         if flushed.is_ok() {
-            flushed = journal.sync();
+            flushed = state.journal.sync();
         }
         unflushed = false;
         flushes.fetch_add(1, Ordering::Relaxed);
@@ -389,33 +406,124 @@ fn committer(
             };
             let _ = op.done.send(res);
         }
-        if journal.used() > JOURNAL_SIZE / 4 * 3
-            && let Err(e) = checkpoint(&dirfd, &mut journal)
+        if state.journal.used() > JOURNAL_SIZE / 4 * 3
+            && let Err(e) = state.checkpoint()
         {
             tracing::error!("queue checkpoint: {e}");
         }
     }
-    // Leaving (queued stops): whatever lazy removal is pending.
-    if unflushed && let Err(e) = journal.sync() {
+    // Leaving: whatever lazy removal is pending. Envelopes that only the
+    // journal holds are written to their files when it is replayed at
+    // the next start.
+    if unflushed && let Err(e) = state.journal.sync() {
         tracing::error!("journal fdatasync: {e}");
     }
 }
 
+/// What the committer thread owns.
+struct Committer {
+    dir: PathBuf,
+    dirfd: File,
+    journal: Journal,
+    spares: Arc<Spares>,
+    /// Envelopes of newly accepted messages that are only in the journal
+    /// (no `<id>.env` file yet), by ID.
+    ///
+    /// Why: most messages are delivered and removed within a second, long
+    /// before the next checkpoint. Writing their envelope file (a spare
+    /// renamed in, written, renamed over `<id>.env`) and taking it out again
+    /// cost three directory operations under the queue directory's lock
+    /// per message, about half of the committer's time at 32 concurrent
+    /// sessions. The journal record already makes the envelope durable, so
+    /// the file is written only when it is needed: at the next checkpoint
+    /// (before the journal is emptied), when the envelope changes (delivery
+    /// results, hold), or when queued stops. Bounded by the journal: a
+    /// checkpoint empties this map.
+    journal_only: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl Committer {
+    /// Apply one operation.
+    ///
+    /// A new message's envelope goes into the journal only (see
+    /// [`Committer::journal_only`]). Any other write goes to the files
+    /// first and then to the journal (a crash in between leaves an
+    /// envelope in the directory, found at start as before). A removal
+    /// goes to the journal first (so a crash in between replays the
+    /// removal instead of bringing the message back). DSNs are written
+    /// through at once, so that the DSN and its original are both visible
+    /// in the directory for as long as they are both queued.
+    fn apply(&mut self, op: &OpKind, big_files: &mut Vec<File>) -> std::io::Result<()> {
+        match op {
+            OpKind::Write { entry, new } => {
+                let env = entry.to_bytes();
+                let data = if *new {
+                    data_for_record(&self.dir, entry, big_files)?
+                } else {
+                    None
+                };
+                let defer = *new && !entry.is_dsn;
+                if !defer {
+                    write_env(&self.dir, &entry.id, &env, Some(&self.spares))?;
+                    self.journal_only.remove(&entry.id);
+                }
+                let record = Record::Write {
+                    id: entry.id.clone(),
+                    env,
+                    data,
+                };
+                if let Err(e) = self.append(&record) {
+                    if *new && !defer {
+                        let _ = std::fs::remove_file(self.dir.join(format!("{}.env", entry.id)));
+                    }
+                    return Err(e);
+                }
+                if defer && let Record::Write { id, env, .. } = record {
+                    self.journal_only.insert(id, env);
+                }
+                Ok(())
+            }
+            OpKind::Remove { id, lazy } => {
+                self.append(&Record::Remove { id: id.clone() })?;
+                let has_env_file = self.journal_only.remove(id).is_none();
+                // Only files whose delivery is over are recycled: an operator's
+                // removal may race with a delivery that still reads the data.
+                remove_files(&self.dir, id, has_env_file, lazy.then_some(&*self.spares))
+            }
+        }
+    }
+
+    /// Append `record`, making room with a checkpoint when the journal is
+    /// full.
+    fn append(&mut self, record: &Record) -> std::io::Result<()> {
+        if !self.journal.fits(record) {
+            self.checkpoint()?;
+        }
+        self.journal.append(record)
+    }
+
+    /// Write the envelope files the journal alone holds, make every queue
+    /// file durable and empty the journal. If an envelope cannot be
+    /// written, the journal is kept (it still holds that envelope).
+    fn checkpoint(&mut self) -> std::io::Result<()> {
+        let ids: Vec<String> = self.journal_only.keys().cloned().collect();
+        for id in ids {
+            if let Some(env) = self.journal_only.get(&id) {
+                write_env(&self.dir, &id, env, Some(&self.spares))?;
+                self.journal_only.remove(&id);
+            }
+        }
+        sync_and_reset(&self.dirfd, &mut self.journal)
+    }
+}
+
 /// Make every queue file durable (one `syncfs`) and empty the journal.
-fn checkpoint(dirfd: &File, journal: &mut Journal) -> std::io::Result<()> {
+fn sync_and_reset(dirfd: &File, journal: &mut Journal) -> std::io::Result<()> {
     // SAFETY: syncfs on a valid directory fd.
     if unsafe { libc::syncfs(dirfd.as_raw_fd()) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     journal.reset()
-}
-
-/// Append `record`, making room with a checkpoint when the journal is full.
-fn journal_append(dirfd: &File, journal: &mut Journal, record: &Record) -> std::io::Result<()> {
-    if !journal.fits(record) {
-        checkpoint(dirfd, journal)?;
-    }
-    journal.append(record)
 }
 
 /// Write an envelope file: `<id>.env.tmp` (a recycled file when there
@@ -441,21 +549,26 @@ fn write_env(dir: &Path, id: &str, bytes: &[u8], spares: Option<&Spares>) -> std
     std::fs::rename(&tmp, dir.join(format!("{id}.env")))
 }
 
-/// Take a message's envelope, then its data, out of the queue: into the
-/// spare files when given (see [`Spares`]), else unlinked.
-fn remove_files(dir: &Path, id: &str, spares: Option<&Spares>) -> std::io::Result<()> {
+/// Take a message's envelope (when it has a file), then its data, out of
+/// the queue: into the spare files when given (see [`Spares`]), else
+/// unlinked.
+fn remove_files(dir: &Path, id: &str, has_env_file: bool, spares: Option<&Spares>) -> std::io::Result<()> {
     let env = dir.join(format!("{id}.env"));
     let data = dir.join(format!("{id}.data"));
     match spares {
         Some(s) => {
-            s.put(&env)?;
+            if has_env_file {
+                s.put(&env)?;
+            }
             let _ = s.put(&data);
         }
         None => {
-            match std::fs::remove_file(&env) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+            if has_env_file {
+                match std::fs::remove_file(&env) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
             }
             let _ = std::fs::remove_file(&data);
         }
@@ -463,21 +576,29 @@ fn remove_files(dir: &Path, id: &str, spares: Option<&Spares>) -> std::io::Resul
     Ok(())
 }
 
-/// Most files kept for reuse.
-const MAX_SPARES: usize = 512;
+/// Most files kept for reuse. Spares are empty (truncated when they are
+/// put back), so they cost an inode each and no data blocks.
+const MAX_SPARES: usize = 16_384;
+
+/// Most spares created at start, so that the first burst of mail (a
+/// backlog of undelivered messages needs a data file each, and an envelope
+/// file at the next checkpoint) does not allocate inodes.
+pub const SPARES_AT_START: usize = 4096;
 
 /// Files of delivered messages kept for reuse, in `queue/spare/` (named
 /// by number): a message removed after its delivery finished (never one
 /// removed by the operator, whose delivery may still be reading it) has
-/// its envelope and data renamed there instead of unlinked, and a new data or envelope file is a spare
-/// renamed into place and truncated.
+/// its files truncated and renamed there instead of unlinked, and a new
+/// data or envelope file is a spare renamed into place.
 ///
 /// Why: every message used to create two inodes and free two. On ext4
-/// without a journal (as on the development VM) each inode allocation
-/// scans past every recently freed inode of its group, and that scan was
-/// 28% of queued's CPU at 32 concurrent sessions. A rename allocates
-/// nothing. Spares are outside the queue's namespace: recovery never looks
-/// at them, and their contents are truncated before reuse.
+/// without a journal (as on the development VM) an inode allocation skips
+/// every inode of its group freed in the last 60 s (up to 360 s while the
+/// inode table block is dirty), so each allocation scanned past the
+/// thousands freed before it: 28% of queued's CPU at 32 concurrent
+/// sessions, and most of the committer's time once a backlog outgrew the
+/// first pool of 512 spares. A rename allocates and frees nothing. Spares
+/// are outside the queue's namespace: recovery never looks at them.
 pub struct Spares {
     dir: PathBuf,
     free: std::sync::Mutex<Vec<u64>>,
@@ -507,6 +628,33 @@ impl Spares {
         })
     }
 
+    /// Create empty spares until there are `target` (in the background at
+    /// start; a failure only ends the filling).
+    fn fill_to(&self, target: usize) {
+        let mut made = 0;
+        while self.lock().len() < target.min(MAX_SPARES) {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let created = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(self.dir.join(n.to_string()));
+            match created {
+                Ok(_) => {
+                    self.lock().push(n);
+                    made += 1;
+                }
+                Err(e) => {
+                    tracing::warn!("cannot create a spare queue file: {e}");
+                    break;
+                }
+            }
+        }
+        if made > 0 {
+            tracing::debug!("created {made} spare queue files");
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
         self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -533,7 +681,10 @@ impl Spares {
                 }
             }
             let f = OpenOptions::new().read(true).write(true).open(to)?;
-            f.set_len(0)?;
+            // Put back empty; one adopted from an older version may not be.
+            if f.metadata()?.len() != 0 {
+                f.set_len(0)?;
+            }
             return Ok(Some(f));
         }
     }
@@ -543,7 +694,10 @@ impl Spares {
     fn put(&self, path: &Path) -> std::io::Result<()> {
         let res = if self.lock().len() < MAX_SPARES {
             let n = self.next.fetch_add(1, Ordering::Relaxed);
-            let r = std::fs::rename(path, self.dir.join(n.to_string()));
+            // Empty first: a spare holds no data blocks (and no mail).
+            let r = nix::unistd::truncate(path, 0)
+                .map_err(std::io::Error::from)
+                .and_then(|()| std::fs::rename(path, self.dir.join(n.to_string())));
             if r.is_ok() {
                 self.lock().push(n);
             }
@@ -578,50 +732,6 @@ fn data_for_record(dir: &Path, entry: &QueueEntry, big_files: &mut Vec<File>) ->
     Ok(Some(data))
 }
 
-/// Apply one operation: the files first and then the journal record for
-/// a write (a crash in between leaves an envelope in the directory, found
-/// at start as before); the journal record first for a removal (so a
-/// crash in between replays the removal instead of bringing the message
-/// back).
-fn apply(
-    dir: &Path,
-    dirfd: &File,
-    journal: &mut Journal,
-    op: &OpKind,
-    big_files: &mut Vec<File>,
-    spares: &Spares,
-) -> std::io::Result<()> {
-    match op {
-        OpKind::Write { entry, new } => {
-            let env = entry.to_bytes();
-            let data = if *new {
-                data_for_record(dir, entry, big_files)?
-            } else {
-                None
-            };
-            write_env(dir, &entry.id, &env, Some(spares))?;
-            let record = Record::Write {
-                id: entry.id.clone(),
-                env,
-                data,
-            };
-            if let Err(e) = journal_append(dirfd, journal, &record) {
-                if *new {
-                    let _ = std::fs::remove_file(dir.join(format!("{}.env", entry.id)));
-                }
-                return Err(e);
-            }
-            Ok(())
-        }
-        OpKind::Remove { id, lazy } => {
-            journal_append(dirfd, journal, &Record::Remove { id: id.clone() })?;
-            // Only files whose delivery is over are recycled: an operator's
-            // removal may race with a delivery that still reads the data.
-            remove_files(dir, id, lazy.then_some(spares))
-        }
-    }
-}
-
 /// Redo one journal record at start (idempotent).
 fn replay(dir: &Path, record: &Record) -> std::io::Result<()> {
     match record {
@@ -645,7 +755,7 @@ fn replay(dir: &Path, record: &Record) -> std::io::Result<()> {
             if !valid_id(id) {
                 return Ok(());
             }
-            remove_files(dir, id, None)
+            remove_files(dir, id, true, None)
         }
     }
 }
@@ -734,7 +844,7 @@ mod tests {
     async fn write_recover_remove() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("queue");
-        let (store, loaded) = Store::open(&q).unwrap();
+        let (store, loaded) = Store::open(&q, 0).unwrap();
         assert!(loaded.is_empty());
         let (id, mut f) = store.create_data().unwrap();
         f.write_all(b"hello\r\n").unwrap();
@@ -744,7 +854,7 @@ mod tests {
         std::fs::write(q.join("bad.env"), b"{ not json").unwrap();
         std::fs::write(q.join("bad.data"), b"x").unwrap();
         drop(store);
-        let (store, loaded) = Store::open(&q).unwrap();
+        let (store, loaded) = Store::open(&q, 0).unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].id, id);
         assert_eq!(store.corrupt_count(), 1);
@@ -753,19 +863,19 @@ mod tests {
         store.remove(&id).await.unwrap();
         assert!(!store.data_path(&id).exists());
         drop(store);
-        let (_, loaded) = Store::open(&q).unwrap();
+        let (_, loaded) = Store::open(&q, 0).unwrap();
         assert!(loaded.is_empty());
     }
 
     #[tokio::test]
     async fn size_mismatch_is_corrupt() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path()).unwrap();
+        let (store, _) = Store::open(dir.path(), 0).unwrap();
         let (id, mut f) = store.create_data().unwrap();
         f.write_all(b"abc").unwrap();
         store.write(entry(&id, 99)).await.unwrap();
         drop(store);
-        let (store, loaded) = Store::open(dir.path()).unwrap();
+        let (store, loaded) = Store::open(dir.path(), 0).unwrap();
         assert!(loaded.is_empty());
         assert_eq!(store.corrupt_count(), 1);
     }
@@ -773,7 +883,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_writes_share_flushes() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path()).unwrap();
+        let (store, _) = Store::open(dir.path(), 0).unwrap();
         let store = Arc::new(store);
         let mut tasks = Vec::new();
         for _ in 0..200 {
@@ -788,8 +898,9 @@ mod tests {
         }
         assert!(store.flush_count() <= 200);
         let ids: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        // 200 envelopes and data files, corrupt/, spare/ and the journal.
-        assert_eq!(ids.len(), 200 * 2 + 3);
+        // 200 data files (the envelopes are in the journal until the next
+        // checkpoint), corrupt/, spare/ and the journal.
+        assert_eq!(ids.len(), 200 + 3);
     }
 
     /// Power loss before the queue files reached the disk: the journal
@@ -799,32 +910,75 @@ mod tests {
     async fn journal_replays_lost_files() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("queue");
-        let (store, _) = Store::open(&q).unwrap();
+        let (store, _) = Store::open(&q, 0).unwrap();
         let (kept, mut f) = store.create_data().unwrap();
         f.write_all(b"kept\r\n").unwrap();
         store.add(entry(&kept, 6)).await.unwrap();
         let (gone, mut f) = store.create_data().unwrap();
         f.write_all(b"gone\r\n").unwrap();
         store.add(entry(&gone, 6)).await.unwrap();
-        let gone_env = std::fs::read(q.join(format!("{gone}.env"))).unwrap();
         store.remove_lazily(&gone).await.unwrap();
-        assert!(!q.join(format!("{gone}.env")).exists());
+        assert!(!q.join(format!("{gone}.data")).exists());
         drop(store);
-        // What a power loss can leave: the new files missing, the
-        // unlinked ones back.
-        std::fs::remove_file(q.join(format!("{kept}.env"))).unwrap();
+        // What a power loss can leave: the new data file missing, the
+        // removed message's files back.
         std::fs::remove_file(q.join(format!("{kept}.data"))).unwrap();
-        std::fs::write(q.join(format!("{gone}.env")), gone_env).unwrap();
+        std::fs::write(q.join(format!("{gone}.env")), entry(&gone, 6).to_bytes()).unwrap();
         std::fs::write(q.join(format!("{gone}.data")), b"gone\r\n").unwrap();
-        let (store, loaded) = Store::open(&q).unwrap();
+        let (store, loaded) = Store::open(&q, 0).unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].id, kept);
         assert_eq!(std::fs::read(store.data_path(&kept)).unwrap(), b"kept\r\n");
+        assert!(
+            q.join(format!("{kept}.env")).exists(),
+            "the replay writes the envelope file"
+        );
         assert!(!q.join(format!("{gone}.env")).exists());
         // The replay was checkpointed: the journal is empty again.
         drop(store);
-        let (_, loaded) = Store::open(&q).unwrap();
+        let (_, loaded) = Store::open(&q, 0).unwrap();
         assert_eq!(loaded.len(), 1);
+    }
+
+    /// A new message's envelope is in the journal only; it gets its file
+    /// when it changes, and a DSN gets its file at once.
+    #[tokio::test]
+    async fn envelope_files_are_written_when_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("queue");
+        let (store, _) = Store::open(&q, 0).unwrap();
+        let (id, mut f) = store.create_data().unwrap();
+        f.write_all(b"m\r\n").unwrap();
+        store.add(entry(&id, 3)).await.unwrap();
+        assert!(!q.join(format!("{id}.env")).exists());
+        let mut changed = entry(&id, 3);
+        changed.held = true;
+        store.write(changed).await.unwrap();
+        let on_disk = QueueEntry::from_bytes(&std::fs::read(q.join(format!("{id}.env"))).unwrap(), &id).unwrap();
+        assert!(on_disk.held);
+        let (dsn, mut f) = store.create_data().unwrap();
+        f.write_all(b"d\r\n").unwrap();
+        let mut dsn_entry = entry(&dsn, 3);
+        dsn_entry.is_dsn = true;
+        store.add(dsn_entry).await.unwrap();
+        assert!(q.join(format!("{dsn}.env")).exists());
+        // Removing a message whose envelope has a file, and one whose
+        // envelope is in the journal only.
+        let (short, mut f) = store.create_data().unwrap();
+        f.write_all(b"s\r\n").unwrap();
+        store.add(entry(&short, 3)).await.unwrap();
+        store.remove(&id).await.unwrap();
+        store.remove(&short).await.unwrap();
+        for gone in [&id, &short] {
+            assert!(!q.join(format!("{gone}.env")).exists());
+            assert!(!q.join(format!("{gone}.data")).exists());
+        }
+        drop(store);
+        let (_, loaded) = Store::open(&q, 0).unwrap();
+        assert_eq!(
+            loaded.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            vec![dsn.as_str()]
+        );
     }
 
     /// A delivered message's files are recycled, and a recycled data
@@ -833,14 +987,15 @@ mod tests {
     async fn removed_files_are_recycled_empty() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("queue");
-        let (store, _) = Store::open(&q).unwrap();
+        let (store, _) = Store::open(&q, 0).unwrap();
         let (id, mut f) = store.create_data().unwrap();
         f.write_all(b"secret\r\n").unwrap();
         store.add(entry(&id, 8)).await.unwrap();
         store.remove_lazily(&id).await.unwrap();
-        assert_eq!(std::fs::read_dir(q.join("spare")).unwrap().count(), 2);
-        let (id2, mut f2) = store.create_data().unwrap();
+        // The data file (the envelope never had one).
         assert_eq!(std::fs::read_dir(q.join("spare")).unwrap().count(), 1);
+        let (id2, mut f2) = store.create_data().unwrap();
+        assert_eq!(std::fs::read_dir(q.join("spare")).unwrap().count(), 0);
         let mut got = Vec::new();
         std::io::Read::read_to_end(&mut f2, &mut got).unwrap();
         assert!(got.is_empty());
@@ -848,9 +1003,26 @@ mod tests {
         store.add(entry(&id2, 5)).await.unwrap();
         assert!(q.join("spare").read_dir().unwrap().next().is_none());
         drop(store);
-        let (_, loaded) = Store::open(&q).unwrap();
+        let (_, loaded) = Store::open(&q, 0).unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(std::fs::read(q.join(format!("{id2}.data"))).unwrap(), b"new\r\n");
+    }
+
+    /// Spares are created at start, up to the number asked for, and used.
+    #[tokio::test]
+    async fn spares_are_created_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("queue");
+        let (store, _) = Store::open(&q, 5).unwrap();
+        let count = || std::fs::read_dir(q.join("spare")).unwrap().count();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while count() < 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(count(), 5);
+        let (_, f) = store.create_data().unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 0);
+        assert_eq!(count(), 4);
     }
 
     /// More records than the journal holds: checkpoints make room and
@@ -859,7 +1031,7 @@ mod tests {
     async fn journal_wraps_with_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("queue");
-        let (store, _) = Store::open(&q).unwrap();
+        let (store, _) = Store::open(&q, 0).unwrap();
         let body = vec![b'x'; 512 * 1024];
         let mut ids = Vec::new();
         for _ in 0..(JOURNAL_SIZE / body.len() as u64 * 2) {
@@ -874,8 +1046,10 @@ mod tests {
         f.write_all(&big).unwrap();
         store.add(entry(&id, big.len() as u64)).await.unwrap();
         ids.push(id);
+        // The checkpoints wrote the envelopes of the first messages.
+        assert!(q.join(format!("{}.env", ids[0])).exists());
         drop(store);
-        let (_, loaded) = Store::open(&q).unwrap();
+        let (_, loaded) = Store::open(&q, 0).unwrap();
         assert_eq!(loaded.len(), ids.len());
     }
 

@@ -138,6 +138,7 @@ fn run(mut args: args::Args) -> Result<i32, String> {
         identities,
         smtpd_chroot: if privileged { Some(dirs.smtpd_chroot) } else { None },
         log_filter: log_filter(args.verbosity).to_string(),
+        delivery_nice: i32::try_from(config.delivery_nice).unwrap_or(0),
     };
     let dns_servers = setup::dns_servers(&config)?;
     let start = WorkerStart {

@@ -35,6 +35,9 @@ pub struct SpawnPlan {
     pub smtpd_chroot: Option<PathBuf>,
     /// Log filter passed to workers.
     pub log_filter: String,
+    /// Niceness added to deliverd's (`delivery_nice`); its threads and the
+    /// delivery agents it runs inherit it.
+    pub delivery_nice: i32,
 }
 
 /// The binary name of a worker.
@@ -107,8 +110,13 @@ pub fn spawn(kind: WorkerKind, plan: &SpawnPlan) -> Result<Started, String> {
     }
     cmd.stdin(Stdio::null());
     let child_fd = theirs.as_raw_fd();
-    // SAFETY: only async-signal-safe calls (dup2, fcntl, sigprocmask) run
-    // between fork and exec.
+    let nice = if kind == WorkerKind::Deliverd {
+        plan.delivery_nice
+    } else {
+        0
+    };
+    // SAFETY: only async-signal-safe calls (dup2, fcntl, sigprocmask,
+    // nice) run between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if child_fd == 3 {
@@ -121,6 +129,13 @@ pub fn spawn(kind: WorkerKind, plan: &SpawnPlan) -> Result<Started, String> {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            // The child has one thread here; the worker's threads and
+            // children inherit its niceness. Raising it cannot fail for
+            // lack of privilege (it stops at 19), so the result is not
+            // checked (-1 is also a valid niceness).
+            if nice != 0 {
+                libc::nice(nice);
+            }
             Ok(())
         });
     }

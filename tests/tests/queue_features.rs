@@ -77,11 +77,14 @@ fn set_mda(env: &TestEnv, body: &str) {
     write_script(&env.tmp.path().join("mda.sh"), body);
 }
 
-fn queue_envelopes(env: &TestEnv) -> usize {
+/// Messages in the queue directory, counted by their data files (an
+/// accepted message's envelope may be in the queue's journal only, see
+/// README "The queue"; no SMTP transaction is open when this is called).
+fn queued_messages(env: &TestEnv) -> usize {
     std::fs::read_dir(env.data_dir.join("queue"))
         .map(|rd| {
             rd.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".env"))
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".data"))
                 .count()
         })
         .unwrap_or(0)
@@ -375,7 +378,7 @@ fn post_data_hook_outcomes() {
     std::thread::sleep(Duration::from_millis(500));
     let all = env.delivered(USER).unwrap_or_default();
     assert!(!all.contains("REJECT"), "a refused message was delivered: {all}");
-    assert_eq!(queue_envelopes(&env), 0, "refused messages are not queued");
+    assert_eq!(queued_messages(&env), 0, "refused messages are not queued");
 }
 
 /// The MDA: alice's mailbox is broken (permanent), carol's fails once and
@@ -514,10 +517,10 @@ fn retries_dsns_and_give_up() {
     )
     .expect("alice");
     wait_for(Duration::from_secs(20), "the queue to empty", || {
-        queue_envelopes(&env) == 0
+        queued_messages(&env) == 0
     });
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(queue_envelopes(&env), 0);
+    assert_eq!(queued_messages(&env), 0);
     let log = server.log();
     assert_eq!(
         log.matches("DSN queued").count(),
@@ -549,7 +552,7 @@ fn full_queue_refuses_at_data_and_loses_nothing() {
     )
     .expect("first");
     wait_for(Duration::from_secs(10), "the first message in the queue", || {
-        queue_envelopes(&env) == 1
+        queued_messages(&env) == 1
     });
     let r = send(
         env.smtp_port,
@@ -562,7 +565,7 @@ fn full_queue_refuses_at_data_and_loses_nothing() {
     assert!(r.starts_with("451 4.3.0"), "{r}");
     std::fs::write(env.out_dir.join(".release"), "").expect("release");
     env.wait_delivered("carol@example.com", "held back");
-    wait_for(Duration::from_secs(10), "an empty queue", || queue_envelopes(&env) == 0);
+    wait_for(Duration::from_secs(10), "an empty queue", || queued_messages(&env) == 0);
     send(
         env.smtp_port,
         "s@remote.test",
@@ -593,4 +596,34 @@ fn corrupt_queue_entry_is_moved_aside() {
         "{}",
         server.log()
     );
+}
+
+/// The niceness of a process, from /proc (field 19 of stat).
+fn niceness(pid: u32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let (_, rest) = stat.rsplit_once(')').expect("stat format");
+    // After the command: state is field 3, nice field 19.
+    rest.split_whitespace()
+        .nth(16)
+        .expect("nice field")
+        .parse()
+        .expect("nice")
+}
+
+/// deliverd, and every delivery agent it runs, has niceness
+/// `delivery_nice`; the other workers keep theirs.
+#[test]
+fn deliveries_run_at_delivery_nice() {
+    let env = TestEnv::new("delivery_nice: 7");
+    let out = env.out_dir.display().to_string();
+    set_mda(&env, &format!("cat >/dev/null; nice > '{out}'/\"$1\""));
+    env.fix_permissions();
+    let server = env.start();
+    let base = niceness(std::process::id());
+    assert_eq!(niceness(server.worker_pid("deliverd")), (base + 7).min(19));
+    assert_eq!(niceness(server.worker_pid("smtpd")), base);
+    assert_eq!(niceness(server.worker_pid("queued")), base);
+    send(env.smtp_port, "s@remote.test", &[USER], "x", "how nice").expect("send");
+    let got = env.wait_delivered(USER, "\n");
+    assert_eq!(got.trim(), ((base + 7).min(19)).to_string());
 }
