@@ -157,7 +157,7 @@ stop_server() {
 
 queued_count() {
     case $1 in
-        tambo) find "$WORK/tambo/data/queue" -maxdepth 1 -name '*.env' | wc -l ;;
+        tambo) find "$WORK/tambo/data/queue" -maxdepth 1 -name '*.data' | wc -l ;;
         chasquid) find "$WORK/chasquid/data/queue" -maxdepth 1 -name 'm:*' | wc -l ;;
     esac
 }

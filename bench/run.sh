@@ -13,6 +13,7 @@
 # Usage: bench/run.sh            (N messages per run: N=2000 by default)
 #        N=5000 CONCURRENCY="1 8 32" SERVERS="tambo chasquid postfix" bench/run.sh
 #        TAMBO_BIN=/some/dir bench/run.sh   (tambo's binaries from there, no build)
+#        TAMBO_EXTRA='delivery_nice: 0' bench/run.sh   (more lines for tambo's config)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Every server checks SPF for the sender's domain; with the machine's
@@ -124,7 +125,8 @@ start_tambo() {
     "$TAMBO_BIN/tambo" -C "$d/config" user-add alice@example.com --password bench-pw >/dev/null
     PORT[tambo]=$(free_port)
     write_conf "$d/config" "${PORT[tambo]}" "$(free_port)" "$(free_port)" "$d/data" "run_dir: \"$d/run\"
-max_queue_items: 1000000"
+max_queue_items: 1000000
+${TAMBO_EXTRA:-}"
     if [ "$(id -u)" = 0 ]; then
         packaging/create-users.sh >/dev/null
         chmod -R a+rX "$d/config"

@@ -437,8 +437,8 @@ struct Committer {
     /// sessions. The journal record already makes the envelope durable, so
     /// the file is written only when it is needed: at the next checkpoint
     /// (before the journal is emptied), when the envelope changes (delivery
-    /// results, hold), or when queued stops. Bounded by the journal: a
-    /// checkpoint empties this map.
+    /// results, hold), or by the journal's replay when queued starts again.
+    /// Bounded by the journal: a checkpoint empties this map.
     journal_only: std::collections::HashMap<String, Vec<u8>>,
 }
 
