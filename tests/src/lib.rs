@@ -11,6 +11,7 @@
 pub mod certs;
 pub mod dovecot;
 pub mod fakedns;
+pub mod smtp_peer;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,15 +1,14 @@
 //! DANE (RFC 7672) in remote delivery: the courier, driven as a library,
 //! sends through a fake DNS server that acts as a validating resolver (AD
-//! bit on request) to SMTP servers written here that offer STARTTLS with
-//! rcgen certificates (self-signed, or issued by a test CA). The last test
+//! bit on request) to scripted SMTP servers (the harness's `smtp_peer`)
+//! that offer STARTTLS with rcgen certificates (self-signed, or issued by a test CA). The last test
 //! replaces the fake with a real validating resolver: Unbound serving a
 //! zone signed with ldns-signzone, trusted through a configured anchor.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::proto::rr::RecordType;
@@ -19,9 +18,8 @@ use tambo_deliverd::remote::{Courier, Settings};
 use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, RcptRoute};
 use tambo_tests::certs::server_config;
 use tambo_tests::fakedns::FakeDns;
+use tambo_tests::smtp_peer::{Peer, Script};
 use tambo_tests::{free_port, have};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 
 const IP1: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const IP2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -129,56 +127,14 @@ fn ca_issued(name: &str) -> Cert {
     }
 }
 
-// ------------------------------------------------------------ SMTP peer
-
-#[derive(Default)]
-struct Seen {
-    connections: AtomicUsize,
-    tls_sessions: AtomicUsize,
-    messages: Mutex<Vec<Vec<u8>>>,
-}
-
-/// A receiving SMTP server on `ip`, offering STARTTLS when `tls` is given.
-struct Peer {
-    port: u16,
-    seen: Arc<Seen>,
-}
-
-impl Peer {
-    async fn start(ip: IpAddr, port: u16, tls: Option<Arc<rustls::ServerConfig>>) -> Peer {
-        let listener = TcpListener::bind(SocketAddr::new(ip, port)).await.expect("bind peer");
-        let port = listener.local_addr().expect("addr").port();
-        let seen = Arc::new(Seen::default());
-        let s = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                s.connections.fetch_add(1, Ordering::SeqCst);
-                let (tls, seen) = (tls.clone(), s.clone());
-                tokio::spawn(async move { serve(tcp, tls, seen).await });
-            }
-        });
-        Peer { port, seen }
-    }
-
-    fn messages(&self) -> usize {
-        self.seen.messages.lock().unwrap().len()
-    }
-
-    fn connections(&self) -> usize {
-        self.seen.connections.load(Ordering::SeqCst)
-    }
-
-    fn tls_sessions(&self) -> usize {
-        self.seen.tls_sessions.load(Ordering::SeqCst)
-    }
-}
+// ------------------------------------------------------------ SMTP peers
 
 /// Peers on 127.0.0.1, .2 and .3 sharing one port (MX hosts all use the
 /// courier's one outgoing port).
 async fn peers(tls: [Option<Arc<rustls::ServerConfig>>; 3]) -> [Peer; 3] {
     let [t1, t2, t3] = tls;
     for _ in 0..20 {
-        let p1 = Peer::start(IP1, 0, t1.clone()).await;
+        let p1 = Peer::start_on(Script::starttls(t1.clone()), SocketAddr::new(IP1, 0)).await;
         let port = p1.port;
         let (Ok(l2), Ok(l3)) = (
             std::net::TcpListener::bind((IP2, port)),
@@ -187,78 +143,11 @@ async fn peers(tls: [Option<Arc<rustls::ServerConfig>>; 3]) -> [Peer; 3] {
             continue;
         };
         drop((l2, l3));
-        let p2 = Peer::start(IP2, port, t2.clone()).await;
-        let p3 = Peer::start(IP3, port, t3.clone()).await;
+        let p2 = Peer::start_on(Script::starttls(t2.clone()), SocketAddr::new(IP2, port)).await;
+        let p3 = Peer::start_on(Script::starttls(t3.clone()), SocketAddr::new(IP3, port)).await;
         return [p1, p2, p3];
     }
     panic!("no port free on 127.0.0.1-3");
-}
-
-async fn serve(tcp: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, seen: Arc<Seen>) {
-    let mut tcp = tcp;
-    if tcp.write_all(b"220 peer.test ESMTP\r\n").await.is_err() {
-        return;
-    }
-    if let Some(reader) = dialog(BufReader::new(tcp), &seen, tls.is_some()).await {
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.expect("tls"));
-        if let Ok(stream) = acceptor.accept(reader.into_inner()).await {
-            seen.tls_sessions.fetch_add(1, Ordering::SeqCst);
-            dialog(BufReader::new(stream), &seen, false).await;
-        }
-    }
-}
-
-/// The SMTP dialog; returns the reader when the client asked for STARTTLS.
-async fn dialog<S: AsyncRead + AsyncWrite + Unpin>(
-    mut r: BufReader<S>,
-    seen: &Seen,
-    offer_tls: bool,
-) -> Option<BufReader<S>> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match r.read_line(&mut line).await {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
-        }
-        let upper = line.trim_end().to_ascii_uppercase();
-        let reply: &[u8] = if upper.starts_with("EHLO") {
-            if offer_tls {
-                b"250-peer.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
-            } else {
-                b"250-peer.test\r\n250 PIPELINING\r\n"
-            }
-        } else if upper == "STARTTLS" && offer_tls {
-            let _ = r.get_mut().write_all(b"220 go ahead\r\n").await;
-            return Some(r);
-        } else if upper.starts_with("MAIL") || upper.starts_with("RCPT") || upper.starts_with("RSET") {
-            b"250 ok\r\n"
-        } else if upper == "DATA" {
-            let _ = r.get_mut().write_all(b"354 go\r\n").await;
-            let mut msg = Vec::new();
-            loop {
-                let mut l = Vec::new();
-                match r.read_until(b'\n', &mut l).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-                if l == b".\r\n" {
-                    break;
-                }
-                msg.extend_from_slice(&l);
-            }
-            seen.messages.lock().unwrap().push(msg);
-            b"250 2.0.0 queued\r\n"
-        } else if upper == "QUIT" {
-            let _ = r.get_mut().write_all(b"221 bye\r\n").await;
-            return None;
-        } else {
-            b"502 unknown\r\n"
-        };
-        if r.get_mut().write_all(reply).await.is_err() {
-            return None;
-        }
-    }
 }
 
 /// MX `domain` → `host` at `ip`.
@@ -292,21 +181,21 @@ async fn dane_ee_match_accepts_self_signed() {
     let r = send(&courier, "a@ee.test").await;
     assert_eq!(outcome(&r), DeliveryOutcome::Delivered, "{r:?}");
     assert_eq!(level(&r), Some(SecLevel::TlsSecure), "DANE authenticates the server");
-    assert_eq!(p1.messages(), 1);
+    assert_eq!(p1.message_count(), 1);
     assert_eq!(p1.tls_sessions(), 1);
     assert!(dns.asked(&tlsa_name(p1.port, "mx.ee.test"), RecordType::TLSA) >= 1);
 
     let r = send(&courier, "b@ee512.test").await;
     assert_eq!(outcome(&r), DeliveryOutcome::Delivered, "{r:?}");
     assert_eq!(level(&r), Some(SecLevel::TlsSecure));
-    assert_eq!(p1.messages(), 2);
+    assert_eq!(p1.message_count(), 2);
 
     // Authenticated denial of TLSA: opportunistic TLS, certificate not
     // trusted (self-signed), so only the insecure TLS level.
     let r = send(&courier, "c@plain-mx.test").await;
     assert_eq!(outcome(&r), DeliveryOutcome::Delivered, "{r:?}");
     assert_eq!(level(&r), Some(SecLevel::TlsInsecure));
-    assert_eq!(p1.messages(), 3);
+    assert_eq!(p1.message_count(), 3);
 }
 
 /// A mismatching TLSA record fails that MX (temporarily) and the next MX,
@@ -334,18 +223,18 @@ async fn dane_mismatch_defers_and_tries_the_next_mx() {
     let r = send(&courier, "a@mm.test").await;
     assert_eq!(outcome(&r), DeliveryOutcome::Delivered, "{r:?}");
     assert_eq!(level(&r), Some(SecLevel::TlsSecure));
-    assert_eq!(p1.messages(), 0, "the mismatching MX got nothing");
+    assert_eq!(p1.message_count(), 0, "the mismatching MX got nothing");
     assert!(p1.connections() >= 1, "the first MX was tried");
-    assert_eq!(p2.messages(), 1);
+    assert_eq!(p2.message_count(), 1);
 
     let r = send(&courier, "b@bad.test").await;
     assert!(temp_with(&r, "DANE"), "{r:?}");
     assert!(temp_with(&r, "no TLSA record matches"), "{r:?}");
-    assert_eq!(p1.messages(), 0);
+    assert_eq!(p1.message_count(), 0);
 
     let r = send(&courier, "c@notls.test").await;
     assert!(temp_with(&r, "STARTTLS"), "{r:?}");
-    assert_eq!(p3.messages(), 0, "no plain-text delivery");
+    assert_eq!(p3.message_count(), 0, "no plain-text delivery");
     assert!(p3.connections() >= 1);
 }
 
@@ -394,7 +283,7 @@ async fn dane_ta_with_a_test_ca() {
     let r = send(&courier, "a@ta.test").await;
     assert_eq!(outcome(&r), DeliveryOutcome::Delivered, "{r:?}");
     assert_eq!(level(&r), Some(SecLevel::TlsSecure));
-    assert_eq!(p1.messages(), 1);
+    assert_eq!(p1.message_count(), 1);
 
     let r = send(&courier, "b@ta2.test").await;
     assert_eq!(
@@ -402,11 +291,11 @@ async fn dane_ta_with_a_test_ca() {
         DeliveryOutcome::Delivered,
         "named for the next-hop domain: {r:?}"
     );
-    assert_eq!(p2.messages(), 1);
+    assert_eq!(p2.message_count(), 1);
 
     let r = send(&courier, "c@ta3.test").await;
     assert!(temp_with(&r, "DANE"), "{r:?}");
-    assert_eq!(p3.messages(), 0);
+    assert_eq!(p3.message_count(), 0);
 }
 
 /// A TLSA lookup that fails (SERVFAIL) defers the message: no connection
@@ -424,7 +313,7 @@ async fn tlsa_servfail_defers() {
     assert!(temp_with(&r, "TLSA"), "{r:?}");
     assert!(temp_with(&r, "DANE"), "{r:?}");
     assert_eq!(p1.connections(), 0, "no connection without the TLSA answer");
-    assert_eq!(p1.messages(), 0);
+    assert_eq!(p1.message_count(), 0);
 }
 
 /// Without authenticated answers DANE does not apply, even with TLSA
@@ -457,7 +346,7 @@ async fn unauthenticated_answers_mean_opportunistic_tls() {
         let r = send(&courier, &format!("x@{d}")).await;
         assert_eq!(outcome(&r), DeliveryOutcome::Delivered, "{d}: {r:?}");
         assert_eq!(level(&r), Some(SecLevel::TlsInsecure), "{d}");
-        assert_eq!(p1.messages(), n + 1);
+        assert_eq!(p1.message_count(), n + 1);
     }
     assert_eq!(dns.asked(&tlsa_name(port, "mx.u1.test"), RecordType::TLSA), 0);
     assert_eq!(dns.asked(&tlsa_name(port, "mx.u2.test"), RecordType::TLSA), 0);
@@ -471,7 +360,7 @@ async fn unauthenticated_answers_mean_opportunistic_tls() {
     let r = send(&c2, "y@u4.test").await;
     assert_eq!(outcome(&r), DeliveryOutcome::Delivered, "{r:?}");
     assert_eq!(level(&r), Some(SecLevel::TlsInsecure));
-    assert_eq!(p1.messages(), 4);
+    assert_eq!(p1.message_count(), 4);
 }
 
 /// Only unusable records (PKIX-EE for SMTP, RFC 7672 §3.1.3): TLS is
@@ -498,20 +387,20 @@ async fn unusable_records_require_tls_and_implicit_mx() {
     let r = send(&courier, "a@pk.test").await;
     assert_eq!(outcome(&r), DeliveryOutcome::Delivered, "{r:?}");
     assert_eq!(level(&r), Some(SecLevel::TlsInsecure));
-    assert_eq!(p1.messages(), 1);
+    assert_eq!(p1.message_count(), 1);
 
     let r = send(&courier, "b@pk-plain.test").await;
     assert!(temp_with(&r, "STARTTLS"), "{r:?}");
-    assert_eq!(p3.messages(), 0);
+    assert_eq!(p3.message_count(), 0);
 
     let r = send(&courier, "c@implicit.test").await;
     assert!(temp_with(&r, "DANE"), "{r:?}");
-    assert_eq!(p1.messages(), 1);
+    assert_eq!(p1.message_count(), 1);
 
     let r = send(&courier, "d@implicit-ok.test").await;
     assert_eq!(outcome(&r), DeliveryOutcome::Delivered, "{r:?}");
     assert_eq!(level(&r), Some(SecLevel::TlsSecure));
-    assert_eq!(p1.messages(), 2);
+    assert_eq!(p1.message_count(), 2);
 }
 
 // ------------------------------------------------------- real Unbound
@@ -640,20 +529,20 @@ async fn real_unbound_with_a_signed_zone() {
     let r = send(&courier, "a@ok.dane.test").await;
     assert_eq!(outcome(&r), DeliveryOutcome::Delivered, "{r:?}");
     assert_eq!(level(&r), Some(SecLevel::TlsSecure));
-    assert_eq!(p1.messages(), 1);
+    assert_eq!(p1.message_count(), 1);
 
     let r = send(&courier, "b@bad.dane.test").await;
     assert!(temp_with(&r, "no TLSA record matches"), "{r:?}");
-    assert_eq!(p1.messages(), 1);
+    assert_eq!(p1.message_count(), 1);
 
     let before = p1.connections();
     let r = send(&courier, "c@bogus.dane.test").await;
     assert!(temp_with(&r, "TLSA lookup"), "{r:?}");
     assert_eq!(p1.connections(), before, "no connection when the TLSA RRset is bogus");
-    assert_eq!(p1.messages(), 1);
+    assert_eq!(p1.message_count(), 1);
 
     let r = send(&courier, "d@none.dane.test").await;
     assert_eq!(outcome(&r), DeliveryOutcome::Delivered, "{r:?}");
     assert_eq!(level(&r), Some(SecLevel::TlsInsecure));
-    assert_eq!(p1.messages(), 2);
+    assert_eq!(p1.message_count(), 2);
 }

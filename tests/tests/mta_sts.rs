@@ -9,7 +9,6 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,8 +17,9 @@ use tambo_deliverd::remote::{Courier, Settings};
 use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, RcptRoute};
 use tambo_tests::certs::{TestCa as Ca, self_signed, server_config};
 use tambo_tests::fakedns::FakeDns;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tambo_tests::smtp_peer::{Peer, Script};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -130,124 +130,14 @@ impl PolicyServer {
 
 // -------------------------------------------------------- an SMTP peer
 
-#[derive(Default)]
-struct Seen {
-    connections: AtomicUsize,
-    tls_sessions: AtomicUsize,
-    commands: Mutex<Vec<String>>,
-    messages: Mutex<Vec<Vec<u8>>>,
-}
-
-struct Peer {
-    port: u16,
-    seen: Arc<Seen>,
-}
-
-impl Peer {
-    /// An SMTP server on loopback offering STARTTLS with `tls` (or no
-    /// STARTTLS when `None`).
-    async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Peer {
-        let listener = TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
-            .await
-            .expect("bind peer");
-        let port = listener.local_addr().expect("addr").port();
-        let seen = Arc::new(Seen::default());
-        let s = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                s.connections.fetch_add(1, Ordering::SeqCst);
-                let (tls, seen) = (tls.clone(), s.clone());
-                tokio::spawn(async move { serve_smtp(tcp, tls, seen).await });
-            }
-        });
-        Peer { port, seen }
-    }
-
-    fn connections(&self) -> usize {
-        self.seen.connections.load(Ordering::SeqCst)
-    }
-
-    fn tls_sessions(&self) -> usize {
-        self.seen.tls_sessions.load(Ordering::SeqCst)
-    }
-
-    fn messages(&self) -> usize {
-        self.seen.messages.lock().unwrap().len()
-    }
-
-    fn saw_mail_from(&self) -> bool {
-        self.seen
-            .commands
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|c| c.to_ascii_uppercase().starts_with("MAIL FROM"))
-    }
-}
-
-async fn serve_smtp(mut tcp: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, seen: Arc<Seen>) {
-    if tcp.write_all(b"220 peer.test ESMTP\r\n").await.is_err() {
-        return;
-    }
-    if let Some(reader) = smtp_dialog(BufReader::new(tcp), &seen, tls.is_some()).await {
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.expect("tls"));
-        if let Ok(stream) = acceptor.accept(reader.into_inner()).await {
-            seen.tls_sessions.fetch_add(1, Ordering::SeqCst);
-            smtp_dialog(BufReader::new(stream), &seen, false).await;
-        }
-    }
-}
-
-/// The dialog; returns the reader when the client asked for STARTTLS.
-async fn smtp_dialog<S: AsyncRead + AsyncWrite + Unpin>(
-    mut r: BufReader<S>,
-    seen: &Seen,
-    offer_tls: bool,
-) -> Option<BufReader<S>> {
-    loop {
-        let mut line = String::new();
-        match tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return None,
-        }
-        let cmd = line.trim_end().to_string();
-        seen.commands.lock().unwrap().push(cmd.clone());
-        let upper = cmd.to_ascii_uppercase();
-        let reply: &[u8] = if upper.starts_with("EHLO") {
-            if offer_tls {
-                b"250-peer.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
-            } else {
-                b"250-peer.test\r\n250 PIPELINING\r\n"
-            }
-        } else if upper == "STARTTLS" && offer_tls {
-            r.get_mut().write_all(b"220 go ahead\r\n").await.ok()?;
-            return Some(r);
-        } else if upper.starts_with("MAIL") || upper.starts_with("RCPT") || upper.starts_with("RSET") {
-            b"250 ok\r\n"
-        } else if upper == "DATA" {
-            r.get_mut().write_all(b"354 go\r\n").await.ok()?;
-            let mut msg = Vec::new();
-            loop {
-                let mut l = Vec::new();
-                match r.read_until(b'\n', &mut l).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-                if l == b".\r\n" {
-                    break;
-                }
-                msg.extend_from_slice(if l.starts_with(b".") { &l[1..] } else { &l });
-            }
-            seen.messages.lock().unwrap().push(msg);
-            b"250 2.0.0 queued\r\n"
-        } else if upper == "QUIT" {
-            let _ = r.get_mut().write_all(b"221 bye\r\n").await;
-            return None;
-        } else {
-            b"502 unknown\r\n"
-        };
-        r.get_mut().write_all(reply).await.ok()?;
-    }
+/// An SMTP server on loopback offering STARTTLS with `tls` (or no STARTTLS
+/// when `None`); it drops a client silent for 10 s.
+async fn start_peer(tls: Option<Arc<rustls::ServerConfig>>) -> Peer {
+    Peer::start(Script {
+        line_timeout: Some(Duration::from_secs(10)),
+        ..Script::starttls(tls)
+    })
+    .await
 }
 
 // --------------------------------------------------------------- helpers
@@ -351,12 +241,12 @@ async fn enforce_delivers_caches_and_reuses_the_cache() {
         "mta-sts.enforce.test",
         policy_response(&enforce_policy("mx.enforce.test")),
     );
-    let good = Peer::start(Some(w.ca.server(&["mx.enforce.test"]))).await;
+    let good = start_peer(Some(w.ca.server(&["mx.enforce.test"]))).await;
 
     let courier = w.courier(good.port, https.port);
     let (o, report) = send(&courier, "bob@enforce.test").await;
     assert_eq!(o, DeliveryOutcome::Delivered);
-    assert_eq!(good.messages(), 1);
+    assert_eq!(good.message_count(), 1);
     assert_eq!(good.tls_sessions(), 1, "delivered inside TLS");
     assert_eq!(
         report.levels_seen,
@@ -382,7 +272,7 @@ async fn enforce_delivers_caches_and_reuses_the_cache() {
     // reads the policy from the cache file: a self-signed MX is refused.
     https.stop();
     drop(https);
-    let bad = Peer::start(Some(self_signed(&["mx.enforce.test"]))).await;
+    let bad = start_peer(Some(self_signed(&["mx.enforce.test"]))).await;
     let fresh = w.courier(bad.port, free_closed_port().await);
     let (o, _) = send(&fresh, "bob@enforce.test").await;
     assert!(temp_fail_with(&o, &["MTA-STS", "TLS_INSECURE", "TLS_SECURE"]), "{o:?}");
@@ -391,19 +281,19 @@ async fn enforce_delivers_caches_and_reuses_the_cache() {
         !bad.saw_mail_from(),
         "nothing sent to an MX without a valid certificate"
     );
-    assert_eq!(bad.messages(), 0);
+    assert_eq!(bad.message_count(), 0);
 
     // A new id whose fetch fails: the unexpired cached policy stays.
     w.dns.set_txt("_mta-sts.enforce.test", "v=STSv1; id=two;");
     let fresh = w.courier(bad.port, free_closed_port().await);
     let (o, _) = send(&fresh, "bob@enforce.test").await;
     assert!(temp_fail_with(&o, &["MTA-STS"]), "{o:?}");
-    assert_eq!(bad.messages(), 0);
+    assert_eq!(bad.message_count(), 0);
     // And the good MX still gets mail under the cached policy.
     let fresh = w.courier(good.port, free_closed_port().await);
     let (o, _) = send(&fresh, "bob@enforce.test").await;
     assert_eq!(o, DeliveryOutcome::Delivered);
-    assert_eq!(good.messages(), 3);
+    assert_eq!(good.message_count(), 3);
     assert!(w.cache_file("enforce.test").unwrap().contains("id: one"));
 }
 
@@ -435,7 +325,7 @@ async fn enforce_refuses_mismatch_invalid_cert_and_plain() {
     https.serve("mta-sts.plain.test", policy_response(&enforce_policy("mx.plain.test")));
 
     // The MX would be valid, but the policy does not allow it.
-    let valid = Peer::start(Some(w.ca.server(&["mx.nomatch.test"]))).await;
+    let valid = start_peer(Some(w.ca.server(&["mx.nomatch.test"]))).await;
     let courier = w.courier(valid.port, https.port);
     let (o, _) = send(&courier, "bob@nomatch.test").await;
     assert!(
@@ -445,7 +335,7 @@ async fn enforce_refuses_mismatch_invalid_cert_and_plain() {
     assert_eq!(valid.connections(), 0, "a non-matching MX is not contacted");
 
     // Matching MX (wildcard), self-signed certificate.
-    let selfsigned = Peer::start(Some(self_signed(&["mx.badcert.test"]))).await;
+    let selfsigned = start_peer(Some(self_signed(&["mx.badcert.test"]))).await;
     let courier = w.courier(selfsigned.port, https.port);
     let (o, _) = send(&courier, "bob@badcert.test").await;
     assert!(temp_fail_with(&o, &["MTA-STS", "TLS_INSECURE"]), "{o:?}");
@@ -453,13 +343,13 @@ async fn enforce_refuses_mismatch_invalid_cert_and_plain() {
     assert!(!selfsigned.saw_mail_from());
 
     // Matching MX without STARTTLS: no plain-text delivery.
-    let plain = Peer::start(None).await;
+    let plain = start_peer(None).await;
     let courier = w.courier(plain.port, https.port);
     let (o, _) = send(&courier, "bob@plain.test").await;
     assert!(temp_fail_with(&o, &["MTA-STS", "PLAIN"]), "{o:?}");
     assert!(plain.connections() >= 1);
     assert!(!plain.saw_mail_from());
-    assert_eq!(plain.messages(), 0);
+    assert_eq!(plain.message_count(), 0);
 }
 
 /// testing: a non-matching MX with a self-signed certificate still gets
@@ -473,11 +363,11 @@ async fn testing_mode_delivers() {
         "mta-sts.testing.test",
         policy_response("version: STSv1\nmode: testing\nmx: mx.other.test\nmax_age: 600\n"),
     );
-    let peer = Peer::start(Some(self_signed(&["mx.testing.test"]))).await;
+    let peer = start_peer(Some(self_signed(&["mx.testing.test"]))).await;
     let courier = w.courier(peer.port, https.port);
     let (o, _) = send(&courier, "bob@testing.test").await;
     assert_eq!(o, DeliveryOutcome::Delivered);
-    assert_eq!(peer.messages(), 1);
+    assert_eq!(peer.message_count(), 1);
     assert_eq!(https.requests_for("mta-sts.testing.test"), 1, "the policy was fetched");
     let cached = w.cache_file("testing.test").expect("cache file");
     assert!(cached.contains("mode: testing"), "{cached}");
@@ -506,7 +396,7 @@ async fn bad_policy_responses_are_ignored() {
             policy.len()
         ),
     );
-    let peer = Peer::start(Some(self_signed(&["mx.redirect.test", "mx.ctype.test"]))).await;
+    let peer = start_peer(Some(self_signed(&["mx.redirect.test", "mx.ctype.test"]))).await;
     let courier = w.courier(peer.port, https.port);
     for d in ["redirect.test", "ctype.test"] {
         let (o, _) = send(&courier, &format!("bob@{d}")).await;
@@ -519,7 +409,7 @@ async fn bad_policy_responses_are_ignored() {
         "the redirect was not followed"
     );
     assert_eq!(https.requests_for("mta-sts.ctype.test"), 1);
-    assert_eq!(peer.messages(), 2);
+    assert_eq!(peer.message_count(), 2);
 
     // A policy server whose certificate is not trusted.
     w.domain("untrusted.test", "u1");
@@ -532,7 +422,7 @@ async fn bad_policy_responses_are_ignored() {
     let (o, _) = send(&courier, "bob@untrusted.test").await;
     assert_eq!(o, DeliveryOutcome::Delivered);
     assert!(w.cache_file("untrusted.test").is_none());
-    assert_eq!(peer.messages(), 3);
+    assert_eq!(peer.message_count(), 3);
 }
 
 /// The TXT id changing makes the courier fetch the policy again; the new
@@ -543,7 +433,7 @@ async fn changed_id_refreshes_the_policy() {
     w.domain("refresh.test", "v1");
     let https = PolicyServer::start(w.ca.server(&["mta-sts.refresh.test"])).await;
     https.serve("mta-sts.refresh.test", policy_response(&enforce_policy("mx.old.test")));
-    let peer = Peer::start(Some(w.ca.server(&["mx.refresh.test"]))).await;
+    let peer = start_peer(Some(w.ca.server(&["mx.refresh.test"]))).await;
     let courier = w.courier(peer.port, https.port);
     let (o, _) = send(&courier, "bob@refresh.test").await;
     assert!(temp_fail_with(&o, &["MTA-STS", "mx.old.test"]), "{o:?}");
@@ -559,7 +449,7 @@ async fn changed_id_refreshes_the_policy() {
     let courier = w.courier(peer.port, https.port);
     let (o, _) = send(&courier, "bob@refresh.test").await;
     assert_eq!(o, DeliveryOutcome::Delivered);
-    assert_eq!(peer.messages(), 1);
+    assert_eq!(peer.message_count(), 1);
     assert_eq!(
         https.requests_for("mta-sts.refresh.test"),
         2,
@@ -588,7 +478,7 @@ async fn concurrent_deliveries_fetch_once() {
     w.domain("busy.test", "b1");
     let https = PolicyServer::start(w.ca.server(&["mta-sts.busy.test"])).await;
     https.serve("mta-sts.busy.test", policy_response(&enforce_policy("mx.busy.test")));
-    let peer = Peer::start(Some(w.ca.server(&["mx.busy.test"]))).await;
+    let peer = start_peer(Some(w.ca.server(&["mx.busy.test"]))).await;
     let courier = w.courier(peer.port, https.port);
     let sends = (0..8).map(|_| {
         let c = courier.clone();
@@ -597,7 +487,7 @@ async fn concurrent_deliveries_fetch_once() {
     for s in sends.collect::<Vec<_>>() {
         assert_eq!(s.await.expect("task"), DeliveryOutcome::Delivered);
     }
-    assert_eq!(peer.messages(), 8);
+    assert_eq!(peer.message_count(), 8);
     assert_eq!(https.requests_for("mta-sts.busy.test"), 1, "one fetch for all");
 }
 
@@ -622,7 +512,7 @@ async fn dane_takes_precedence() {
     let c = rcgen::generate_simple_self_signed(vec!["mx.both.test".to_string(), "mx.stsonly.test".to_string()])
         .expect("rcgen");
     let spki_sha256 = ring::digest::digest(&ring::digest::SHA256, &c.key_pair.public_key_der());
-    let peer = Peer::start(Some(server_config(
+    let peer = start_peer(Some(server_config(
         vec![c.cert.der().clone()],
         c.key_pair.serialize_der(),
     )))
@@ -640,11 +530,11 @@ async fn dane_takes_precedence() {
     assert_eq!(o, DeliveryOutcome::Delivered);
     assert_eq!(report.levels_seen, vec![("both.test".to_string(), SecLevel::TlsSecure)]);
     assert_eq!(https.requests_for("mta-sts.both.test"), 1, "the policy was there");
-    assert_eq!(peer.messages(), 1);
+    assert_eq!(peer.message_count(), 1);
 
     let (o, _) = send(&courier, "bob@stsonly.test").await;
     assert!(temp_fail_with(&o, &["MTA-STS", "mx.stsonly.test"]), "{o:?}");
-    assert_eq!(peer.messages(), 1);
+    assert_eq!(peer.message_count(), 1);
 }
 
 /// The whole server: tambod with `dns_servers`, `tls_extra_ca_file` and
@@ -671,7 +561,7 @@ fn through_the_whole_server() {
     let (https, peer) = rt.block_on(async {
         let https = PolicyServer::start(ca.server(&["mta-sts.sts.test"])).await;
         https.serve("mta-sts.sts.test", policy_response(&enforce_policy("*.sts.test")));
-        let peer = Peer::start(Some(ca.server(&["mx.sts.test"]))).await;
+        let peer = start_peer(Some(ca.server(&["mx.sts.test"]))).await;
         (https, peer)
     });
     let sender = tambo_tests::TestEnv::new("");
@@ -695,7 +585,7 @@ fn through_the_whole_server() {
     );
     assert!(ok, "swaks failed:\n{out}");
     tambo_tests::wait_for(Duration::from_secs(30), "delivery to the MTA-STS peer", || {
-        peer.messages() == 1
+        peer.message_count() == 1
     });
     assert_eq!(peer.tls_sessions(), 1);
     assert_eq!(https.requests_for("mta-sts.sts.test"), 1);

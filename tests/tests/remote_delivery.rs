@@ -1,15 +1,13 @@
 //! Remote delivery (deliverd's courier) against real peers: a fake DNS
-//! server in process, scripted SMTP servers written here (with STARTTLS,
-//! misbehaviour and connection counting), Postfix's smtp-sink, and a second
+//! server in process, scripted SMTP servers (the harness's `smtp_peer`: with
+//! STARTTLS, misbehaviour and connection counting), Postfix's smtp-sink, and a second
 //! tambo. One last test goes through the whole server and needs smtpd's
 //! AUTH: it checks at run time and says so when AUTH is not there yet.
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tambo_common::domaininfo::SecLevel;
@@ -17,9 +15,8 @@ use tambo_deliverd::remote::{Courier, Settings};
 use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, RcptRoute};
 use tambo_tests::certs::TestCa;
 use tambo_tests::fakedns::FakeDns;
+use tambo_tests::smtp_peer::{Peer, Script};
 use tambo_tests::{TestEnv, free_port, have, is_root};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -79,191 +76,6 @@ fn is_temp(o: &DeliveryOutcome, needle: &str) -> bool {
 
 fn is_perm(o: &DeliveryOutcome, needle: &str) -> bool {
     matches!(o, DeliveryOutcome::PermFail(m) if m.contains(needle))
-}
-
-// ------------------------------------------------------ a scripted peer
-
-/// How a scripted SMTP server behaves.
-#[derive(Clone)]
-struct Script {
-    extensions: Vec<String>,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    /// Replies to RCPT TO, in turn (then "250 ok" forever).
-    rcpt_replies: Arc<Mutex<VecDeque<String>>>,
-    /// Never send the greeting.
-    silent: bool,
-    /// Send a reply of this many bytes as the greeting.
-    huge_greeting: usize,
-}
-
-impl Default for Script {
-    fn default() -> Self {
-        Script {
-            extensions: vec!["PIPELINING".into(), "8BITMIME".into()],
-            tls: None,
-            rcpt_replies: Arc::new(Mutex::new(VecDeque::new())),
-            silent: false,
-            huge_greeting: 0,
-        }
-    }
-}
-
-/// What a scripted server saw.
-#[derive(Default)]
-struct Seen {
-    connections: AtomicUsize,
-    tls_sessions: AtomicUsize,
-    /// Every command line received.
-    commands: Mutex<Vec<String>>,
-    /// Every message received (after dot-unstuffing).
-    messages: Mutex<Vec<Vec<u8>>>,
-}
-
-struct Peer {
-    port: u16,
-    seen: Arc<Seen>,
-}
-
-impl Peer {
-    async fn start(script: Script) -> Peer {
-        Self::start_on(script, LOCALHOST).await
-    }
-
-    async fn start_on(script: Script, ip: IpAddr) -> Peer {
-        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await.expect("bind peer");
-        let port = listener.local_addr().expect("addr").port();
-        let seen = Arc::new(Seen::default());
-        let s = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                s.connections.fetch_add(1, Ordering::SeqCst);
-                let (script, seen) = (script.clone(), s.clone());
-                tokio::spawn(async move { serve_conn(tcp, script, seen).await });
-            }
-        });
-        Peer { port, seen }
-    }
-
-    fn connections(&self) -> usize {
-        self.seen.connections.load(Ordering::SeqCst)
-    }
-
-    fn commands(&self) -> Vec<String> {
-        self.seen.commands.lock().unwrap().clone()
-    }
-
-    fn messages(&self) -> Vec<Vec<u8>> {
-        self.seen.messages.lock().unwrap().clone()
-    }
-}
-
-async fn serve_conn(tcp: TcpStream, script: Script, seen: Arc<Seen>) {
-    if script.silent {
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        return;
-    }
-    let mut tcp = tcp;
-    if script.huge_greeting > 0 {
-        let line =
-            b"220-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n";
-        let mut sent = 0;
-        while sent < script.huge_greeting {
-            if tcp.write_all(line).await.is_err() {
-                return;
-            }
-            sent += line.len();
-        }
-        return;
-    }
-    if tcp.write_all(b"220 peer.test ESMTP scripted\r\n").await.is_err() {
-        return;
-    }
-    if let Some(reader) = dialog(BufReader::new(tcp), &script, &seen, script.tls.is_some()).await {
-        let tcp = reader.into_inner();
-        let acceptor = tokio_rustls::TlsAcceptor::from(script.tls.clone().expect("tls"));
-        if let Ok(tls) = acceptor.accept(tcp).await {
-            seen.tls_sessions.fetch_add(1, Ordering::SeqCst);
-            dialog(BufReader::new(tls), &script, &seen, false).await;
-        }
-    }
-}
-
-/// The SMTP dialog; returns the reader when the client asked for STARTTLS.
-async fn dialog<S: AsyncRead + AsyncWrite + Unpin>(
-    mut r: BufReader<S>,
-    script: &Script,
-    seen: &Seen,
-    offer_tls: bool,
-) -> Option<BufReader<S>> {
-    let mut line = String::new();
-    let mut accepted = 0;
-    loop {
-        line.clear();
-        match r.read_line(&mut line).await {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
-        }
-        let cmd = line.trim_end().to_string();
-        seen.commands.lock().unwrap().push(cmd.clone());
-        let upper = cmd.to_ascii_uppercase();
-        let reply = if upper.starts_with("EHLO") {
-            let mut ext = script.extensions.clone();
-            if offer_tls {
-                ext.push("STARTTLS".into());
-            }
-            let mut s = String::from("250-peer.test hello\r\n");
-            for (i, e) in ext.iter().enumerate() {
-                s.push_str(&format!("250{}{e}\r\n", if i + 1 == ext.len() { ' ' } else { '-' }));
-            }
-            if ext.is_empty() {
-                s = "250 peer.test hello\r\n".into();
-            }
-            s
-        } else if upper.starts_with("STARTTLS") && offer_tls {
-            let _ = r.get_mut().write_all(b"220 go ahead\r\n").await;
-            return Some(r);
-        } else if upper.starts_with("RSET") {
-            accepted = 0;
-            "250 ok\r\n".into()
-        } else if upper.starts_with("MAIL") || upper.starts_with("HELO") {
-            "250 ok\r\n".into()
-        } else if upper.starts_with("RCPT") {
-            let next = script.rcpt_replies.lock().unwrap().pop_front();
-            let reply = next.unwrap_or_else(|| "250 ok".into());
-            if reply.starts_with('2') {
-                accepted += 1;
-            }
-            format!("{reply}\r\n")
-        } else if upper.starts_with("DATA") && accepted == 0 {
-            "554 5.5.1 no valid recipients\r\n".into()
-        } else if upper.starts_with("DATA") {
-            accepted = 0;
-            let _ = r.get_mut().write_all(b"354 go\r\n").await;
-            let mut msg = Vec::new();
-            loop {
-                let mut l = Vec::new();
-                match r.read_until(b'\n', &mut l).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-                if l == b".\r\n" {
-                    break;
-                }
-                let body = if l.starts_with(b".") { &l[1..] } else { &l[..] };
-                msg.extend_from_slice(body);
-            }
-            seen.messages.lock().unwrap().push(msg);
-            "250 2.0.0 queued\r\n".into()
-        } else if upper.starts_with("QUIT") {
-            let _ = r.get_mut().write_all(b"221 bye\r\n").await;
-            return None;
-        } else {
-            "502 unknown\r\n".into()
-        };
-        if r.get_mut().write_all(reply.as_bytes()).await.is_err() {
-            return None;
-        }
-    }
 }
 
 /// A test CA, and a server certificate for `name` signed by it.
@@ -360,7 +172,7 @@ async fn routing_mx_fallback_null_mx_idn_ipv6() {
     );
 
     // IPv6: an MX with only an AAAA record.
-    let v6_peer = Peer::start_on(Script::default(), IpAddr::V6(Ipv6Addr::LOCALHOST)).await;
+    let v6_peer = Peer::start_on(Script::default(), SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)).await;
     dns.mx("six.test", 10, "mx.six.test");
     dns.addr("mx.six.test", IpAddr::V6(Ipv6Addr::LOCALHOST));
     let c6 = Courier::new(settings(&dns, v6_peer.port)).expect("courier");
@@ -456,7 +268,7 @@ async fn tls_levels_and_refused_downgrade() {
     let r = send(&c, &job("s@o.test", &["a@sec.test"], &[]), MSG).await;
     assert_eq!(outcome(&r, 0), DeliveryOutcome::Delivered);
     assert_eq!(r.levels_seen, vec![("sec.test".to_string(), SecLevel::TlsSecure)]);
-    assert_eq!(secure.seen.tls_sessions.load(Ordering::SeqCst), 1);
+    assert_eq!(secure.tls_sessions(), 1);
     // Commands after STARTTLS were sent again with EHLO.
     assert_eq!(secure.commands().iter().filter(|c| c.starts_with("EHLO")).count(), 2);
 
