@@ -153,6 +153,15 @@ fn delivered_with(env: &TestEnv, tag: &str) -> String {
     env.wait_last_delivered("alice@example.com", tag)
 }
 
+/// Send `message` to alice on the smtp port (EHLO `helo`, MAIL FROM
+/// `from`); MAIL and the end of DATA must be accepted. Returns the message
+/// as delivered (found by `tag`).
+fn accepted(env: &TestEnv, helo: &str, from: &str, message: &str, tag: &str) -> String {
+    let (mail, end) = transact(env.smtp_port, helo, from, "alice@example.com", message);
+    assert!(mail.starts_with("250") && end.starts_with("250"), "{mail} {end}");
+    delivered_with(env, tag)
+}
+
 /// The `dkim=` entry of Authentication-Results for selector `sel`; it
 /// must name the domain and carry the start of the signature.
 fn dkim_line(got: &str, sel: &str) -> String {
@@ -268,16 +277,13 @@ fn spf_results_through_smtp() {
     let _server = env.start();
     let port = env.smtp_port;
 
-    let (mail, end) = transact(
-        port,
+    let got = accepted(
+        &env,
         "client.pass.test",
         "a@pass.test",
-        "alice@example.com",
         &message("a@pass.test", "spf pass", "spfpass"),
+        "spfpass",
     );
-    assert!(mail.starts_with("250"), "{mail}");
-    assert!(end.starts_with("250"), "{end}");
-    let got = delivered_with(&env, "spfpass");
     // Our Received on top, the results right under it.
     assert!(
         got.starts_with("Received: from client.pass.test ([127.0.0.1])"),
@@ -301,42 +307,25 @@ fn spf_results_through_smtp() {
         "{mail}"
     );
 
-    // softfail: accepted and recorded.
-    let (mail, end) = transact(
-        port,
-        "client.test",
-        "c@softfail.test",
-        "alice@example.com",
-        &message("c@softfail.test", "soft", "spfsoft"),
-    );
-    assert!(mail.starts_with("250") && end.starts_with("250"), "{mail} {end}");
-    let got = delivered_with(&env, "spfsoft");
-    assert!(got.contains("\nReceived-SPF: softfail"), "{got}");
-    assert!(got.contains("spf=softfail"), "{got}");
-
-    // temperror (the DNS fails): accepted and recorded, never refused.
-    let (mail, end) = transact(
-        port,
-        "client.test",
-        "d@temperror.test",
-        "alice@example.com",
-        &message("d@temperror.test", "temp", "spftemp"),
-    );
-    assert!(mail.starts_with("250") && end.starts_with("250"), "{mail} {end}");
-    let got = delivered_with(&env, "spftemp");
-    assert!(got.contains("\nReceived-SPF: temperror"), "{got}");
-    assert!(got.contains("spf=temperror"), "{got}");
+    // softfail, and temperror (the DNS fails): accepted and recorded,
+    // never refused.
+    for (from, subject, tag, result) in [
+        ("c@softfail.test", "soft", "spfsoft", "softfail"),
+        ("d@temperror.test", "temp", "spftemp", "temperror"),
+    ] {
+        let got = accepted(&env, "client.test", from, &message(from, subject, tag), tag);
+        assert!(got.contains(&format!("\nReceived-SPF: {result}")), "{got}");
+        assert!(got.contains(&format!("spf={result}")), "{got}");
+    }
 
     // The null sender: the HELO identity is checked.
-    let (mail, end) = transact(
-        port,
+    let got = accepted(
+        &env,
         "helo.test",
         "",
-        "alice@example.com",
         &message("postmaster@helo.test", "bounce", "spfhelo"),
+        "spfhelo",
     );
-    assert!(mail.starts_with("250") && end.starts_with("250"), "{mail} {end}");
-    let got = delivered_with(&env, "spfhelo");
     assert!(got.contains("\nReceived-SPF: pass"), "{got}");
     assert!(got.contains("smtp.helo=helo.test"), "{got}");
     drop(dns);
@@ -355,7 +344,6 @@ fn dkim_verification_and_dmarc() {
     let dns = FakeDns::start(&records);
     let env = TestEnv::new(&format!("dns_servers: \"127.0.0.1:{}\"", dns.port));
     let server = env.start();
-    let port = env.smtp_port;
 
     // Signed twice (RSA and Ed25519) by dkimsign: both pass, and DMARC
     // passes through DKIM alignment even though SPF does not pass.
@@ -367,9 +355,7 @@ fn dkim_verification_and_dmarc() {
         &ed_key,
         "ed25519-sha256",
     );
-    let (mail, end) = transact(port, "client.test", "x@signed.test", "alice@example.com", &signed);
-    assert!(mail.starts_with("250") && end.starts_with("250"), "{mail} {end}");
-    let got = delivered_with(&env, "dkimgood");
+    let got = accepted(&env, "client.test", "x@signed.test", &signed, "dkimgood");
     assert!(got.contains("spf=neutral"), "{got}");
     assert!(
         dkim_line(&got, "py").starts_with("dkim=pass header.d=signed.test "),
@@ -388,9 +374,7 @@ fn dkim_verification_and_dmarc() {
     // enforcement is off by default).
     let msg = message("x@signed.test", "tamper body", "dkimbody");
     let signed = dkimsign(&msg, "py", "signed.test", &rsa_key, "rsa-sha256").replace("Second line.", "Second line!");
-    let (_, end) = transact(port, "client.test", "x@signed.test", "alice@example.com", &signed);
-    assert!(end.starts_with("250"), "{end}");
-    let got = delivered_with(&env, "dkimbody");
+    let got = accepted(&env, "client.test", "x@signed.test", &signed, "dkimbody");
     assert!(dkim_line(&got, "py").starts_with("dkim=fail ("), "{got}");
     assert!(
         got.contains("dmarc=fail (") && got.contains("header.from=signed.test policy.dmarc=reject"),
@@ -400,9 +384,7 @@ fn dkim_verification_and_dmarc() {
     let msg = message("x@signed.test", "tamper header", "dkimhdr");
     let signed = dkimsign(&msg, "pyed", "signed.test", &ed_key, "ed25519-sha256")
         .replace("Subject: tamper header", "Subject: tampered header");
-    let (_, end) = transact(port, "client.test", "x@signed.test", "alice@example.com", &signed);
-    assert!(end.starts_with("250"), "{end}");
-    let got = delivered_with(&env, "dkimhdr");
+    let got = accepted(&env, "client.test", "x@signed.test", &signed, "dkimhdr");
     assert!(dkim_line(&got, "pyed").starts_with("dkim=fail ("), "{got}");
     assert!(got.contains("dmarc=fail"), "{got}");
     drop(server);
@@ -427,15 +409,7 @@ fn dkim_verification_and_dmarc() {
     assert!(end.contains("DMARC"), "{end}");
     let msg = message("x@signed.test", "fine", "dmarcok");
     let signed = dkimsign(&msg, "py", "signed.test", &rsa_key, "rsa-sha256");
-    let (_, end) = transact(
-        env.smtp_port,
-        "client.test",
-        "x@signed.test",
-        "alice@example.com",
-        &signed,
-    );
-    assert!(end.starts_with("250"), "{end}");
-    let got = delivered_with(&env, "dmarcok");
+    let got = accepted(&env, "client.test", "x@signed.test", &signed, "dmarcok");
     assert!(got.contains("dmarc=pass"), "{got}");
     assert!(
         !env.delivered("alice@example.com")

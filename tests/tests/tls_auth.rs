@@ -109,6 +109,13 @@ fn swaks(port: u16, args: &[&str]) -> (bool, String) {
         .args(args))
 }
 
+/// swaks with `tls` ("-tls" for STARTTLS, or "--tls-on-connect") and AUTH
+/// `mech` as [`USER`] with `password`, then `args`.
+fn swaks_auth(port: u16, tls: &str, mech: &str, password: &str, args: &[&str]) -> (bool, String) {
+    let auth = [tls, "--auth", mech, "--auth-user", USER, "--auth-password", password];
+    swaks(port, &[&auth[..], args].concat())
+}
+
 fn cert_path(env: &TestEnv, name: &str) -> String {
     env.config_dir
         .join("certs")
@@ -204,16 +211,12 @@ fn swaks_tls_auth_bad_password_and_relay() {
     let sub = env.submission_port;
     // Good password, PLAIN and LOGIN, to a local and to a remote recipient.
     for mech in ["PLAIN", "LOGIN"] {
-        let (ok, out) = swaks(
+        let (ok, out) = swaks_auth(
             sub,
+            "-tls",
+            mech,
+            PASSWORD,
             &[
-                "-tls",
-                "--auth",
-                mech,
-                "--auth-user",
-                USER,
-                "--auth-password",
-                PASSWORD,
                 "--from",
                 "anything@elsewhere.example",
                 "--to",
@@ -226,38 +229,12 @@ fn swaks_tls_auth_bad_password_and_relay() {
         assert!(out.contains("235 2.7.0"), "{out}");
         env.wait_delivered("bob@example.com", &format!("swaks {mech}"));
     }
-    let (ok, out) = swaks(
-        sub,
-        &[
-            "-tls",
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            USER,
-            "--auth-password",
-            PASSWORD,
-            "--to",
-            "someone@remote.example",
-        ],
-    );
+    let (ok, out) = swaks_auth(sub, "-tls", "PLAIN", PASSWORD, &["--to", "someone@remote.example"]);
     assert!(ok, "authenticated relay: {out}");
     assert!(out.contains("250 2.0.0 Ok: queued as"), "{out}");
 
     // Bad password.
-    let (ok, out) = swaks(
-        sub,
-        &[
-            "-tls",
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            USER,
-            "--auth-password",
-            "wrong",
-            "--to",
-            "bob@example.com",
-        ],
-    );
+    let (ok, out) = swaks_auth(sub, "-tls", "PLAIN", "wrong", &["--to", "bob@example.com"]);
     assert!(!ok);
     assert!(out.contains("535 5.7.8"), "{out}");
 
@@ -483,40 +460,22 @@ fn throttling_after_repeated_failures() {
     let _server = env.start();
     // authd allows 10 failures per IP and per user in 10 minutes.
     for i in 0..10 {
-        let (_, out) = swaks(
+        let (_, out) = swaks_auth(
             env.submission_tls_port,
-            &[
-                "--tls-on-connect",
-                "--auth",
-                "PLAIN",
-                "--auth-user",
-                USER,
-                "--auth-password",
-                &format!("bad{i}"),
-                "--to",
-                "bob@example.com",
-                "--quit-after",
-                "AUTH",
-            ],
+            "--tls-on-connect",
+            "PLAIN",
+            &format!("bad{i}"),
+            &["--to", "bob@example.com", "--quit-after", "AUTH"],
         );
         assert!(out.contains("535 5.7.8"), "{out}");
     }
     // Even the right password is refused for now.
-    let (ok, out) = swaks(
+    let (ok, out) = swaks_auth(
         env.submission_tls_port,
-        &[
-            "--tls-on-connect",
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            USER,
-            "--auth-password",
-            PASSWORD,
-            "--to",
-            "bob@example.com",
-            "--quit-after",
-            "AUTH",
-        ],
+        "--tls-on-connect",
+        "PLAIN",
+        PASSWORD,
+        &["--to", "bob@example.com", "--quit-after", "AUTH"],
     );
     assert!(!ok);
     assert!(out.contains("454 4.7.0"), "{out}");
@@ -684,19 +643,12 @@ fn private_keys_are_out_of_smtpd_reach() {
     let users = env.config_dir.join("domains/example.com/users");
     let server = env.start();
     // TLS works although only authd can read the key.
-    let (ok, out) = swaks(
+    let (ok, out) = swaks_auth(
         env.submission_port,
-        &[
-            "-tls",
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            USER,
-            "--auth-password",
-            PASSWORD,
-            "--to",
-            "bob@example.com",
-        ],
+        "-tls",
+        "PLAIN",
+        PASSWORD,
+        &["--to", "bob@example.com"],
     );
     assert!(ok, "{out}");
 
@@ -763,18 +715,12 @@ fn private_keys_are_out_of_smtpd_reach() {
 fn tls_and_auth_recover_after_authd_is_killed() {
     let env = TestEnv::new("");
     let server = env.start();
-    let auth = [
-        "--tls-on-connect",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        USER,
-        "--auth-password",
-        PASSWORD,
-    ];
-    let (ok, out) = swaks(
+    let (ok, out) = swaks_auth(
         env.submission_tls_port,
-        &[&auth[..], &["--to", "bob@example.com"]].concat(),
+        "--tls-on-connect",
+        "PLAIN",
+        PASSWORD,
+        &["--to", "bob@example.com"],
     );
     assert!(ok, "{out}");
     let old = server.worker_pid("authd");
@@ -786,9 +732,12 @@ fn tls_and_auth_recover_after_authd_is_killed() {
     // chains again and the handshakes it signs work.
     let mut last = String::new();
     wait_for(Duration::from_secs(20), "TLS and AUTH through the new authd", || {
-        let (ok, out) = swaks(
+        let (ok, out) = swaks_auth(
             env.submission_tls_port,
-            &[&auth[..], &["--to", "bob@example.com", "--body", "after restart"]].concat(),
+            "--tls-on-connect",
+            "PLAIN",
+            PASSWORD,
+            &["--to", "bob@example.com", "--body", "after restart"],
         );
         last = out;
         ok
