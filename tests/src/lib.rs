@@ -243,6 +243,30 @@ impl TestEnv {
         std::fs::write(self.config_dir.join("chasquid.conf"), conf).expect("write conf");
     }
 
+    /// Make the test MDA fail temporarily (exit 75, "gate closed") until
+    /// the returned file exists, so messages stay queued as long as the
+    /// test wants; then it delivers as before.
+    pub fn gate_mda(&self) -> PathBuf {
+        let gate = self.tmp.path().join("gate");
+        std::fs::write(
+            self.tmp.path().join("mda.sh"),
+            format!(
+                "#!/bin/sh\n[ -e '{}' ] || {{ echo gate closed; exit 75; }}\ncat >> '{}'/\"$1\"\n",
+                gate.display(),
+                self.out_dir.display()
+            ),
+        )
+        .expect("write mda");
+        gate
+    }
+
+    /// Replace the aliases file of example.com with `text`, then fix the
+    /// permissions of the tree.
+    pub fn set_aliases(&self, text: &str) {
+        std::fs::write(self.config_dir.join("domains/example.com/aliases"), text).expect("write aliases");
+        self.fix_permissions();
+    }
+
     /// When root: let the tambo users read the tree and write `out/`.
     pub fn fix_permissions(&self) {
         if !is_root() {
@@ -562,12 +586,71 @@ impl RawClient {
     }
 }
 
+/// `message` with every line ending in CRLF (bare LF turned into CRLF),
+/// and a final CRLF added when missing: the text of DATA, before the dot.
+pub fn crlf_lines(message: &str) -> String {
+    let mut body = message.replace("\r\n", "\n").replace('\n', "\r\n");
+    if !body.ends_with("\r\n") {
+        body.push_str("\r\n");
+    }
+    body
+}
+
 /// Run a command, returning (success, stdout+stderr).
 pub fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
+}
+
+/// Run a command with `input` on its stdin (written whole, then closed);
+/// returns its status and output.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write to stdin");
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"))
+}
+
+/// Run a command as a filter: `input` on its stdin, which must succeed
+/// (else panic with its stderr); returns its stdout.
+pub fn filter(cmd: &mut Command, input: &[u8]) -> String {
+    let out = run_with_input(cmd, input);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8 output")
+}
+
+/// The DKIM TXT record (`v=DKIM1; k=rsa; p=...`) publishing the public
+/// half of the RSA private key in PEM file `key` (PKCS#1 or PKCS#8), by
+/// openssl.
+pub fn dkim_rsa_record(key: &Path) -> String {
+    let der = Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(key)
+        .output()
+        .expect("openssl pkey");
+    assert!(
+        der.status.success(),
+        "openssl pkey: {}",
+        String::from_utf8_lossy(&der.stderr)
+    );
+    format!("v=DKIM1; k=rsa; p={}", base64(&der.stdout))
 }
 
 /// Standard base64 with padding (for AUTH exchanges and DNS records).

@@ -45,12 +45,8 @@ fn transact(port: u16, from: &str, to: &str, message: &str) -> String {
     let rcpt = c.cmd(&format!("RCPT TO:<{to}>"));
     assert!(rcpt.starts_with("250"), "RCPT: {rcpt}");
     assert!(c.cmd("DATA").starts_with("354"));
-    let mut body = message.replace("\r\n", "\n").replace('\n', "\r\n");
-    if !body.ends_with("\r\n") {
-        body.push_str("\r\n");
-    }
     // Dot-stuffing, for messages captured from a previous hop.
-    let body = body.replace("\r\n.", "\r\n..");
+    let body = tambo_tests::crlf_lines(message).replace("\r\n.", "\r\n..");
     c.send(body.as_bytes());
     let end = c.cmd(".");
     c.cmd("QUIT");
@@ -89,35 +85,15 @@ fn foreign_key(dir: &Path) -> (std::path::PathBuf, String) {
         .arg(&key)
         .arg("2048"));
     assert!(ok, "{out}");
-    let der = Command::new("openssl")
-        .args(["rsa", "-pubout", "-outform", "DER", "-in"])
-        .arg(&key)
-        .output()
-        .expect("openssl rsa");
-    assert!(der.status.success());
-    (key, format!("v=DKIM1; k=rsa; p={}", tambo_tests::base64(&der.stdout)))
+    let record = tambo_tests::dkim_rsa_record(&key);
+    (key, record)
 }
 
 /// Run a python snippet with `input` on stdin; its stdout, trimmed.
 fn python(script: &str, args: &[&str], input: &str) -> String {
-    let mut child = Command::new(PYTHON)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python output");
-    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+    tambo_tests::filter(Command::new(PYTHON).arg("-c").arg(script).args(args), input.as_bytes())
+        .trim()
+        .to_string()
 }
 
 /// python3-dkim's `arc_sign`: a first ARC set by `domain` over `msg`,
@@ -276,12 +252,7 @@ fn setup(extra_conf: &str) -> Setup {
         "dns_servers: \"{}\"\noutgoing_smtp_port: {}\n{extra_conf}\n",
         dns.addr, sink.port
     ));
-    std::fs::write(
-        env.config_dir.join("domains/example.com/aliases"),
-        "fwd: carol@remote.test\n",
-    )
-    .expect("aliases");
-    env.fix_permissions();
+    env.set_aliases("fwd: carol@remote.test\n");
     let cdir = env.config_dir.to_str().expect("utf8");
     let tambo = tambo_tests::bin("tambo");
     let (ok, out) =

@@ -3,12 +3,11 @@
 //! independent DKIM implementation: `dkimsign` signs what tambo verifies,
 //! and python's verifier checks what tambo signs.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tambo_tests::{RawClient, TestEnv, base64, free_port, have, is_root, run, wait_for};
+use tambo_tests::{RawClient, TestEnv, filter, free_port, have, is_root, run, wait_for};
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -130,11 +129,7 @@ fn transact(port: u16, helo: &str, from: &str, to: &str, message: &str) -> (Stri
     let rcpt = c.cmd(&format!("RCPT TO:<{to}>"));
     assert!(rcpt.starts_with("250"), "RCPT: {rcpt}");
     assert!(c.cmd("DATA").starts_with("354"));
-    let mut body = message.replace("\r\n", "\n").replace('\n', "\r\n");
-    if !body.ends_with("\r\n") {
-        body.push_str("\r\n");
-    }
-    c.send(body.as_bytes());
+    c.send(tambo_tests::crlf_lines(message).as_bytes());
     let end = c.cmd(".");
     c.cmd("QUIT");
     (mail, end)
@@ -178,36 +173,21 @@ fn dkim_line(got: &str, sel: &str) -> String {
 
 /// Sign `msg` with python3-dkim's `dkimsign` (relaxed/relaxed).
 fn dkimsign(msg: &str, selector: &str, domain: &str, key: &Path, alg: &str) -> String {
-    let mut child = Command::new("dkimsign")
-        .args([
-            "--hcanon",
-            "relaxed",
-            "--bcanon",
-            "relaxed",
-            "--signalg",
-            alg,
-            selector,
-            domain,
-        ])
-        .arg(key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("dkimsign");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(msg.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("dkimsign output");
-    assert!(
-        out.status.success(),
-        "dkimsign: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf8")
+    filter(
+        Command::new("dkimsign")
+            .args([
+                "--hcanon",
+                "relaxed",
+                "--bcanon",
+                "relaxed",
+                "--signalg",
+                alg,
+                selector,
+                domain,
+            ])
+            .arg(key),
+        msg.as_bytes(),
+    )
 }
 
 /// Foreign keys for python's signer: (RSA PKCS#8 PEM path, its TXT record),
@@ -225,13 +205,7 @@ fn foreign_keys(dir: &Path) -> ((PathBuf, String), (PathBuf, String)) {
         ])
         .arg(&rsa));
     assert!(ok, "{out}");
-    let der = Command::new("openssl")
-        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
-        .arg(&rsa)
-        .output()
-        .expect("openssl pkey");
-    assert!(der.status.success());
-    let rsa_rec = format!("v=DKIM1; k=rsa; p={}", base64(&der.stdout));
+    let rsa_rec = tambo_tests::dkim_rsa_record(&rsa);
     let ed = dir.join("py-ed.key");
     let out = Command::new(PYTHON)
         .args([
@@ -437,12 +411,7 @@ fn tambo_signatures_verified_by_python_dkim() {
         "#!/bin/sh\ncat >/dev/null\necho 'no such mailbox here'\nexit 1\n",
     )
     .expect("script");
-    std::fs::write(
-        env.config_dir.join("domains/example.com/aliases"),
-        format!("bounce: | {}\n", failpipe.display()),
-    )
-    .expect("aliases");
-    env.fix_permissions();
+    env.set_aliases(&format!("bounce: | {}\n", failpipe.display()));
     let cdir = env.config_dir.to_str().expect("utf8");
     let mut records = Vec::new();
     for (sel, algo) in [("rsa1", "rsa2048"), ("ed1", "ed25519")] {
@@ -543,10 +512,11 @@ fn tambo_signatures_verified_by_python_dkim() {
 /// Verify the first two DKIM signatures of `m` with python3-dkim, the
 /// public keys coming from `recfile` (selector TAB record lines).
 fn python_verify(recfile: &Path, m: &str) -> String {
-    let mut child = Command::new(PYTHON)
-        .args([
-            "-c",
-            "import sys, dkim\n\
+    filter(
+        Command::new(PYTHON)
+            .args([
+                "-c",
+                "import sys, dkim\n\
              recs = dict(l.split('\\t', 1) for l in open(sys.argv[1]).read().splitlines())\n\
              def dns(name, timeout=5):\n\
              \x20   return recs[name.decode().split('.')[0]].encode()\n\
@@ -557,22 +527,12 @@ fn python_verify(recfile: &Path, m: &str) -> String {
              \x20   except dkim.DKIMException as e:\n\
              \x20       return False\n\
              print(v(0), v(1))\n",
-        ])
-        .arg(recfile)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(m.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python output");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+            ])
+            .arg(recfile),
+        m.as_bytes(),
+    )
+    .trim()
+    .to_string()
 }
 
 /// Keys for the domain itself, and an authenticated submission (AUTH PLAIN

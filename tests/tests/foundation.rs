@@ -163,17 +163,7 @@ fn processes_privileges_and_sigterm() {
 /// exists, so messages stay queued as long as the test wants.
 fn gated_env() -> (TestEnv, std::path::PathBuf) {
     let env = TestEnv::new("min_retry_delay: \"1s\"");
-    let gate = env.tmp.path().join("gate");
-    let mda = env.tmp.path().join("mda.sh");
-    std::fs::write(
-        &mda,
-        format!(
-            "#!/bin/sh\n[ -e '{}' ] || {{ echo gate closed; exit 75; }}\ncat >> '{}'/\"$1\"\n",
-            gate.display(),
-            env.out_dir.display()
-        ),
-    )
-    .expect("write mda");
+    let gate = env.gate_mda();
     (env, gate)
 }
 

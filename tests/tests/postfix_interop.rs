@@ -179,12 +179,7 @@ fn tambo_and_postfix_deliver_to_each_other() {
         pf.port,
         ca_file.display()
     ));
-    std::fs::write(
-        env.config_dir.join("domains/example.com/aliases"),
-        "fwd: carol@remote.test\n",
-    )
-    .expect("aliases");
-    env.fix_permissions();
+    env.set_aliases("fwd: carol@remote.test\n");
     let mut server = env.start();
 
     // tambo → Postfix, through the MX, with verified STARTTLS.

@@ -13,16 +13,7 @@ use tambo_tests::*;
 /// operator flushes.
 fn deferred_env() -> (TestEnv, PathBuf) {
     let env = TestEnv::new("min_retry_delay: \"1h\"");
-    let gate = env.tmp.path().join("gate");
-    std::fs::write(
-        env.tmp.path().join("mda.sh"),
-        format!(
-            "#!/bin/sh\n[ -e '{}' ] || {{ echo gate closed; exit 75; }}\ncat >> '{}'/\"$1\"\n",
-            gate.display(),
-            env.out_dir.display()
-        ),
-    )
-    .expect("write mda");
+    let gate = env.gate_mda();
     (env, gate)
 }
 
@@ -418,16 +409,7 @@ print(json.dumps({'tried': i, 'acked': acked, 'failed': failed}))
 #[test]
 fn kill_9_of_every_worker_during_a_stream_loses_and_duplicates_nothing() {
     let env = TestEnv::new("min_retry_delay: \"1s\"\nmax_queue_items: 5000");
-    let gate = env.tmp.path().join("gate");
-    std::fs::write(
-        env.tmp.path().join("mda.sh"),
-        format!(
-            "#!/bin/sh\n[ -e '{}' ] || {{ echo gate closed; exit 75; }}\ncat >> '{}'/\"$1\"\n",
-            gate.display(),
-            env.out_dir.display()
-        ),
-    )
-    .expect("write mda");
+    let gate = env.gate_mda();
     let server = env.start();
     let stop = env.tmp.path().join("stop");
     let client = Command::new("python3")

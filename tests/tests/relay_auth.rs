@@ -86,12 +86,7 @@ fn relay_host_with_auth_after_verified_tls() {
         c
     };
     a.write_conf(&conf(false));
-    std::fs::write(
-        a.config_dir.join("domains/example.com/aliases"),
-        "fwd: carol@remote.test\n",
-    )
-    .expect("aliases");
-    a.fix_permissions();
+    a.set_aliases("fwd: carol@remote.test\n");
     write_credentials(&a, &format!("alice@example.com:{PASSWORD}"));
     let mut ra = a.start();
 

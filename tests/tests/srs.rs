@@ -146,12 +146,7 @@ fn forwarded_mail_is_rewritten_and_bounces_come_back() {
         "dns_servers: \"{}\"\noutgoing_smtp_port: {}\n",
         dns.addr, capture.port
     ));
-    std::fs::write(
-        env.config_dir.join("domains/example.com/aliases"),
-        "fwd: carol@remote.test\n",
-    )
-    .expect("aliases");
-    env.fix_permissions();
+    env.set_aliases("fwd: carol@remote.test\n");
     let mut server = env.start();
 
     // The secret exists, private to queued.

@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -140,17 +140,11 @@ fn msmtp(env: &TestEnv, port: u16, starttls: bool, auth: &str, to: &str, body: &
     )
     .expect("write msmtprc");
     std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let mut child = Command::new("msmtp")
-        .args(["-C", conf.to_str().expect("utf8"), "-a", "test", "--", to])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn msmtp");
     let msg = format!("From: {USER}\r\nTo: {to}\r\nSubject: msmtp\r\n\r\n{body}\r\n");
-    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), msg.as_bytes()).expect("write");
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("msmtp");
+    let out = run_with_input(
+        Command::new("msmtp").args(["-C", conf.to_str().expect("utf8"), "-a", "test", "--", to]),
+        msg.as_bytes(),
+    );
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
