@@ -9,6 +9,7 @@
 //! for them.
 
 pub mod certs;
+pub mod courier;
 pub mod dovecot;
 pub mod fakedns;
 pub mod smtp_peer;

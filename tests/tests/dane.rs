@@ -5,9 +5,7 @@
 //! replaces the fake with a real validating resolver: Unbound serving a
 //! zone signed with ldns-signzone, trusted through a configured anchor.
 
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +13,9 @@ use hickory_resolver::proto::rr::RecordType;
 use tambo_common::domaininfo::SecLevel;
 use tambo_deliverd::remote::dane::DaneResolver;
 use tambo_deliverd::remote::{Courier, Settings};
-use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, RcptRoute};
+use tambo_ipc::proto::{DeliveryOutcome, DeliveryReport};
 use tambo_tests::certs::server_config;
+use tambo_tests::courier::{self, data_fd, remote_job};
 use tambo_tests::fakedns::FakeDns;
 use tambo_tests::smtp_peer::{Peer, Script};
 use tambo_tests::{free_port, have};
@@ -29,40 +28,14 @@ const MSG: &[u8] = b"Subject: dane\r\n\r\nhello\r\n";
 // ---------------------------------------------------------------- helpers
 
 fn settings(dns: &FakeDns, port: u16) -> Settings {
-    let mut s = Settings::from_config(&tambo_common::config::Config::default());
-    s.hostname = "sender.test".into();
-    s.port = port;
-    s.dns_servers = vec![dns.addr.to_string()];
-    s.session.connect = Duration::from_secs(3);
-    s.session.reply = Duration::from_secs(3);
-    s.dns_timeout = Duration::from_secs(2);
+    let mut s = courier::settings(dns, port);
     s.attempt_timeout = Duration::from_secs(30);
     s
 }
 
-fn job(rcpts: &[&str]) -> DeliveryJob {
-    DeliveryJob {
-        id: "daneid".into(),
-        from: "sender@origin.test".into(),
-        rcpts: rcpts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| JobRcpt {
-                index: i as u32,
-                address: a.to_string(),
-                route: RcptRoute::Remote { via: Vec::new() },
-            })
-            .collect(),
-        header_prefix: Vec::new(),
-        outgoing_levels: Vec::new(),
-    }
-}
-
 async fn send(courier: &Courier, rcpt: &str) -> DeliveryReport {
-    let j = job(&[rcpt]);
-    let mut f = tempfile::tempfile().expect("tempfile");
-    f.write_all(MSG).expect("write");
-    courier.deliver(&j, &j.rcpts, Arc::new(OwnedFd::from(f))).await
+    let j = remote_job("daneid", "sender@origin.test", &[rcpt]);
+    courier.deliver(&j, &j.rcpts, data_fd(MSG)).await
 }
 
 fn outcome(r: &DeliveryReport) -> DeliveryOutcome {

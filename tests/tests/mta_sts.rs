@@ -5,17 +5,16 @@
 //! and a certificate either from that CA or self-signed.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tambo_common::domaininfo::SecLevel;
-use tambo_deliverd::remote::{Courier, Settings};
-use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, RcptRoute};
+use tambo_deliverd::remote::Courier;
+use tambo_ipc::proto::{DeliveryOutcome, DeliveryReport};
 use tambo_tests::certs::{TestCa as Ca, self_signed, server_config};
+use tambo_tests::courier::{data_fd, remote_job, settings};
 use tambo_tests::fakedns::FakeDns;
 use tambo_tests::smtp_peer::{Peer, Script};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -178,14 +177,9 @@ impl World {
     /// A courier sending to `smtp_port`, fetching policies from
     /// `https_port`, caching in the world's cache dir.
     fn courier(&self, smtp_port: u16, https_port: u16) -> Arc<Courier> {
-        let mut s = Settings::from_config(&tambo_common::config::Config::default());
-        s.hostname = "sender.test".into();
-        s.port = smtp_port;
-        s.dns_servers = vec![self.dns.addr.to_string()];
+        let mut s = settings(&self.dns, smtp_port);
         s.tls_extra_ca_file = self.ca_file.display().to_string();
-        s.session.connect = Duration::from_secs(3);
         s.session.reply = Duration::from_secs(5);
-        s.dns_timeout = Duration::from_secs(2);
         s.idle_timeout = Duration::ZERO;
         s.sts.cache_dir = Some(self.cache.clone());
         s.sts.port = https_port;
@@ -198,24 +192,8 @@ impl World {
     }
 }
 
-fn data_fd(content: &[u8]) -> Arc<OwnedFd> {
-    let mut f = tempfile::tempfile().expect("tempfile");
-    f.write_all(content).expect("write");
-    Arc::new(OwnedFd::from(f))
-}
-
 async fn send(courier: &Courier, to: &str) -> (DeliveryOutcome, DeliveryReport) {
-    let job = DeliveryJob {
-        id: "stsjob".into(),
-        from: "alice@sender.test".into(),
-        rcpts: vec![JobRcpt {
-            index: 0,
-            address: to.into(),
-            route: RcptRoute::Remote { via: Vec::new() },
-        }],
-        header_prefix: Vec::new(),
-        outgoing_levels: Vec::new(),
-    };
+    let job = remote_job("stsjob", "alice@sender.test", &[to]);
     let report = tokio::time::timeout(Duration::from_secs(60), courier.deliver(&job, &job.rcpts, data_fd(MSG)))
         .await
         .expect("delivery finished in time");

@@ -4,16 +4,15 @@
 //! tambo. One last test goes through the whole server and needs smtpd's
 //! AUTH: it checks at run time and says so when AUTH is not there yet.
 
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tambo_common::domaininfo::SecLevel;
-use tambo_deliverd::remote::{Courier, Settings};
-use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, RcptRoute};
+use tambo_deliverd::remote::Courier;
+use tambo_ipc::proto::{DeliveryJob, DeliveryOutcome, DeliveryReport};
 use tambo_tests::certs::TestCa;
+use tambo_tests::courier::{data_fd, remote_job, settings};
 use tambo_tests::fakedns::FakeDns;
 use tambo_tests::smtp_peer::{Peer, Script};
 use tambo_tests::{TestEnv, free_port, have, is_root};
@@ -22,39 +21,11 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 // ---------------------------------------------------------------- helpers
 
-fn settings(dns: &FakeDns, port: u16) -> Settings {
-    let config = tambo_common::config::Config::default();
-    let mut s = Settings::from_config(&config);
-    s.hostname = "sender.test".into();
-    s.port = port;
-    s.dns_servers = vec![dns.addr.to_string()];
-    s.session.connect = Duration::from_secs(3);
-    s.session.reply = Duration::from_secs(3);
-    s.dns_timeout = Duration::from_secs(2);
-    s
-}
-
-fn data_fd(content: &[u8]) -> Arc<OwnedFd> {
-    let mut f = tempfile::tempfile().expect("tempfile");
-    f.write_all(content).expect("write");
-    Arc::new(OwnedFd::from(f))
-}
-
 fn job(from: &str, rcpts: &[&str], levels: &[(&str, SecLevel)]) -> DeliveryJob {
     DeliveryJob {
-        id: "testid".into(),
-        from: from.into(),
-        rcpts: rcpts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| JobRcpt {
-                index: i as u32,
-                address: a.to_string(),
-                route: RcptRoute::Remote { via: Vec::new() },
-            })
-            .collect(),
         header_prefix: b"Received: from test\r\n".to_vec(),
         outgoing_levels: levels.iter().map(|(d, l)| (d.to_string(), *l)).collect(),
+        ..remote_job("testid", from, rcpts)
     }
 }
 
