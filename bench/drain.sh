@@ -78,19 +78,8 @@ PIDS+=($!)
 
 now() { date +%s.%N; }
 calc() { python3 -c "print($1)"; }
-wait_port() {
-    for _ in $(seq 1 300); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "drain: nothing listens on port $1" >&2
-    return 1
-}
-make_cert() {
-    mkdir -p "$1"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
-        -keyout "$1/privkey.pem" -out "$1/fullchain.pem" 2>/dev/null
-}
+# wait_port, make_cert
+source bench/lib.sh
 # chasquid.conf (tambo reads the same file).
 write_conf() { # dir smtp-port data-dir extra
     cat > "$1/chasquid.conf" <<EOF

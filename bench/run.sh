@@ -85,21 +85,8 @@ if [ -n "${BENCH_NS:-}" ]; then
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "bench: nothing listens on port $1" >&2
-    return 1
-}
-
-# A self-signed certificate for both servers' certs/ directories.
-make_cert() {
-    mkdir -p "$1"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
-        -keyout "$1/privkey.pem" -out "$1/fullchain.pem" 2>/dev/null
-}
+# wait_port, make_cert
+source bench/lib.sh
 
 # Common chasquid.conf body (tambo reads the same format).
 write_conf() { # dir smtp sub subtls datadir extra
