@@ -351,15 +351,30 @@ pub async fn post_data(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
+    /// Write an executable `#!/bin/sh` script. A child process writes it:
+    /// a file this multi-threaded test process had open for writing can
+    /// be inherited by another test's fork (between its fork and exec), and
+    /// running the script at that moment fails with ETXTBSY ("Text file
+    /// busy"), which made these tests fail now and then.
     pub(crate) fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         let p = dir.join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut writer = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("cat > \"$1\" && chmod 755 \"$1\"")
+            .arg("sh")
+            .arg(&p)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = writer.stdin.take().unwrap();
+        stdin.write_all(format!("#!/bin/sh\n{body}\n").as_bytes()).unwrap();
+        drop(stdin);
+        assert!(writer.wait().unwrap().success(), "writing {}", p.display());
         p
     }
 

@@ -406,7 +406,6 @@ fn star(target: &str, original_user: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::net::UnixStream;
     use std::sync::Arc;
 
@@ -481,8 +480,7 @@ mod tests {
         fn hook(&self, body: &str) {
             let h = self.dir.path().join("hooks");
             std::fs::create_dir_all(&h).unwrap();
-            std::fs::write(h.join("alias-resolve"), format!("#!/bin/sh\n{body}\n")).unwrap();
-            std::fs::set_permissions(h.join("alias-resolve"), std::fs::Permissions::from_mode(0o755)).unwrap();
+            crate::hooks::tests::script(&h, "alias-resolve", body);
         }
 
         async fn resolve_full(&self, a: &str) -> Result<Vec<Resolved>, ResolveError> {
