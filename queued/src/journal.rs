@@ -34,12 +34,12 @@
 //! the journal is treated as empty.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Size of the journal file.
-pub const JOURNAL_SIZE: u64 = 16 * 1024 * 1024;
+pub const JOURNAL_SIZE: u64 = 32 * 1024 * 1024;
 /// Size of the header block.
 const HEADER_SIZE: u64 = 4096;
 const HEADER_MAGIC: &[u8; 8] = b"TAMBOJNL";
@@ -109,10 +109,14 @@ impl Record {
 /// The open journal.
 pub struct Journal {
     file: File,
+    path: std::path::PathBuf,
     generation: u64,
     next_seq: u64,
     /// Where the next record goes.
     end: u64,
+    /// The file has another size than [`JOURNAL_SIZE`]: nothing is
+    /// appended before the next reset gives it the right size.
+    resize: bool,
 }
 
 fn header_bytes(generation: u64) -> Vec<u8> {
@@ -193,6 +197,26 @@ fn parse_records(body: &[u8], generation: u64) -> Vec<Record> {
     out
 }
 
+/// Write `file` (the journal at `path`) as an empty journal of
+/// [`JOURNAL_SIZE`] bytes and generation `generation`, every block written
+/// now so that later fdatasyncs have no metadata to commit, and make it
+/// durable.
+fn initialise(file: &File, path: &Path, generation: u64) -> std::io::Result<()> {
+    file.set_len(0)?;
+    let zeros = vec![0u8; 1024 * 1024];
+    let mut written = 0;
+    while written < JOURNAL_SIZE {
+        file.write_all_at(&zeros, written)?;
+        written += zeros.len() as u64;
+    }
+    file.write_all_at(&header_bytes(generation), 0)?;
+    file.sync_all()?;
+    if let Some(parent) = path.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
 impl Journal {
     /// Open `path` (creating and initialising it when missing or of the
     /// wrong size); returns the journal and the records it holds, in order.
@@ -207,9 +231,20 @@ impl Journal {
         let len = file.metadata()?.len();
         let mut records = Vec::new();
         let mut generation = 0;
-        if len == JOURNAL_SIZE {
-            let mut all = Vec::with_capacity(JOURNAL_SIZE as usize);
-            file.read_to_end(&mut all)?;
+        let mut resize = false;
+        if len >= HEADER_SIZE {
+            // A journal of another size (made by a version with another
+            // JOURNAL_SIZE) is read as it is; it is made the right size at
+            // its next reset, after its records have been replayed.
+            if len != JOURNAL_SIZE {
+                tracing::info!(
+                    "{}: journal of {len} bytes; it becomes {JOURNAL_SIZE} bytes after its replay",
+                    path.display()
+                );
+                resize = true;
+            }
+            let mut all = Vec::with_capacity(len.min(4 * JOURNAL_SIZE) as usize);
+            (&mut file).take(4 * JOURNAL_SIZE).read_to_end(&mut all)?;
             match parse_header(&all[..HEADER_SIZE as usize]) {
                 Some(g) => {
                     generation = g;
@@ -224,38 +259,33 @@ impl Journal {
         } else {
             if len != 0 {
                 tracing::warn!(
-                    "{}: journal of {len} bytes, expected {JOURNAL_SIZE}: initialising it again",
+                    "{}: journal of {len} bytes, shorter than its header: initialising it again",
                     path.display()
                 );
             }
-            // Allocate and initialise every block now, so that later
-            // fdatasyncs have no metadata to commit.
-            file.set_len(0)?;
-            let zeros = vec![0u8; 1024 * 1024];
-            let mut written = 0;
-            while written < JOURNAL_SIZE {
-                file.write_all(&zeros)?;
-                written += zeros.len() as u64;
-            }
-            file.write_all_at(&header_bytes(0), 0)?;
-            file.sync_all()?;
-            if let Some(parent) = path.parent() {
-                File::open(parent)?.sync_all()?;
-            }
+            initialise(&file, path, 0)?;
         }
         let end = HEADER_SIZE + records.iter().map(Record::encoded_len).sum::<u64>();
         let journal = Journal {
             file,
+            path: path.to_path_buf(),
             generation,
             next_seq: records.len() as u64,
             end,
+            resize,
         };
         Ok((journal, records))
     }
 
+    /// Whether the journal file has another size than [`JOURNAL_SIZE`] (it
+    /// gets it at the next [`Journal::reset`]).
+    pub fn needs_resize(&self) -> bool {
+        self.resize
+    }
+
     /// Whether `record` still fits.
     pub fn fits(&self, record: &Record) -> bool {
-        self.end + record.encoded_len() <= JOURNAL_SIZE
+        !self.resize && self.end + record.encoded_len() <= JOURNAL_SIZE
     }
 
     /// Bytes used by records.
@@ -285,8 +315,13 @@ impl Journal {
     /// durable in the queue files first.
     pub fn reset(&mut self) -> std::io::Result<()> {
         let generation = self.generation.wrapping_add(1);
-        self.file.write_all_at(&header_bytes(generation), 0)?;
-        self.file.sync_data()?;
+        if self.resize {
+            initialise(&self.file, &self.path, generation)?;
+            self.resize = false;
+        } else {
+            self.file.write_all_at(&header_bytes(generation), 0)?;
+            self.file.sync_data()?;
+        }
         self.generation = generation;
         self.next_seq = 0;
         self.end = HEADER_SIZE;
@@ -304,6 +339,36 @@ mod tests {
             env: format!("env of {id}").into_bytes(),
             data: data.map(|d| d.to_vec()),
         }
+    }
+
+    /// A journal of another size (an older version's) is replayed as it
+    /// is, takes no record before its reset, and has the right size after.
+    #[test]
+    fn journal_of_another_size_is_read_then_resized() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("journal");
+        let (mut j, _) = Journal::open(&p).unwrap();
+        let want = vec![w("a", Some(b"hello\r\n")), w("b", None)];
+        for r in &want {
+            j.append(r).unwrap();
+        }
+        j.sync().unwrap();
+        drop(j);
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(JOURNAL_SIZE / 2).unwrap();
+        drop(f);
+        let (mut j, recs) = Journal::open(&p).unwrap();
+        assert_eq!(recs, want);
+        assert!(j.needs_resize());
+        assert!(!j.fits(&w("c", None)));
+        j.reset().unwrap();
+        assert!(!j.needs_resize());
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), JOURNAL_SIZE);
+        j.append(&w("c", None)).unwrap();
+        j.sync().unwrap();
+        drop(j);
+        let (_, recs) = Journal::open(&p).unwrap();
+        assert_eq!(recs, vec![w("c", None)]);
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl Store {
         };
         let dirfd = File::open(dir)?;
         let (mut journal, records) = Journal::open(&dir.join("journal"))?;
-        if !records.is_empty() {
+        if !records.is_empty() || journal.needs_resize() {
             tracing::info!("replaying {} journal record(s)", records.len());
             for r in &records {
                 replay(dir, r)?;
@@ -310,9 +310,13 @@ impl Store {
 ///
 /// A batch of lazy removals only is not flushed at once: it rides on the
 /// next batch's flush, or is flushed after [`LAZY_FLUSH`] of quiet. When the
-/// journal runs out of room (or is three-quarters full after a batch), a
+/// journal runs out of room (or is three-quarters full after a batch, or
+/// an eighth full after [`LAZY_FLUSH`] of quiet with nothing to flush), a
 /// checkpoint makes every queue file durable with one `syncfs(2)` and
-/// empties the journal.
+/// empties the journal. Checkpointing in quiet moments keeps the journal
+/// nearly empty when a burst of mail begins: a checkpoint in the middle of
+/// one stalled every commit for 90–230 ms (measured with 800–1,100
+/// messages queued, whose envelope files it wrote).
 ///
 /// History: the committer used to `syncfs` every batch. On the
 /// development VM (ext4 on virtio, shared with other builds) a syncfs took
@@ -340,24 +344,25 @@ fn committer(
     // Records appended (lazy removals) that no flush covers yet.
     let mut unflushed = false;
     loop {
-        let first = if unflushed {
-            match rx.recv_timeout(LAZY_FLUSH) {
-                Ok(op) => op,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
+        let first = match rx.recv_timeout(LAZY_FLUSH) {
+            Ok(op) => op,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if unflushed {
                     if let Err(e) = state.journal.sync() {
                         tracing::error!("journal fdatasync: {e}");
                     }
                     flushes.fetch_add(1, Ordering::Relaxed);
                     unflushed = false;
-                    continue;
+                } else if state.journal.used() > JOURNAL_SIZE / 8
+                    && let Err(e) = state.checkpoint()
+                {
+                    // Quiet for a while: checkpoint now rather than in the
+                    // middle of the next burst of mail.
+                    tracing::error!("queue checkpoint: {e}");
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                continue;
             }
-        } else {
-            match rx.recv() {
-                Ok(op) => op,
-                Err(_) => break,
-            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -506,14 +511,23 @@ impl Committer {
     /// file durable and empty the journal. If an envelope cannot be
     /// written, the journal is kept (it still holds that envelope).
     fn checkpoint(&mut self) -> std::io::Result<()> {
+        let started = Instant::now();
         let ids: Vec<String> = self.journal_only.keys().cloned().collect();
-        for id in ids {
-            if let Some(env) = self.journal_only.get(&id) {
-                write_env(&self.dir, &id, env, Some(&self.spares))?;
-                self.journal_only.remove(&id);
+        for id in &ids {
+            if let Some(env) = self.journal_only.get(id) {
+                write_env(&self.dir, id, env, Some(&self.spares))?;
+                self.journal_only.remove(id);
             }
         }
-        sync_and_reset(&self.dirfd, &mut self.journal)
+        let written = started.elapsed();
+        sync_and_reset(&self.dirfd, &mut self.journal)?;
+        tracing::info!(
+            "queue checkpoint: {} envelope file(s) written in {:.1} ms, syncfs and journal reset in {:.1} ms",
+            ids.len(),
+            written.as_secs_f64() * 1000.0,
+            (started.elapsed() - written).as_secs_f64() * 1000.0
+        );
+        Ok(())
     }
 }
 
