@@ -218,8 +218,9 @@ fn initialise(file: &File, path: &Path, generation: u64) -> std::io::Result<()> 
 }
 
 impl Journal {
-    /// Open `path` (creating and initialising it when missing or of the
-    /// wrong size); returns the journal and the records it holds, in order.
+    /// Open `path` (creating and initialising it when missing; one of
+    /// another size is read as it is and re-created at its next reset);
+    /// returns the journal and the records it holds, in order.
     pub fn open(path: &Path) -> std::io::Result<(Journal, Vec<Record>)> {
         let mut file = OpenOptions::new()
             .read(true)
