@@ -307,10 +307,11 @@ config_fields! {
     /// tests.
     mta_sts_port: i64 = 443;
     /// tambo addition: niceness (0–19, added to tambod's own) of deliverd
-    /// and so of every delivery agent it runs, so that under CPU pressure the SMTP front end
-    /// and the queue commit (clients waiting for their reply) win over
-    /// deliveries of mail that is already safe in the queue. 0: same
-    /// priority as the other workers. Read when tambod starts.
+    /// and so of every delivery agent it runs, so that under CPU pressure
+    /// the SMTP front end and the queue commit (clients waiting for their
+    /// reply) win over deliveries of mail that is already safe in the
+    /// queue. 0: same priority as the other workers. Read when tambod
+    /// starts.
     delivery_nice: i64 = 10;
 }
 
