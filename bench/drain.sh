@@ -56,9 +56,7 @@ WORK=$(mktemp -d "$ROOT/target/drain.XXXXXX")
 chmod 755 "$WORK"
 PIDS=()
 cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    sleep 0.5
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    stop_pids
     [ -n "${KEEP:-}" ] && echo "drain: kept $WORK" >&2 || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -78,7 +76,7 @@ PIDS+=($!)
 
 now() { date +%s.%N; }
 calc() { python3 -c "print($1)"; }
-# wait_port, make_cert
+# wait_port, make_cert, stop_pids
 source bench/lib.sh
 # chasquid.conf (tambo reads the same file).
 write_conf() { # dir smtp-port data-dir extra

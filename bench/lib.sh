@@ -17,3 +17,11 @@ make_cert() {
     openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
         -keyout "$1/privkey.pem" -out "$1/fullchain.pem" 2>/dev/null
 }
+
+# stop_pids: SIGTERM every process in the caller's PIDS array, then
+# SIGKILL whatever is left half a second later.
+stop_pids() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    sleep 0.5
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+}

@@ -51,9 +51,7 @@ WORK=$(mktemp -d "$ROOT/target/bench.XXXXXX")
 chmod 755 "$WORK"
 PIDS=()
 cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    sleep 0.5
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    stop_pids
     if [ -n "${POSTFIX_DIR:-}" ]; then postfix -c "$POSTFIX_DIR" stop >/dev/null 2>&1 || true; fi
     [ -n "${KEEP:-}" ] && echo "bench: kept $WORK" >&2 || rm -rf "$WORK"
 }
@@ -85,7 +83,7 @@ if [ -n "${BENCH_NS:-}" ]; then
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# wait_port, make_cert
+# wait_port, make_cert, stop_pids
 source bench/lib.sh
 
 # Common chasquid.conf body (tambo reads the same format).

@@ -4,19 +4,12 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use tambo_deliverd::lmtp::{MAX_LINE, MAX_REPLY_LINES, read_reply_text};
-use tokio::io::{AsyncReadExt, BufReader};
 
 #[path = "common.rs"]
 mod common;
 
 fn read(input: &[u8], cap: usize) -> (Result<(u16, String), String>, Vec<u8>) {
-    common::block_on(async {
-        let mut r = BufReader::with_capacity(cap, input);
-        let reply = read_reply_text(&mut r).await;
-        let mut rest = Vec::new();
-        r.read_to_end(&mut rest).await.expect("reading a slice");
-        (reply, rest)
-    })
+    common::read_with(input, cap, async |r| read_reply_text(r).await)
 }
 
 fuzz_target!(|data: &[u8]| {

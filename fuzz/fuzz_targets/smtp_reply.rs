@@ -5,7 +5,6 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use tambo_deliverd::remote::client::{Extensions, Reply, SessionLimits, read_reply};
-use tokio::io::{AsyncReadExt, BufReader};
 
 #[path = "common.rs"]
 mod common;
@@ -21,12 +20,8 @@ fn limits() -> SessionLimits {
 /// Read one reply with reads of at most `cap` bytes; the reply and what
 /// is left unread.
 fn read(input: &[u8], cap: usize, limits: &SessionLimits) -> (Result<Reply, String>, Vec<u8>) {
-    common::block_on(async {
-        let mut r = BufReader::with_capacity(cap, input);
-        let reply = read_reply(&mut r, limits, "fuzz").await.map_err(|e| e.to_string());
-        let mut rest = Vec::new();
-        r.read_to_end(&mut rest).await.expect("reading a slice");
-        (reply, rest)
+    common::read_with(input, cap, async |r| {
+        read_reply(r, limits, "fuzz").await.map_err(|e| e.to_string())
     })
 }
 
