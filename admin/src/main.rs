@@ -125,8 +125,10 @@ enum Command {
 fn domaininfo_remove(config_dir: &std::path::Path, domain: &str, socket: Option<PathBuf>) -> anyhow::Result<()> {
     let config = tambo_common::config::load_config(config_dir, None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let domain = tambo_common::names::normalize_domain(domain).map_err(|e| anyhow::anyhow!("{domain}: {e}"))?;
-    let socket = socket.unwrap_or_else(|| PathBuf::from(&config.run_dir).join("control.sock"));
-    match std::os::unix::net::UnixStream::connect(&socket) {
+    let socket = socket.unwrap_or_else(|| config.control_socket(config_dir));
+    let mut config = config;
+    config.resolve_paths(config_dir);
+    match tambo_common::unixsock::connect(&socket) {
         Ok(stream) => {
             let req = tambo_ipc::proto::AdminRequest::DomainInfoRemove { domain };
             for r in queue::request_on(stream, &socket, &req)? {

@@ -17,14 +17,14 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Most reply frames accepted (a listing has one per message).
 const MAX_REPLIES: usize = 1_000_000;
 
-/// Where the control socket is: `--socket`, else `run_dir` of the
-/// configuration in `config_dir`.
+/// Where the control socket is: `--socket`, else in the run-time
+/// directory of the configuration in `config_dir`.
 pub fn socket_path(config_dir: &Path, explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p);
     }
     let config = tambo_common::config::load_config(config_dir, None).map_err(|e| anyhow!("{e}"))?;
-    Ok(PathBuf::from(config.run_dir).join("control.sock"))
+    Ok(config.control_socket(config_dir))
 }
 
 /// Send one request and collect the answer's frames (up to `End`).
@@ -34,7 +34,7 @@ pub fn request(socket: &Path, req: &AdminRequest) -> anyhow::Result<Vec<AdminRep
 
 /// Connect to the control socket.
 pub fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
-    match UnixStream::connect(socket) {
+    match tambo_common::unixsock::connect(socket) {
         Ok(s) => Ok(s),
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
             bail!("tambod is not running (no control socket at {})", socket.display())

@@ -3,7 +3,6 @@
 //! the admin group may use it: no setuid, no world-writable spool).
 
 use std::io::{BufRead, ErrorKind};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -255,7 +254,7 @@ fn run(args: &[String], default_config: &Path) -> Result<(), Failure> {
     let config = tambo_common::config::load_config(&config_dir, None)
         .map_err(|e| Failure(EX_TEMPFAIL, format!("sendmail: {e}")))?;
     let max = usize::try_from(config.max_data_size_mb).unwrap_or(0) * 1024 * 1024;
-    let socket = PathBuf::from(&config.run_dir).join("control.sock");
+    let socket = config.control_socket(&config_dir);
     let stdin = std::io::stdin();
     let mut msg = read_message(&mut stdin.lock(), o.ignore_dots, max)?;
     let mut rcpts = o.rcpts.clone();
@@ -290,7 +289,7 @@ fn run(args: &[String], default_config: &Path) -> Result<(), Failure> {
 
 /// Hand the message to the server; its queue ID.
 pub fn submit(socket: &Path, from: String, rcpts: Vec<String>, msg: &[u8]) -> Result<String, Failure> {
-    let stream = match UnixStream::connect(socket) {
+    let stream = match tambo_common::unixsock::connect(socket) {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
             return Err(Failure(

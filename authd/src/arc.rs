@@ -319,7 +319,7 @@ mod tests {
         let d = dir.join("domains").join("example.com");
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("dkim:s1.pem"), dkimkey::generate(algo, bits).unwrap()).unwrap();
-        DkimKeys::load(dir, &["example.com".into()]).unwrap()
+        crate::dkim::tests::keys_in(dir, &["example.com"]).unwrap()
     }
 
     fn now() -> u64 {

@@ -9,7 +9,6 @@
 //! signed as absent, so it cannot be added either) and carries `t=`.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::{HeaderStream, HeaderWriter, Writable, Writer};
@@ -17,6 +16,7 @@ use mail_auth::dkim::canonicalize::CanonicalHeaders;
 use mail_auth::dkim::{Canonicalization, Signature};
 use rustls_pki_types::PrivateKeyDer;
 use tambo_common::dkimkey::{self, KeyAlgo};
+use tambo_ipc::secrets::{SecretKind, SecretSet};
 
 /// The header fields signed, in this order.
 pub const SIGNED_HEADERS: &[&str] = &[
@@ -82,12 +82,18 @@ pub struct DkimKeys {
 }
 
 impl DkimKeys {
-    /// Load every `dkim:*.pem` of the local domains; a key that does not
-    /// load is an error naming its file.
-    pub fn load(config_dir: &Path, domains: &[String]) -> anyhow::Result<DkimKeys> {
+    /// Load every `dkim:*.pem` the supervisor opened (sorted by selector
+    /// within each domain); a key that does not load is an error naming
+    /// its file.
+    pub fn load(secrets: &SecretSet) -> anyhow::Result<DkimKeys> {
         let mut by_domain: HashMap<String, Vec<DomainKey>> = HashMap::new();
-        for (domain, selector, parsed) in dkimkey::load_all(config_dir, domains)? {
-            let path = dkimkey::key_path(config_dir, &domain, &selector);
+        for f in secrets.files() {
+            let SecretKind::DkimKey { domain, selector } = &f.kind else {
+                continue;
+            };
+            let (path, pem) = secrets.read(&f.kind).expect("listed")?;
+            let parsed = dkimkey::parse_key(&path, &pem)?;
+            let (domain, selector) = (domain.clone(), selector.clone());
             let fail = |e: mail_auth::Error| anyhow::anyhow!("{}: {e}", path.display());
             let key = match (parsed.algo, parsed.der) {
                 (KeyAlgo::Ed25519, PrivateKeyDer::Pkcs8(p8)) => {
@@ -239,11 +245,12 @@ impl<'x> HeaderStream<'x> for HeaderBlock<'x> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use mail_auth::common::crypto::HashContext;
     use mail_auth::common::crypto::HashImpl;
     use mail_auth::dkim::canonicalize::BodyHasher;
+    use std::path::Path;
 
     const MSG_HEADERS: &str = "From: Alice <alice@example.com>\r\nTo: bob@example.net\r\n\
         Subject:  Hello   there\r\n\tfolded\r\nDate: Thu, 1 Jan 2026 00:00:00 +0000\r\n\
@@ -254,6 +261,13 @@ mod tests {
         let mut h = BodyHasher::new(Sha256::hasher(), Canonicalization::Relaxed, 0);
         h.write(body);
         h.finish().0.complete().as_ref().to_vec()
+    }
+
+    /// The keys of `domains/` in `dir`, as the supervisor hands them over.
+    pub(crate) fn keys_in(dir: &Path, domains: &[&str]) -> anyhow::Result<DkimKeys> {
+        let dirs: Vec<(String, String)> = domains.iter().map(|d| (d.to_string(), d.to_string())).collect();
+        std::fs::create_dir_all(dir.join("certs")).unwrap();
+        DkimKeys::load(&SecretSet::open(dir, &dirs, "").map_err(anyhow::Error::msg)?)
     }
 
     fn write_key(dir: &Path, domain: &str, selector: &str, pem: &str) {
@@ -280,7 +294,7 @@ mod tests {
     fn no_key_no_signature_and_bad_input() {
         let dir = tempfile::tempdir().unwrap();
         write_key(dir.path(), "example.com", "s1", &ed25519_pem());
-        let keys = DkimKeys::load(dir.path(), &["example.com".into(), "other.org".into()]).unwrap();
+        let keys = keys_in(dir.path(), &["example.com", "other.org"]).unwrap();
         assert_eq!(keys.len(), 1);
         let bh = body_hash(BODY.as_bytes());
         assert!(
@@ -304,7 +318,7 @@ mod tests {
             "bad",
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
         );
-        let err = DkimKeys::load(dir.path(), &["example.com".into()]).err().unwrap();
+        let err = keys_in(dir.path(), &["example.com"]).err().unwrap();
         assert!(format!("{err:#}").contains("dkim:bad.pem"), "{err:#}");
     }
 
@@ -320,7 +334,7 @@ mod tests {
         write_key(dir.path(), "example.com", "ed", &ed25519_pem());
         let rsa_pem = dkimkey::generate(KeyAlgo::Rsa, 2048).unwrap();
         write_key(dir.path(), "example.com", "rsa", &rsa_pem);
-        let keys = DkimKeys::load(dir.path(), &["example.com".into()]).unwrap();
+        let keys = keys_in(dir.path(), &["example.com"]).unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

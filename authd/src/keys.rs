@@ -11,6 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use tambo_ipc::secrets::{SecretError, SecretKind, SecretSet};
+
 use rustls::SignatureScheme;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::{CertifiedKey, SigningKey};
@@ -44,14 +46,17 @@ const TLS13_SERVER_CONTEXT: &[u8] = b"TLS 1.3, server CertificateVerify\x00";
 /// Why the certificates could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    /// A file or directory could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
+    /// A file could not be read.
+    #[error(transparent)]
+    Read(#[from] SecretError),
+    /// No certificate directory has both files (chasquid's wording).
+    #[error(
+        "At least one valid certificate is needed: no directory under certs/ has both fullchain.pem and privkey.pem"
+    )]
+    NoCertificates,
+    /// A reload found no certificate: the loaded ones stay.
+    #[error("no certificate under certs/ any more: keeping the {0} loaded before")]
+    NoneOnReload(usize),
     /// A PEM file does not parse.
     #[error("{path}: not valid PEM: {message}")]
     Pem {
@@ -100,58 +105,30 @@ pub struct KeyStore {
     sets: RwLock<(Arc<KeySet>, Option<Arc<KeySet>>)>,
 }
 
-/// Read `certs/<name>/fullchain.pem` and `privkey.pem` of every
-/// sub-directory, sorted by name. A directory missing either file is
-/// skipped with a warning. A file that is present but broken is an error
-/// when `strict` (reload: the old certificates stay), else that directory
-/// is skipped with an error in the log (start-up: the others still serve,
-/// and AUTH keeps working).
-fn load_entries(certs_dir: &Path, strict: bool) -> Result<Vec<Entry>, KeyError> {
-    let rd = match std::fs::read_dir(certs_dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::warn!("{}: no such directory: TLS is not available", certs_dir.display());
-            return Ok(Vec::new());
-        }
-        Err(e) => return Err(io_error(certs_dir)(e)),
-    };
-    let mut dirs = Vec::new();
-    for de in rd {
-        let de = de.map_err(io_error(certs_dir))?;
-        // Follows symlinks, as chasquid's layout allows them.
-        if std::fs::metadata(de.path()).is_ok_and(|m| m.is_dir()) {
-            dirs.push((de.file_name().to_string_lossy().into_owned(), de.path()));
-        }
-    }
-    dirs.sort();
+/// Every certificate the supervisor opened (`certs/<name>/fullchain.pem`
+/// and `privkey.pem` of each directory that has both, sorted by name). A
+/// file that does not load is an error naming it: at start-up tambod
+/// stops, as chasquid does, and a reload keeps the old certificates, so a
+/// certificate never disappears without a word.
+fn load_entries(secrets: &SecretSet) -> Result<Vec<Entry>, KeyError> {
     let mut out = Vec::new();
-    for (name, dir) in dirs {
-        if !dir.join("fullchain.pem").exists() || !dir.join("privkey.pem").exists() {
-            tracing::warn!(
-                "{}: skipped, it needs both fullchain.pem and privkey.pem",
-                dir.display()
-            );
+    for f in secrets.files() {
+        let SecretKind::TlsChain { name } = &f.kind else {
             continue;
-        }
-        match load_dir(name, &dir) {
-            Ok(e) => out.push(e),
-            Err(e) if strict => return Err(e),
-            Err(e) => tracing::error!("{e}: certificate skipped"),
-        }
+        };
+        let chain = secrets.read(&f.kind).expect("listed")?;
+        let Some(key) = secrets.read(&SecretKind::TlsKey { name: name.clone() }) else {
+            continue;
+        };
+        out.push(load_pair(name.clone(), chain, key?)?);
     }
     Ok(out)
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError {
-    let path = path.to_path_buf();
-    move |source| KeyError::Io { path, source }
-}
-
-/// Load one certificate directory.
-fn load_dir(name: String, dir: &Path) -> Result<Entry, KeyError> {
-    let chain_path = dir.join("fullchain.pem");
-    let key_path = dir.join("privkey.pem");
-    let chain_pem = std::fs::read(&chain_path).map_err(io_error(&chain_path))?;
+/// Load one certificate directory's chain and key (each path and bytes).
+fn load_pair(name: String, chain: (PathBuf, Vec<u8>), key: (PathBuf, Vec<u8>)) -> Result<Entry, KeyError> {
+    let (chain_path, chain_pem) = chain;
+    let (key_path, key_pem) = key;
     let chain = rustls_pemfile::certs(&mut chain_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| KeyError::Pem {
@@ -161,7 +138,6 @@ fn load_dir(name: String, dir: &Path) -> Result<Entry, KeyError> {
     if chain.is_empty() {
         return Err(KeyError::NoCertificate(chain_path));
     }
-    let key_pem = std::fs::read(&key_path).map_err(io_error(&key_path))?;
     let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| KeyError::Pem {
             path: key_path.clone(),
@@ -176,7 +152,11 @@ fn load_dir(name: String, dir: &Path) -> Result<Entry, KeyError> {
     let certified = CertifiedKey::new(chain, key);
     match certified.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-        Err(_) => return Err(KeyError::Mismatch(dir.to_path_buf())),
+        Err(_) => {
+            return Err(KeyError::Mismatch(
+                key_path.parent().unwrap_or(Path::new("")).to_path_buf(),
+            ));
+        }
     }
     let schemes: Vec<SignatureScheme> = SCHEMES
         .into_iter()
@@ -196,8 +176,8 @@ fn load_dir(name: String, dir: &Path) -> Result<Entry, KeyError> {
     })
 }
 
-fn new_set(certs_dir: &Path, strict: bool) -> Result<Arc<KeySet>, KeyError> {
-    let entries = load_entries(certs_dir, strict)?;
+fn new_set(secrets: &SecretSet) -> Result<Arc<KeySet>, KeyError> {
+    let entries = load_entries(secrets)?;
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     tracing::info!("TLS certificates loaded: {}", names.join(", "));
     Ok(Arc::new(KeySet {
@@ -226,17 +206,24 @@ pub fn is_handshake_message(msg: &[u8]) -> bool {
 }
 
 impl KeyStore {
-    /// Load `config_dir/certs`; a broken directory is skipped (logged).
-    pub fn load(config_dir: &Path) -> Result<KeyStore, KeyError> {
-        let set = new_set(&config_dir.join("certs"), false)?;
+    /// Load the certificates; a broken one, or none at all, is an error.
+    pub fn load(secrets: &SecretSet) -> Result<KeyStore, KeyError> {
+        let set = new_set(secrets)?;
+        if set.entries.is_empty() {
+            return Err(KeyError::NoCertificates);
+        }
         Ok(KeyStore {
             sets: RwLock::new((set, None)),
         })
     }
 
-    /// Load again; on any error (naming the file) the current set stays.
-    pub fn reload(&self, config_dir: &Path) -> Result<(), KeyError> {
-        let set = new_set(&config_dir.join("certs"), true)?;
+    /// Load again; on any error (naming the file), and when no certificate
+    /// is left, the current set stays.
+    pub fn reload(&self, secrets: &SecretSet) -> Result<(), KeyError> {
+        let set = new_set(secrets)?;
+        if set.entries.is_empty() {
+            return Err(KeyError::NoneOnReload(self.current().entries.len()));
+        }
         let mut sets = self.sets.write().unwrap_or_else(|p| p.into_inner());
         let old = std::mem::replace(&mut sets.0, set);
         sets.1 = Some(old);
@@ -318,6 +305,10 @@ mod tests {
         std::fs::write(d.join("privkey.pem"), key.serialize_pem()).unwrap();
     }
 
+    fn secrets(dir: &Path) -> SecretSet {
+        SecretSet::open(dir, &[], "").unwrap()
+    }
+
     fn tls13_message() -> Vec<u8> {
         let mut m = vec![b' '; 64];
         m.extend_from_slice(TLS13_SERVER_CONTEXT);
@@ -332,7 +323,7 @@ mod tests {
         write_cert(dir.path(), "a.example", &rcgen::PKCS_ED25519);
         std::fs::create_dir_all(dir.path().join("certs/incomplete")).unwrap();
         std::fs::write(dir.path().join("certs/incomplete/fullchain.pem"), "").unwrap();
-        let store = KeyStore::load(dir.path()).unwrap();
+        let store = KeyStore::load(&secrets(dir.path())).unwrap();
         let AuthReply::Certificates { generation, chains } = store.certificates() else {
             panic!("certificates")
         };
@@ -375,12 +366,12 @@ mod tests {
 
         // After a reload the previous generation may still sign; the one
         // before it may not.
-        store.reload(dir.path()).unwrap();
+        store.reload(&secrets(dir.path())).unwrap();
         assert!(matches!(
             store.sign(generation, "a.example", ed, &tls13_message()),
             AuthReply::Signature(_)
         ));
-        store.reload(dir.path()).unwrap();
+        store.reload(&secrets(dir.path())).unwrap();
         assert!(matches!(
             store.sign(generation, "a.example", ed, &tls13_message()),
             AuthReply::Error(_)
@@ -408,25 +399,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_cert(dir.path(), "a.example", &rcgen::PKCS_ECDSA_P256_SHA256);
         write_cert(dir.path(), "b.example", &rcgen::PKCS_ECDSA_P256_SHA256);
-        let store = KeyStore::load(dir.path()).unwrap();
+        let store = KeyStore::load(&secrets(dir.path())).unwrap();
         std::fs::write(dir.path().join("certs/a.example/privkey.pem"), "garbage\n").unwrap();
-        let e = load_entries(&dir.path().join("certs"), true).err().unwrap().to_string();
+        // At start-up a broken certificate stops everything (as chasquid:
+        // a certificate must not go missing without a word); on reload the
+        // old set stays.
+        let e = KeyStore::load(&secrets(dir.path())).err().unwrap().to_string();
         assert!(e.contains("a.example/privkey.pem"), "{e}");
-        // On reload the error keeps the old set; at start-up the broken
-        // directory is skipped and the others serve.
-        let e = store.reload(dir.path()).err().unwrap().to_string();
+        let e = store.reload(&secrets(dir.path())).err().unwrap().to_string();
         assert!(e.contains("a.example/privkey.pem"), "{e}");
         let AuthReply::Certificates { chains, .. } = store.certificates() else {
             panic!()
         };
         assert_eq!(chains.len(), 2);
-        let AuthReply::Certificates { chains, .. } = KeyStore::load(dir.path()).unwrap().certificates() else {
-            panic!()
-        };
-        assert_eq!(
-            chains.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-            ["b.example"]
-        );
 
         write_cert(dir.path(), "a.example", &rcgen::PKCS_ECDSA_P256_SHA256);
         std::fs::copy(
@@ -434,7 +419,26 @@ mod tests {
             dir.path().join("certs/a.example/privkey.pem"),
         )
         .unwrap();
-        let e = load_entries(&dir.path().join("certs"), true).err().unwrap().to_string();
+        let e = load_entries(&secrets(dir.path())).err().unwrap().to_string();
         assert!(e.contains("does not match"), "{e}");
+    }
+
+    #[test]
+    fn no_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("certs/only-chain")).unwrap();
+        std::fs::write(dir.path().join("certs/only-chain/fullchain.pem"), "x").unwrap();
+        let e = KeyStore::load(&secrets(dir.path())).err().unwrap().to_string();
+        assert!(e.starts_with("At least one valid certificate is needed"), "{e}");
+        // A reload that would leave none keeps the loaded ones.
+        write_cert(dir.path(), "a.example", &rcgen::PKCS_ED25519);
+        let store = KeyStore::load(&secrets(dir.path())).unwrap();
+        std::fs::remove_dir_all(dir.path().join("certs/a.example")).unwrap();
+        let e = store.reload(&secrets(dir.path())).err().unwrap().to_string();
+        assert!(e.contains("keeping the 1 loaded before"), "{e}");
+        let AuthReply::Certificates { chains, .. } = store.certificates() else {
+            panic!()
+        };
+        assert_eq!(chains.len(), 1);
     }
 }

@@ -14,6 +14,7 @@ mod throttle;
 use std::sync::Arc;
 
 use tambo_ipc::proto::{AuthReply, AuthRequest, ControlMsg, PeerChannel, WorkerKind, WorkerMsg};
+use tambo_ipc::secrets::SecretSet;
 use tambo_ipc::worker::{ControlLink, single_stream};
 
 use crate::service::AuthService;
@@ -23,10 +24,17 @@ fn main() {
 }
 
 async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
-    let (mut link, start) = ControlLink::start(control).await?;
-    let service = Arc::new(AuthService::load(&start)?);
+    let (mut link, start, secrets) = ControlLink::start_with_secrets(control).await?;
+    let service = Arc::new(
+        link.started(AuthService::load(&start, &secrets))
+            .await
+            .map_err(anyhow::Error::msg)?,
+    );
+    drop(secrets);
     tracing::info!("authd ready: {} domain(s)", start.local_domains.len());
-    link.send(WorkerMsg::Ready).await?;
+    // The files of the next reload, as the supervisor sends them.
+    let mut pending = SecretSet::default();
+    let mut start = start;
     loop {
         let (msg, fds) = match link.recv().await {
             Ok(m) => m,
@@ -63,8 +71,19 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             ControlMsg::Peer(ch @ (PeerChannel::SmtpdQueued | PeerChannel::QueuedDeliverd)) => {
                 tracing::warn!("authd was handed {}, which is not its channel", ch.name());
             }
-            ControlMsg::Reload(start) => {
-                let (ok, message) = match service.reload(&start) {
+            ControlMsg::Secrets(files) => pending.extend(files, fds)?,
+            ControlMsg::Reload(new) => {
+                start = *new;
+                let secrets = std::mem::take(&mut pending);
+                let (ok, message) = match service.reload(&start, &secrets) {
+                    Ok(()) => (true, String::new()),
+                    Err(e) => (false, format!("{e:#}")),
+                };
+                link.send(WorkerMsg::Reloaded { ok, message }).await?;
+            }
+            ControlMsg::ReloadUsers => {
+                let secrets = std::mem::take(&mut pending);
+                let (ok, message) = match service.reload_users(&start, &secrets) {
                     Ok(()) => (true, String::new()),
                     Err(e) => (false, format!("{e:#}")),
                 };

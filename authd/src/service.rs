@@ -1,7 +1,6 @@
 //! The users databases and the answers authd gives from them.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -11,6 +10,7 @@ use tambo_common::relayauth::RelayCredentials;
 use tambo_common::userdb::UserDb;
 use tambo_ipc::metrics::{self, Metric};
 use tambo_ipc::proto::{AuthOutcome, AuthReply, AuthRequest, MailLogEvent, WorkerStart};
+use tambo_ipc::secrets::{SecretKind, SecretSet};
 use tambo_ipc::worker::mail_log;
 
 use crate::dkim::{DkimKeys, SignError};
@@ -36,13 +36,15 @@ pub struct AuthService {
     relay: RwLock<Option<Result<RelayCredentials, String>>>,
 }
 
-/// Read `relay_auth_file`, when set.
-fn load_relay(start: &WorkerStart) -> Option<Result<RelayCredentials, String>> {
-    let file = &start.config.relay_auth_file;
-    if file.is_empty() {
-        return None;
-    }
-    let r = RelayCredentials::load(Path::new(&start.config_dir), file).map_err(|e| e.to_string());
+/// Read `relay_auth_file`, when set (the supervisor opened it).
+fn load_relay(secrets: &SecretSet) -> Option<Result<RelayCredentials, String>> {
+    let r = match secrets.read(&SecretKind::RelayAuth)? {
+        Err(e) => Err(e.to_string()),
+        Ok((path, bytes)) => match String::from_utf8(bytes) {
+            Ok(text) => RelayCredentials::parse(&text, &path).map_err(|e| e.to_string()),
+            Err(_) => Err(format!("{}: not UTF-8", path.display())),
+        },
+    };
     match &r {
         Ok(c) => tracing::info!("relay_host credentials loaded for user {}", c.user),
         Err(e) => tracing::error!("relay_host credentials: {e}"),
@@ -50,15 +52,20 @@ fn load_relay(start: &WorkerStart) -> Option<Result<RelayCredentials, String>> {
     Some(r)
 }
 
-/// Load `domains/<d>/users` for every local domain. A domain without a
-/// users file has no users (its aliases may still receive mail).
-pub fn load_dbs(config_dir: &Path, domains: &[String]) -> anyhow::Result<HashMap<String, UserDb>> {
+/// The users databases the supervisor opened (`domains/<d>/users`), for
+/// every local domain: a domain without a users file has no users (its
+/// aliases may still receive mail). A file that does not parse is an error
+/// naming its file and line.
+pub fn load_dbs(secrets: &SecretSet, domains: &[String]) -> anyhow::Result<HashMap<String, UserDb>> {
     let mut out = HashMap::new();
     for d in domains {
-        let path = config_dir.join("domains").join(d).join("users");
-        let db = match std::fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => UserDb::default(),
-            _ => UserDb::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?,
+        let db = match secrets.read(&SecretKind::Users { domain: d.clone() }) {
+            None => UserDb::default(),
+            Some(read) => {
+                let (path, bytes) = read.map_err(|e| anyhow::anyhow!("users file error: {e}"))?;
+                let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: not UTF-8", path.display()))?;
+                UserDb::parse(&text, &path).map_err(|e| anyhow::anyhow!("users file error: {e}"))?
+            }
         };
         out.insert(d.clone(), db);
     }
@@ -66,14 +73,19 @@ pub fn load_dbs(config_dir: &Path, domains: &[String]) -> anyhow::Result<HashMap
 }
 
 impl AuthService {
-    /// Load the databases named by the start message.
-    pub fn load(start: &WorkerStart) -> anyhow::Result<AuthService> {
-        let dbs = load_dbs(Path::new(&start.config_dir), &start.local_domains).context("loading users")?;
-        let dkim = DkimKeys::load(Path::new(&start.config_dir), &start.local_domains).context("loading DKIM keys")?;
+    /// Load the databases and keys of the start message from the files
+    /// the supervisor opened.
+    pub fn load(start: &WorkerStart, secrets: &SecretSet) -> anyhow::Result<AuthService> {
+        let dbs = load_dbs(secrets, &start.local_domains).context("loading users")?;
+        let dkim = DkimKeys::load(secrets).context("DKIM loading error")?;
         if dkim.len() > 0 {
             tracing::info!("{} DKIM key(s) loaded", dkim.len());
         }
-        let keys = KeyStore::load(Path::new(&start.config_dir)).context("loading TLS certificates")?;
+        let keys = KeyStore::load(secrets).context("loading TLS certificates")?;
+        let relay = match load_relay(secrets) {
+            Some(Err(e)) => anyhow::bail!("relay_auth_file: {e}"),
+            other => other,
+        };
         let c = &start.config;
         let dovecot = c
             .dovecot_auth
@@ -87,30 +99,20 @@ impl AuthService {
             throttle: Throttle::default(),
             keys,
             dovecot,
-            relay: RwLock::new(load_relay(start)),
+            relay: RwLock::new(relay),
         })
     }
 
     /// Load again; on error the old databases (or the old certificates)
     /// stay. Users and certificates are reloaded independently.
-    pub fn reload(&self, start: &WorkerStart) -> anyhow::Result<()> {
-        let users = load_dbs(Path::new(&start.config_dir), &start.local_domains)
-            .context("reloading users")
-            .map(|dbs| {
-                *self.dbs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dbs);
-                tracing::info!("users reloaded");
-            });
-        let dkim = DkimKeys::load(Path::new(&start.config_dir), &start.local_domains)
-            .context("reloading DKIM keys")
-            .map(|dkim| {
-                *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dkim);
-                tracing::info!("DKIM keys reloaded");
-            });
-        let keys = self
-            .keys
-            .reload(Path::new(&start.config_dir))
-            .context("reloading TLS certificates");
-        let relay = match load_relay(start) {
+    pub fn reload(&self, start: &WorkerStart, secrets: &SecretSet) -> anyhow::Result<()> {
+        let users = self.reload_users(start, secrets);
+        let dkim = DkimKeys::load(secrets).context("reloading DKIM keys").map(|dkim| {
+            *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dkim);
+            tracing::info!("DKIM keys reloaded");
+        });
+        let keys = self.keys.reload(secrets).context("reloading TLS certificates");
+        let relay = match load_relay(secrets) {
             Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
             fresh => {
                 *self.relay.write().unwrap_or_else(|p| p.into_inner()) = fresh;
@@ -118,6 +120,15 @@ impl AuthService {
             }
         };
         users.and(dkim).and(keys).and(relay)
+    }
+
+    /// Load the users files again (after a change the supervisor saw, or a
+    /// reload); on error the old databases stay.
+    pub fn reload_users(&self, start: &WorkerStart, secrets: &SecretSet) -> anyhow::Result<()> {
+        let dbs = load_dbs(secrets, &start.local_domains).context("reloading users")?;
+        *self.dbs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dbs);
+        tracing::info!("users reloaded");
+        Ok(())
     }
 
     fn dbs(&self) -> Arc<HashMap<String, UserDb>> {
@@ -282,16 +293,33 @@ impl AuthService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn start_with(dir: &Path) -> WorkerStart {
         WorkerStart {
             config: Default::default(),
             config_dir: dir.to_string_lossy().into_owned(),
             local_domains: vec!["example.com".into(), "empty.org".into()],
+            domain_dirs: Vec::new(),
             verbosity: 0,
             unprivileged: true,
             dns_servers: Vec::new(),
+            agent_env: Vec::new(),
         }
+    }
+
+    /// Load authd's state from `dir` as the supervisor would hand it over
+    /// (a certificate is added: authd needs one).
+    fn load_in(dir: &Path) -> anyhow::Result<AuthService> {
+        let certs = dir.join("certs/mx.example.com");
+        std::fs::create_dir_all(&certs).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["mx.example.com".to_string()]).unwrap();
+        std::fs::write(certs.join("fullchain.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(certs.join("privkey.pem"), cert.key_pair.serialize_pem()).unwrap();
+        let start = start_with(dir);
+        let dirs: Vec<(String, String)> = start.local_domains.iter().map(|d| (d.clone(), d.clone())).collect();
+        let secrets = SecretSet::open(dir, &dirs, "").map_err(anyhow::Error::msg)?;
+        AuthService::load(&start, &secrets)
     }
 
     #[tokio::test]
@@ -302,7 +330,7 @@ mod tests {
         let mut db = UserDb::default();
         db.add_user("alice", "secret").unwrap();
         db.write_atomic(&dir.path().join("domains/example.com/users")).unwrap();
-        let svc = Arc::new(AuthService::load(&start_with(dir.path())).unwrap());
+        let svc = Arc::new(load_in(dir.path()).unwrap());
         let exists = |u: &str, d: &str| AuthRequest::UserExists {
             user: u.into(),
             domain: d.into(),
@@ -335,7 +363,7 @@ mod tests {
             "users: {\n  nonsense: 1\n}\n",
         )
         .unwrap();
-        let err = format!("{:#}", AuthService::load(&start_with(dir.path())).err().unwrap());
+        let err = format!("{:#}", load_in(dir.path()).err().unwrap());
         assert!(err.contains("users:2"), "{err}");
     }
 }

@@ -5,7 +5,7 @@
 //! from that table.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -96,6 +96,10 @@ trait ConfigValue {
     fn clear_list(&mut self) {}
     /// Appends `name: value` lines to `out`.
     fn print(&self, name: &str, out: &mut String);
+    /// Whether `f` holds this type's zero value (`""`, `0`, `false`),
+    /// which chasquid reads as "not set". A value of the wrong type is not
+    /// zero (`set` reports it); list elements never are.
+    fn is_zero(&self, f: &Field) -> bool;
 }
 
 fn scalar_of<'a>(f: &'a Field, want: &str) -> Result<&'a Scalar, String> {
@@ -118,6 +122,9 @@ impl ConfigValue for String {
     fn print(&self, name: &str, out: &mut String) {
         out.push_str(&format!("{name}: {}\n", textproto::quote_bytes(self.as_bytes())));
     }
+    fn is_zero(&self, f: &Field) -> bool {
+        matches!(&f.value, Value::Scalar(Scalar::Str(b)) if b.is_empty())
+    }
 }
 
 impl ConfigValue for i64 {
@@ -132,6 +139,9 @@ impl ConfigValue for i64 {
     }
     fn print(&self, name: &str, out: &mut String) {
         out.push_str(&format!("{name}: {self}\n"));
+    }
+    fn is_zero(&self, f: &Field) -> bool {
+        matches!(&f.value, Value::Scalar(Scalar::Int(0)))
     }
 }
 
@@ -155,6 +165,13 @@ impl ConfigValue for bool {
     fn print(&self, name: &str, out: &mut String) {
         out.push_str(&format!("{name}: {self}\n"));
     }
+    fn is_zero(&self, f: &Field) -> bool {
+        match &f.value {
+            Value::Scalar(Scalar::Ident(s)) => matches!(s.as_str(), "false" | "False" | "f"),
+            Value::Scalar(Scalar::Int(0)) => true,
+            _ => false,
+        }
+    }
 }
 
 impl ConfigValue for Vec<String> {
@@ -174,6 +191,9 @@ impl ConfigValue for Vec<String> {
         for s in self {
             s.print(name, out);
         }
+    }
+    fn is_zero(&self, _f: &Field) -> bool {
+        false
     }
 }
 
@@ -240,8 +260,9 @@ config_fields! {
     mail_delivery_agent_bin: String = "maildrop".to_string();
     /// Local delivery agent arguments (with %from%, %to_user%, ... expanded).
     mail_delivery_agent_args: Vec<String> = strs(&["-f", "%from%", "-d", "%to_user%"]);
-    /// Directory for the queue and other persistent data.
-    data_dir: String = "/var/lib/tambo".to_string();
+    /// Directory for the queue and other persistent data (chasquid's
+    /// default, so a chasquid configuration keeps its queue).
+    data_dir: String = "/var/lib/chasquid".to_string();
     /// Characters that start an address suffix (user+suffix).
     suffix_separators: String = "+".to_string();
     /// Characters ignored in the user part of local addresses.
@@ -260,8 +281,9 @@ config_fields! {
     max_queue_items: i64 = 200;
     /// How long to keep trying to deliver a message (Go duration).
     give_up_send_after: String = "20h".to_string();
-    /// tambo addition: run-time directory (control socket).
-    run_dir: String = "/run/tambo".to_string();
+    /// tambo addition: run-time directory (control socket, smtpd's
+    /// chroot). Empty: chosen at start, see [`Config::default_run_dir`].
+    run_dir: String = String::new();
     /// tambo addition: user the smtpd worker runs as.
     smtpd_user: String = "tambo-smtpd".to_string();
     /// tambo addition: user the authd worker runs as.
@@ -313,14 +335,26 @@ config_fields! {
     /// queue. 0: same priority as the other workers. Read when tambod
     /// starts.
     delivery_nice: i64 = 10;
+    /// tambo addition: a message with more Received headers than this is
+    /// refused as a mail loop (`554 5.4.6`); chasquid's
+    /// `--testing__max_received_headers`.
+    max_received_headers: i64 = 50;
 }
 
 /// Where each field's current value came from: (file, line).
 type Origins = HashMap<String, (String, usize)>;
 
+/// Fields whose zero value is a value of its own, not "use the default":
+/// `delivery_nice: 0` is normal priority, and an empty
+/// `suffix_separators` or `drop_characters` turns the feature off (in
+/// chasquid these two are `optional`, so `""` is a value there too).
+const ZERO_IS_A_VALUE: &[&str] = &["delivery_nice", "suffix_separators", "drop_characters"];
+
 /// Applies parsed fields to `cfg`. Within one call, a repeated field
 /// replaces the existing list (its first occurrence clears it), and a
-/// non-repeated field may appear only once.
+/// non-repeated field may appear only once. As in chasquid (`override()`
+/// in its config.go), a zero value (`""`, `0`, `false`) means "not set":
+/// it leaves the default, or what an earlier file set, in place.
 fn apply_fields(cfg: &mut Config, fields: &[Field], file: &str, origins: &mut Origins) -> Result<(), ConfigError> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for f in fields {
@@ -336,6 +370,10 @@ fn apply_fields(cfg: &mut Config, fields: &[Field], file: &str, origins: &mut Or
                 ));
             }
         } else {
+            if !slot.repeated() && slot.is_zero(f) && !ZERO_IS_A_VALUE.contains(&f.name.as_str()) {
+                seen.insert(&f.name, f.line);
+                continue;
+            }
             slot.clear_list();
             seen.insert(&f.name, f.line);
         }
@@ -491,12 +529,26 @@ fn validate(cfg: &Config, origins: &Origins, default_file: &str) -> Result<(), C
             format!("max_queue_items must be positive, got {}", cfg.max_queue_items),
         ));
     }
-    for (name, list) in [
-        ("smtp_address", &cfg.smtp_address),
-        ("submission_address", &cfg.submission_address),
-        ("submission_over_tls_address", &cfg.submission_over_tls_address),
+    for (name, mode, list) in [
+        ("smtp_address", "SMTP", &cfg.smtp_address),
+        ("submission_address", "submission", &cfg.submission_address),
+        (
+            "submission_over_tls_address",
+            "submission+TLS",
+            &cfg.submission_over_tls_address,
+        ),
     ] {
         for a in list {
+            if a.is_empty() {
+                // chasquid's wording: an empty address is a mistake, not
+                // a way to turn the listener off.
+                return Err(err(
+                    name,
+                    format!(
+                        "Invalid empty listening address for {mode}: to disable {mode}, remove {name} from the config"
+                    ),
+                ));
+            }
             check_listen_address(a).map_err(|m| err(name, format!("{name}: {m}")))?;
         }
     }
@@ -518,6 +570,7 @@ fn validate(cfg: &Config, origins: &Origins, default_file: &str) -> Result<(), C
         ("max_connections_per_ip", cfg.max_connections_per_ip),
         ("command_timeout_secs", cfg.command_timeout_secs),
         ("connection_timeout_secs", cfg.connection_timeout_secs),
+        ("max_received_headers", cfg.max_received_headers),
     ] {
         if v <= 0 {
             return Err(err(name, format!("{name} must be positive, got {v}")));
@@ -527,7 +580,7 @@ fn validate(cfg: &Config, origins: &Origins, default_file: &str) -> Result<(), C
         return Err(err(
             "lmtp_address",
             format!(
-                "lmtp_address {:?}: expected \"unix:/absolute/path\" or \"host:port\"",
+                "lmtp_address {:?}: expected \"unix:/path/to/socket\" or \"host:port\"",
                 cfg.lmtp_address
             ),
         ));
@@ -553,15 +606,108 @@ fn validate(cfg: &Config, origins: &Origins, default_file: &str) -> Result<(), C
     Ok(())
 }
 
-/// Whether an `lmtp_address` value is "unix:/path" or "host:port".
+/// Whether an `lmtp_address` value is "unix:PATH" or "host:port".
 fn lmtp_address_ok(s: &str) -> bool {
     if let Some(path) = s.strip_prefix("unix:") {
-        return path.starts_with('/');
+        return !path.is_empty();
     }
     matches!(s.rsplit_once(':'), Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
+/// Name of the control socket inside the run-time directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+/// `path` taken relative to `base` unless it is absolute (or empty).
+fn relative_to(base: &Path, path: &str) -> String {
+    if path.is_empty() || Path::new(path).is_absolute() {
+        return path.to_string();
+    }
+    base.join(path).to_string_lossy().into_owned()
+}
+
 impl Config {
+    /// Takes the relative paths of the configuration relative to
+    /// `config_dir`, as chasquid does (it changes into its configuration
+    /// directory after loading it, so `data_dir: "../.data"` is next to
+    /// the configuration directory, whatever directory it was started
+    /// from): `data_dir`, `mail_log_path` (when it names a file),
+    /// `run_dir`, the Dovecot socket paths, `tls_extra_ca_file`,
+    /// `relay_auth_file`, the path of a `unix:` `lmtp_address`, and
+    /// `mail_delivery_agent_bin` when it contains a `/` (a bare name is
+    /// looked up in `PATH`, as chasquid's exec does).
+    pub fn resolve_paths(&mut self, config_dir: &Path) {
+        for p in [
+            &mut self.data_dir,
+            &mut self.run_dir,
+            &mut self.dovecot_userdb_path,
+            &mut self.dovecot_client_path,
+            &mut self.tls_extra_ca_file,
+            &mut self.relay_auth_file,
+        ] {
+            *p = relative_to(config_dir, p);
+        }
+        if !matches!(self.mail_log_path.as_str(), "<syslog>" | "<stdout>" | "<stderr>") {
+            self.mail_log_path = relative_to(config_dir, &self.mail_log_path);
+        }
+        if let Some(path) = self.lmtp_address.strip_prefix("unix:") {
+            self.lmtp_address = format!("unix:{}", relative_to(config_dir, path));
+        }
+        if self.mail_delivery_agent_bin.contains('/') {
+            self.mail_delivery_agent_bin = relative_to(config_dir, &self.mail_delivery_agent_bin);
+        }
+    }
+
+    /// The run-time directory when `run_dir` is not set:
+    /// `$RUNTIME_DIRECTORY` when systemd gives one (its first entry), else
+    /// `/run/tambo` for root, else `data_dir/run`: a normal user can write
+    /// there, and two servers with their own data directories never share
+    /// it (as `$XDG_RUNTIME_DIR/tambo` would).
+    pub fn default_run_dir(&self, root: bool, runtime_directory: Option<&str>) -> PathBuf {
+        if let Some(dir) = runtime_directory
+            .and_then(|d| d.split(':').next())
+            .filter(|d| !d.is_empty())
+        {
+            return PathBuf::from(dir);
+        }
+        if root {
+            PathBuf::from("/run/tambo")
+        } else {
+            Path::new(&self.data_dir).join("run")
+        }
+    }
+
+    /// Where a running server's control socket may be, for the tools:
+    /// `run_dir/control.sock` when `run_dir` is set; otherwise the places
+    /// [`default_run_dir`](Self::default_run_dir) picks for root and for
+    /// a normal user (the tool may run as another user than the server).
+    /// Paths are as in the configuration: call
+    /// [`resolve_paths`](Self::resolve_paths) first.
+    pub fn control_socket_candidates(&self) -> Vec<PathBuf> {
+        if !self.run_dir.is_empty() {
+            return vec![Path::new(&self.run_dir).join(CONTROL_SOCKET)];
+        }
+        let runtime = std::env::var("RUNTIME_DIRECTORY").ok();
+        let mut out = Vec::new();
+        for root in [true, false] {
+            let p = self.default_run_dir(root, runtime.as_deref()).join(CONTROL_SOCKET);
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// The control socket of the server that runs this configuration,
+    /// read from `config_dir` (relative paths are taken from there): the
+    /// first of [`control_socket_candidates`](Self::control_socket_candidates)
+    /// that exists, else the first.
+    pub fn control_socket(&self, config_dir: &Path) -> PathBuf {
+        let mut c = self.clone();
+        c.resolve_paths(config_dir);
+        let candidates = c.control_socket_candidates();
+        candidates.iter().find(|p| p.exists()).unwrap_or(&candidates[0]).clone()
+    }
+
     /// The maximum message size in bytes.
     pub fn max_data_size_bytes(&self) -> u64 {
         (self.max_data_size_mb.max(0) as u64).saturating_mul(1024 * 1024)
@@ -580,6 +726,17 @@ impl Config {
     }
 }
 
+/// Like [`load_config`], but a configuration directory without
+/// `chasquid.conf` gives the defaults: for tools such as `tambo user-add`
+/// that only need a few optional fields and work on a bare directory, as
+/// chasquid-util does.
+pub fn load_config_or_defaults(config_dir: &Path) -> Result<Config, ConfigError> {
+    match load_config(config_dir, None) {
+        Err(ConfigError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+        other => other,
+    }
+}
+
 /// Parses the text of a `chasquid.conf` (named `file` in errors) on top of
 /// the defaults, and validates the result.
 pub fn parse_config(text: &str, file: &Path) -> Result<Config, ConfigError> {
@@ -591,24 +748,27 @@ pub fn parse_config(text: &str, file: &Path) -> Result<Config, ConfigError> {
     Ok(cfg)
 }
 
-/// Loads `config_dir/chasquid.conf` (a missing file means all defaults),
+/// Loads `config_dir/chasquid.conf` (which must exist, as for chasquid),
 /// applies `overrides` (text-format fields; a list given there replaces
-/// the list), and validates the result.
+/// the list), and validates the result. Paths are left as written: see
+/// [`Config::resolve_paths`].
 pub fn load_config(config_dir: &Path, overrides: Option<&str>) -> Result<Config, ConfigError> {
+    let layers: Vec<(&str, &str)> = overrides.map(|o| (OVERRIDES_NAME, o)).into_iter().collect();
+    load_config_layers(config_dir, &layers)
+}
+
+/// Like [`load_config`] with several layers of overrides, applied in
+/// order, each `(name in errors, text-format fields)`.
+pub fn load_config_layers(config_dir: &Path, layers: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let path = config_dir.join("chasquid.conf");
     let name = path.display().to_string();
     let mut cfg = Config::default();
     let mut origins = Origins::new();
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let text = decode_utf8(bytes, &name)?;
-            parse_into(&mut cfg, &text, &name, &mut origins)?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ConfigError::io(&path, e)),
-    }
-    if let Some(o) = overrides {
-        parse_into(&mut cfg, o, OVERRIDES_NAME, &mut origins)?;
+    let bytes = std::fs::read(&path).map_err(|e| ConfigError::io(&path, e))?;
+    let text = decode_utf8(bytes, &name)?;
+    parse_into(&mut cfg, &text, &name, &mut origins)?;
+    for (layer, text) in layers {
+        parse_into(&mut cfg, text, layer, &mut origins)?;
     }
     validate(&cfg, &origins, &name)?;
     Ok(cfg)
@@ -618,6 +778,14 @@ pub fn load_config(config_dir: &Path, overrides: Option<&str>) -> Result<Config,
 /// empty, and returns the normalised, sorted local domain names (the
 /// sub-directories of `domains/`).
 pub fn check_layout(config_dir: &Path) -> Result<Vec<String>, ConfigError> {
+    Ok(domain_dirs(config_dir)?.into_iter().map(|(d, _)| d).collect())
+}
+
+/// Like [`check_layout`], with the name of each domain's directory as it
+/// is on disk: `domains/ñoñOS/` is the domain `ñoños`, as in chasquid,
+/// which normalises the name and reads the files of the directory itself.
+/// Two directories of one domain are an error.
+pub fn domain_dirs(config_dir: &Path) -> Result<Vec<(String, String)>, ConfigError> {
     let invalid = |p: &Path, msg: &str| ConfigError::Invalid {
         file: p.display().to_string(),
         msg: msg.to_string(),
@@ -654,15 +822,40 @@ pub fn check_layout(config_dir: &Path) -> Result<Vec<String>, ConfigError> {
             };
             let d =
                 crate::names::normalize_domain(&name).map_err(|e| invalid(&p, &format!("invalid domain name: {e}")))?;
-            domains.push(d);
+            domains.push((d, name));
         }
         if !any {
             return Err(invalid(&dir, "empty"));
         }
     }
     domains.sort();
-    domains.dedup();
+    if let Some(w) = domains.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(invalid(
+            &config_dir.join("domains"),
+            &format!(
+                "{:?} and {:?} are the same domain {:?}: keep one directory",
+                w[0].1, w[1].1, w[0].0
+            ),
+        ));
+    }
     Ok(domains)
+}
+
+/// The directory of local domain `domain` (normalised): the one
+/// [`domain_dirs`] finds for it, else `domains/<domain>` (which may not
+/// exist yet).
+pub fn domain_dir(config_dir: &Path, domain: &str) -> PathBuf {
+    let base = config_dir.join("domains");
+    if base.join(domain).is_dir() {
+        return base.join(domain);
+    }
+    let found = std::fs::read_dir(&base).ok().and_then(|rd| {
+        rd.flatten().find_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            (crate::names::normalize_domain(&name).ok()? == domain).then_some(name)
+        })
+    });
+    base.join(found.unwrap_or_else(|| domain.to_string()))
 }
 
 /// Prints a configuration as text format that [`parse_config`] reads back.
@@ -695,7 +888,8 @@ mod tests {
         assert_eq!(c.max_data_size_mb, 50);
         assert_eq!(c.mail_delivery_agent_args, vec!["-f", "%from%", "-d", "%to_user%"]);
         assert_eq!(c.mail_delivery_agent_bin, "maildrop");
-        assert_eq!(c.data_dir, "/var/lib/tambo");
+        assert_eq!(c.data_dir, "/var/lib/chasquid");
+        assert_eq!(c.run_dir, "");
         assert_eq!(c.mail_log_path, "<syslog>");
         assert_eq!(c.max_queue_items, 200);
         assert_eq!(c.give_up_send_after, "20h");
@@ -831,21 +1025,103 @@ reject_dmarc_failures: True
         }
         let e = err("submission_over_tls_address: \"x\"");
         assert!(e.contains("submission_over_tls_address"), "{e}");
-        assert!(err("max_data_size_mb: 0").contains("must be positive"));
         assert!(err("max_data_size_mb: -3").contains(":1:"));
-        assert!(err("max_queue_items: 0").contains("max_queue_items must be positive"));
+        assert!(err("max_data_size_mb: -3").contains("must be positive"));
+        assert!(err("max_queue_items: -1").contains("max_queue_items must be positive"));
         assert!(err("give_up_send_after: \"20x\"").contains("give_up_send_after"));
         assert!(err("give_up_send_after: \"-1h\"").contains("negative"));
-        assert!(err("hostname: \"\"").contains("hostname is empty"));
         assert!(err("hostname: \"a b\"").contains("spaces"));
         assert!(err("outgoing_smtp_port: 70000").contains("out of range"));
-        assert!(err("mta_sts_port: 0").contains("mta_sts_port out of range"));
+        assert!(err("mta_sts_port: 70000").contains("mta_sts_port out of range"));
         assert!(err("delivery_nice: 20").contains("between 0 and 19"));
         assert!(err("delivery_nice: -1").contains("between 0 and 19"));
-        assert!(err("max_connections: 0").contains("max_connections must be positive"));
+        assert!(err("max_connections: -5").contains("max_connections must be positive"));
         let e = err("\nlmtp_address: \"dovecot\"");
         assert!(e.contains(":2:") && e.contains("lmtp_address"), "{e}");
-        assert!(err("lmtp_address: \"unix:relative\"").contains("lmtp_address"));
+        assert!(err("lmtp_address: \"unix:\"").contains("lmtp_address"));
+        assert!(parse_config("lmtp_address: \"unix:relative\"", &p()).is_ok());
+        let e = err("\nsubmission_address: \":587\"\nsubmission_address: \"\"");
+        assert!(
+            e.contains(":3:") && e.contains("Invalid empty listening address for submission"),
+            "{e}"
+        );
+    }
+
+    /// chasquid's `override()`: a zero value means "not set".
+    #[test]
+    fn zero_values_mean_default() {
+        let c = parse_config(
+            "hostname: \"\"\nmax_data_size_mb: 0\nmax_queue_items: 0\nmail_delivery_agent_bin: \"\"\n\
+             data_dir: \"\"\nmail_log_path: \"\"\ngive_up_send_after: \"\"\nmonitoring_address: \"\"\n\
+             dovecot_auth: false\nhaproxy_incoming: 0\nmax_connections: 0\nmta_sts_port: 0\nrun_dir: \"\"\n",
+            &p(),
+        )
+        .unwrap();
+        let d = Config::default();
+        assert_eq!(c, d);
+        assert!(!c.hostname.is_empty());
+        // These zeros are values of their own.
+        let c = parse_config("delivery_nice: 0\nsuffix_separators: \"\"\ndrop_characters: \"\"", &p()).unwrap();
+        assert_eq!(c.delivery_nice, 0);
+        assert_eq!(c.suffix_separators, "");
+        assert_eq!(c.drop_characters, "");
+        // A zero override leaves the file's value.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("chasquid.conf"),
+            "hostname: \"a.example\"\nmax_queue_items: 9\n",
+        )
+        .unwrap();
+        let c = load_config(dir.path(), Some("hostname: \"\" max_queue_items: 0")).unwrap();
+        assert_eq!(c.hostname, "a.example");
+        assert_eq!(c.max_queue_items, 9);
+        // A zero of the wrong type is still an error, and so is a repeat.
+        assert!(err("hostname: 0").contains("expected a string"));
+        assert!(err("hostname: \"\"\nhostname: \"b\"").contains("more than once"));
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_dir() {
+        let mut c = parse_config(
+            "data_dir: \"../.data\"\nmail_log_path: \"../.logs/mail_log\"\n\
+             mail_delivery_agent_bin: \"bin/mda\"\nlmtp_address: \"unix:lmtp.sock\"\n\
+             dovecot_userdb_path: \"/run/dovecot/auth-userdb\"\n",
+            &p(),
+        )
+        .unwrap();
+        c.resolve_paths(Path::new("/srv/conf"));
+        assert_eq!(c.data_dir, "/srv/conf/../.data");
+        assert_eq!(c.mail_log_path, "/srv/conf/../.logs/mail_log");
+        assert_eq!(c.mail_delivery_agent_bin, "/srv/conf/bin/mda");
+        assert_eq!(c.lmtp_address, "unix:/srv/conf/lmtp.sock");
+        assert_eq!(c.dovecot_userdb_path, "/run/dovecot/auth-userdb");
+        assert_eq!(c.run_dir, "");
+        let mut d = Config::default();
+        d.resolve_paths(Path::new("/srv/conf"));
+        assert_eq!(d.mail_log_path, "<syslog>");
+        assert_eq!(d.mail_delivery_agent_bin, "maildrop");
+        assert_eq!(d.data_dir, "/var/lib/chasquid");
+    }
+
+    #[test]
+    fn run_dir_defaults() {
+        let c = Config {
+            data_dir: "/d".into(),
+            ..Config::default()
+        };
+        assert_eq!(c.default_run_dir(true, None), PathBuf::from("/run/tambo"));
+        assert_eq!(c.default_run_dir(false, None), PathBuf::from("/d/run"));
+        assert_eq!(c.default_run_dir(false, Some("/run/x:/run/y")), PathBuf::from("/run/x"));
+        assert_eq!(c.default_run_dir(false, Some("")), PathBuf::from("/d/run"));
+        let set = Config {
+            run_dir: "/r".into(),
+            ..c.clone()
+        };
+        assert_eq!(set.control_socket_candidates(), vec![PathBuf::from("/r/control.sock")]);
+        assert!(
+            c.control_socket_candidates()
+                .contains(&PathBuf::from("/d/run/control.sock"))
+        );
     }
 
     #[test]
@@ -874,9 +1150,11 @@ reject_dmarc_failures: True
     #[test]
     fn load_and_overrides() {
         let dir = tempfile::tempdir().unwrap();
-        // Missing file: defaults.
-        let c = load_config(dir.path(), None).unwrap();
-        assert_eq!(c, Config::default());
+        // Missing file: an error naming it (as chasquid), except for the
+        // tools that accept a bare directory.
+        let e = load_config(dir.path(), None).unwrap_err().to_string();
+        assert!(e.contains("chasquid.conf: ") && e.contains("No such file"), "{e}");
+        assert_eq!(load_config_or_defaults(dir.path()).unwrap(), Config::default());
 
         std::fs::write(
             dir.path().join("chasquid.conf"),
@@ -903,7 +1181,7 @@ reject_dmarc_failures: True
         assert!(e.starts_with("--config_overrides:1: "), "{e}");
 
         // Invalid value in the file is reported against the file.
-        std::fs::write(dir.path().join("chasquid.conf"), "\nmax_queue_items: 0\n").unwrap();
+        std::fs::write(dir.path().join("chasquid.conf"), "\nmax_queue_items: -2\n").unwrap();
         let e = load_config(dir.path(), None).unwrap_err().to_string();
         assert!(e.contains("chasquid.conf:2:"), "{e}");
         // ... unless an override fixes it.
@@ -919,6 +1197,7 @@ reject_dmarc_failures: True
         let e = load_config(dir.path(), None).unwrap_err();
         assert!(matches!(e, ConfigError::Io { .. }), "{e}");
         assert!(e.to_string().contains("chasquid.conf: "), "{e}");
+        assert!(load_config_or_defaults(dir.path()).is_err());
     }
 
     #[test]
@@ -945,6 +1224,14 @@ reject_dmarc_failures: True
         std::fs::create_dir(d.join("domains/aaa.org")).unwrap();
         std::fs::write(d.join("domains/README"), "x").unwrap();
         assert_eq!(check_layout(d).unwrap(), vec!["aaa.org", "example.com", "ñandú.com"]);
+        assert_eq!(domain_dirs(d).unwrap()[1], ("example.com".into(), "Example.COM".into()));
+        assert_eq!(domain_dir(d, "example.com"), d.join("domains/Example.COM"));
+        assert_eq!(domain_dir(d, "aaa.org"), d.join("domains/aaa.org"));
+        assert_eq!(domain_dir(d, "new.org"), d.join("domains/new.org"));
+        std::fs::create_dir(d.join("domains/EXAMPLE.com")).unwrap();
+        let e = check_layout(d).unwrap_err().to_string();
+        assert!(e.contains("same domain \"example.com\""), "{e}");
+        std::fs::remove_dir(d.join("domains/EXAMPLE.com")).unwrap();
         std::fs::create_dir(d.join("domains/bad_domain")).unwrap();
         let e = check_layout(d).unwrap_err().to_string();
         assert!(e.contains("bad_domain: invalid domain name"), "{e}");
@@ -961,6 +1248,6 @@ reject_dmarc_failures: True
         // Missing fields take their defaults.
         let partial: Config = serde_json::from_str(r#"{"max_queue_items": 9}"#).unwrap();
         assert_eq!(partial.max_queue_items, 9);
-        assert_eq!(partial.data_dir, "/var/lib/tambo");
+        assert_eq!(partial.data_dir, "/var/lib/chasquid");
     }
 }

@@ -85,18 +85,20 @@ pub fn valid_selector(s: &str) -> bool {
 
 /// Path of the key file of `domain` and `selector`.
 pub fn key_path(config_dir: &Path, domain: &str, selector: &str) -> PathBuf {
-    config_dir
-        .join("domains")
-        .join(domain)
-        .join(format!("dkim:{selector}.pem"))
+    crate::config::domain_dir(config_dir, domain).join(format!("dkim:{selector}.pem"))
 }
 
 /// The key files of one domain, sorted by selector. A missing domain
 /// directory has none. A file named like a key with an invalid selector is
 /// an error.
 pub fn list_key_files(config_dir: &Path, domain: &str) -> Result<Vec<KeyFile>, DkimKeyError> {
-    let dir = config_dir.join("domains").join(domain);
-    let rd = match std::fs::read_dir(&dir) {
+    list_key_files_in(&crate::config::domain_dir(config_dir, domain))
+}
+
+/// The key files (`dkim:<selector>.pem`) in the domain directory `dir`, as
+/// [`list_key_files`].
+pub fn list_key_files_in(dir: &Path) -> Result<Vec<KeyFile>, DkimKeyError> {
+    let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {

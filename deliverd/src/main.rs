@@ -5,6 +5,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, RwLock};
 
 use tambo_common::config::Config;
+use tambo_common::lineend::LineEndings;
 use tambo_deliverd::remote::{Courier, RelayCredentialSource, Settings};
 use tambo_deliverd::{lmtp, mda};
 use tambo_ipc::proto::{
@@ -21,6 +22,8 @@ fn main() {
 /// on reload.
 struct Deliverer {
     config: RwLock<Arc<Config>>,
+    /// tambod's environment, for the delivery agent and pipe aliases.
+    agent_env: Vec<(String, String)>,
     courier: RwLock<Result<Arc<Courier>, String>>,
     /// The channel to authd, for the smarthost credentials only.
     authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
@@ -136,14 +139,27 @@ impl Deliverer {
                             to: &to,
                         },
                     ));
-                    mda::run_command(&argv, &job.header_prefix, data.clone()).await
+                    let cmd = mda::Command {
+                        argv: &argv,
+                        env: &self.agent_env,
+                        endings: LineEndings::Crlf,
+                    };
+                    mda::run_command(&cmd, &job.header_prefix, data.clone()).await
                 }
                 // As in chasquid, any failure of a pipe alias (exit 75 and
-                // the 30 s timeout included) is permanent.
-                RcptRoute::Pipe { argv } => match mda::run_command(argv, &job.header_prefix, data.clone()).await {
-                    DeliveryOutcome::TempFail(e) => DeliveryOutcome::PermFail(e),
-                    other => other,
-                },
+                // the 30 s timeout included) is permanent, and the command
+                // reads the message with LF line endings.
+                RcptRoute::Pipe { argv } => {
+                    let cmd = mda::Command {
+                        argv,
+                        env: &self.agent_env,
+                        endings: LineEndings::Lf,
+                    };
+                    match mda::run_command(&cmd, &job.header_prefix, data.clone()).await {
+                        DeliveryOutcome::TempFail(e) => DeliveryOutcome::PermFail(e),
+                        other => other,
+                    }
+                }
                 // Done above, all recipients of a domain together.
                 RcptRoute::Remote { .. } => continue,
             };
@@ -172,6 +188,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
     let deliverer = Arc::new(Deliverer {
         courier: RwLock::new(make_courier(&start.config, &authd)),
         config: RwLock::new(Arc::new(start.config)),
+        agent_env: start.agent_env,
         authd,
     });
     link.send(WorkerMsg::Ready).await?;
@@ -229,7 +246,11 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             ControlMsg::MonitorListener { .. } | ControlMsg::MetricsPage { .. } => {
                 tracing::warn!("deliverd: unexpected monitoring message ignored")
             }
-            ControlMsg::Start(_) | ControlMsg::Listener { .. } | ControlMsg::AdminClient { .. } => {
+            ControlMsg::Start(_)
+            | ControlMsg::Listener { .. }
+            | ControlMsg::AdminClient { .. }
+            | ControlMsg::Secrets(_)
+            | ControlMsg::ReloadUsers => {
                 tracing::warn!("deliverd: unexpected control message ignored");
             }
         }

@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tambo_common::lineend::{self, LineEndings};
 use tambo_common::names::{sanitize_for_argv, split_address};
 use tambo_ipc::proto::DeliveryOutcome;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -67,9 +68,21 @@ fn sanitize_value(v: &str) -> String {
     if s.is_empty() { "_".to_string() } else { s }
 }
 
-/// Run `argv` with the message on stdin and map the result to an outcome.
-pub async fn run_command(argv: &[String], header_prefix: &[u8], data: Arc<OwnedFd>) -> DeliveryOutcome {
-    let Some((bin, args)) = argv.split_first() else {
+/// A delivery command and how it runs.
+pub struct Command<'a> {
+    /// Program and arguments (no shell).
+    pub argv: &'a [String],
+    /// Its whole environment: tambod's own, as chasquid runs its delivery
+    /// agent and pipe aliases with its environment.
+    pub env: &'a [(String, String)],
+    /// CRLF for the delivery agent, LF for pipe aliases (as chasquid).
+    pub endings: LineEndings,
+}
+
+/// Run a command with the message on stdin and map the result to an
+/// outcome.
+pub async fn run_command(command: &Command<'_>, header_prefix: &[u8], data: Arc<OwnedFd>) -> DeliveryOutcome {
+    let Some((bin, args)) = command.argv.split_first() else {
         return DeliveryOutcome::PermFail("empty delivery command".into());
     };
     let mut cmd = tokio::process::Command::new(bin);
@@ -79,10 +92,10 @@ pub async fn run_command(argv: &[String], header_prefix: &[u8], data: Arc<OwnedF
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .env_clear()
-        .env(
-            "PATH",
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-        );
+        .envs(command.env.iter().map(|(k, v)| (k, v)));
+    if !command.env.iter().any(|(k, _)| k == "PATH") {
+        cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return DeliveryOutcome::PermFail(format!("cannot run {bin}: {e}")),
@@ -91,9 +104,25 @@ pub async fn run_command(argv: &[String], header_prefix: &[u8], data: Arc<OwnedF
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let prefix = header_prefix.to_vec();
+    let mut convert = lineend::converter(command.endings);
     let feed = async move {
         let Some(mut stdin) = stdin else { return };
-        if stdin.write_all(&prefix).await.is_err() {
+        let mut converted = Vec::new();
+        // The bytes to write for `chunk` (converted when asked to).
+        let mut out = |chunk: &[u8], last: bool| -> Vec<u8> {
+            match &mut convert {
+                None => chunk.to_vec(),
+                Some(c) => {
+                    converted.clear();
+                    c.push(chunk, &mut converted);
+                    if last {
+                        c.finish(&mut converted);
+                    }
+                    converted.clone()
+                }
+            }
+        };
+        if stdin.write_all(&out(&prefix, false)).await.is_err() {
             return;
         }
         let file = match data.try_clone() {
@@ -108,7 +137,7 @@ pub async fn run_command(argv: &[String], header_prefix: &[u8], data: Arc<OwnedF
                 Err(_) => return,
             };
             buf = b;
-            if n == 0 || stdin.write_all(&buf[..n]).await.is_err() {
+            if stdin.write_all(&out(&buf[..n], n == 0)).await.is_err() || n == 0 {
                 return;
             }
             pos += n as u64;
@@ -207,29 +236,59 @@ mod tests {
         Arc::new(OwnedFd::from(f))
     }
 
+    async fn run(argv: &[&str], env: &[(String, String)], endings: LineEndings, data: &[u8]) -> DeliveryOutcome {
+        let argv = args(argv);
+        let cmd = Command {
+            argv: &argv,
+            env,
+            endings,
+        };
+        run_command(&cmd, b"X-Pre: 1\r\n", data_fd(data)).await
+    }
+
     #[tokio::test]
     async fn outcomes_by_exit_code() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let ok = run_command(
-            &args(&["/bin/sh", "-c", &format!("cat > {}", out.display())]),
-            b"X-Pre: 1\r\n",
-            data_fd(b"Subject: t\r\n\r\nbody\r\n"),
+        let cat = format!("cat > {}", out.display());
+        let ok = run(
+            &["/bin/sh", "-c", &cat],
+            &[],
+            LineEndings::Crlf,
+            b"Subject: t\r\n\r\nbody\r\n",
         )
         .await;
         assert_eq!(ok, DeliveryOutcome::Delivered);
         assert_eq!(std::fs::read(&out).unwrap(), b"X-Pre: 1\r\nSubject: t\r\n\r\nbody\r\n");
-        let temp = run_command(&args(&["/bin/sh", "-c", "echo busy; exit 75"]), b"", data_fd(b"")).await;
+        let temp = run(&["/bin/sh", "-c", "echo busy; exit 75"], &[], LineEndings::Crlf, b"").await;
         assert!(
             matches!(temp, DeliveryOutcome::TempFail(ref m) if m.contains("busy")),
             "{temp:?}"
         );
-        let perm = run_command(&args(&["/bin/sh", "-c", "echo nope >&2; exit 1"]), b"", data_fd(b"")).await;
+        let perm = run(&["/bin/sh", "-c", "echo nope >&2; exit 1"], &[], LineEndings::Crlf, b"").await;
         assert!(
             matches!(perm, DeliveryOutcome::PermFail(ref m) if m.contains("nope")),
             "{perm:?}"
         );
-        let missing = run_command(&args(&["/nonexistent/mda"]), b"", data_fd(b"")).await;
+        let missing = run(&["/nonexistent/mda"], &[], LineEndings::Crlf, b"").await;
         assert!(matches!(missing, DeliveryOutcome::PermFail(_)));
+    }
+
+    /// The environment is the one given (tambod's), and pipes get LF.
+    #[tokio::test]
+    async fn environment_and_line_endings() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let script = format!("{{ echo \"$MDA_DIR|$HOME\"; cat; }} > {}", out.display());
+        let env = vec![("MDA_DIR".to_string(), "/srv/mail".to_string())];
+        let ok = run(
+            &["/bin/sh", "-c", &script],
+            &env,
+            LineEndings::Lf,
+            b"A: b\r\n\r\nx\ry\r\n",
+        )
+        .await;
+        assert_eq!(ok, DeliveryOutcome::Delivered);
+        assert_eq!(std::fs::read(&out).unwrap(), b"/srv/mail|\nX-Pre: 1\nA: b\n\nx\ry\n");
     }
 }

@@ -139,6 +139,10 @@ pub struct WorkerStart {
     pub config_dir: String,
     /// Local domains, normalised (the sub-directories of `domains/`).
     pub local_domains: Vec<String>,
+    /// Each local domain's directory name under `domains/` as it is on
+    /// disk (`ñoñOS` for the domain `ñoños`).
+    #[serde(default)]
+    pub domain_dirs: Vec<(String, String)>,
     /// Verbosity level from `-v`.
     pub verbosity: u8,
     /// True when the server runs without root (development, tests).
@@ -149,12 +153,41 @@ pub struct WorkerStart {
     /// cannot read it).
     #[serde(default)]
     pub dns_servers: Vec<String>,
+    /// tambod's own environment, as it was started (chasquid runs its
+    /// delivery agent and pipe aliases with its environment, and hooks with
+    /// its USER, SHELL, PATH and PWD). Sent to queued and deliverd only;
+    /// empty for the other workers.
+    #[serde(default)]
+    pub agent_env: Vec<(String, String)>,
+}
+
+impl WorkerStart {
+    /// The directory of local domain `domain`:
+    /// `config_dir/domains/<its directory>`.
+    pub fn domain_dir(&self, domain: &str) -> std::path::PathBuf {
+        let dir = self
+            .domain_dirs
+            .iter()
+            .find(|(d, _)| d == domain)
+            .map(|(_, dir)| dir.as_str())
+            .unwrap_or(domain);
+        std::path::Path::new(&self.config_dir).join("domains").join(dir)
+    }
+
+    /// The value of `name` in [`agent_env`](Self::agent_env).
+    pub fn agent_var(&self, name: &str) -> Option<&str> {
+        self.agent_env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// Supervisor → worker, on the control channel.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum ControlMsg {
-    /// First message: the configuration.
+    /// To authd, before [`Start`](Self::Start) and before each reload:
+    /// secret files, one fd attached per entry, in order (see
+    /// [`crate::secrets`]). Several frames may come in a row.
+    Secrets(Vec<crate::secrets::SecretFile>),
+    /// First message (after the secrets, for authd): the configuration.
     Start(Box<WorkerStart>),
     /// A fresh socket to a peer worker (one fd attached). Replaces any earlier
     /// socket of the same channel.
@@ -168,6 +201,11 @@ pub enum ControlMsg {
     },
     /// Reload users, aliases, domaininfo, certificates and keys.
     Reload(Box<WorkerStart>),
+    /// To authd: a users file changed (the supervisor checks them every
+    /// 30 s, as chasquid reloads them); the users files came just before
+    /// in [`Secrets`](Self::Secrets). Answered with
+    /// [`WorkerMsg::Reloaded`].
+    ReloadUsers,
     /// Stop accepting work, finish what runs within `grace_secs`, exit 0.
     Shutdown {
         /// Seconds allowed for running transactions.
@@ -212,6 +250,13 @@ pub enum ControlMsg {
 pub enum WorkerMsg {
     /// The worker has processed its start message.
     Ready,
+    /// The worker could not start (a file that does not load, a directory
+    /// it cannot use): why, naming the file. It exits next. At tambod's
+    /// start this stops tambod with the message.
+    Failed {
+        /// What went wrong.
+        message: String,
+    },
     /// Outcome of a reload.
     Reloaded {
         /// Whether the new state is in effect.
@@ -585,6 +630,9 @@ pub struct IncomingEnvelope {
     pub helo: String,
     /// The client's IP address.
     pub remote_ip: String,
+    /// The client's TCP port (0 for mail submitted locally).
+    #[serde(default)]
+    pub remote_port: u16,
     /// The authenticated user (`user@domain`), if any.
     pub auth_user: Option<String>,
     /// TLS parameters, when the session is encrypted.
@@ -600,7 +648,8 @@ pub struct IncomingEnvelope {
     #[serde(default)]
     pub auth_headers: String,
     /// The SPF verdict for the sender: `Some(true)` on pass, `None` when
-    /// no check was made (the post-data hook's SPF_PASS is then empty).
+    /// no check was made (authenticated sessions; the post-data hook's
+    /// SPF_PASS is then `0`, as in chasquid).
     pub spf_pass: Option<bool>,
     /// The ARC chain as smtpd verified it (decides `cv=` when queued has
     /// the message sealed for a forward).
@@ -667,6 +716,19 @@ pub struct SmtpReply {
     pub enhanced: String,
     /// Text after the codes (one line, no CR/LF).
     pub text: String,
+}
+
+impl SmtpReply {
+    /// The reply line without CRLF: `code enhanced text`, or `code text`
+    /// when there is no enhanced code (a post-data hook's own text, as
+    /// chasquid sends it).
+    pub fn line(&self) -> String {
+        if self.enhanced.is_empty() {
+            format!("{} {}", self.code, self.text)
+        } else {
+            format!("{} {} {}", self.code, self.enhanced, self.text)
+        }
+    }
 }
 
 /// queued's answers to smtpd.

@@ -13,6 +13,7 @@ use crate::async_chan::{FrameReceiver, FrameSender};
 use crate::privdrop::{self, DropPlan};
 use crate::proto::{CONTROL_CHANNEL, ControlMsg, MailLogEvent, WorkerKind, WorkerMsg, WorkerStart};
 use crate::rpc::RpcClient;
+use crate::secrets::SecretSet;
 
 /// Environment variable naming the fd of the control socket.
 pub const ENV_CONTROL_FD: &str = "TAMBO_CONTROL_FD";
@@ -37,6 +38,9 @@ pub enum BootError {
     /// The supervisor sent something else than Start first.
     #[error("control channel: expected Start, got {0}")]
     Protocol(String),
+    /// The secret files did not come as described.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretError),
 }
 
 /// Synchronous first step of every worker's `main`: take the control fd and
@@ -125,17 +129,55 @@ pub struct ControlLink {
 }
 
 impl ControlLink {
-    /// Handshake and wait for the Start message.
+    /// Handshake and wait for the Start message (a worker that gets no
+    /// secret files).
     pub async fn start(stream: UnixStream) -> Result<(ControlLink, WorkerStart), BootError> {
+        let (link, start, secrets) = Self::start_with_secrets(stream).await?;
+        if !secrets.is_empty() {
+            return Err(BootError::Protocol(
+                "secret files, which this worker does not take".into(),
+            ));
+        }
+        Ok((link, start))
+    }
+
+    /// Handshake, take the secret files that come first (authd), and wait
+    /// for the Start message.
+    pub async fn start_with_secrets(stream: UnixStream) -> Result<(ControlLink, WorkerStart, SecretSet), BootError> {
         let (tx, mut rx) = crate::async_chan::split(stream)?;
         crate::async_chan::handshake(&tx, &mut rx, CONTROL_CHANNEL).await?;
-        let (msg, _fds): (ControlMsg, Vec<OwnedFd>) = rx.recv().await?;
-        match msg {
-            ControlMsg::Start(start) => {
-                start_mail_log_forwarder(tx.clone());
-                Ok((ControlLink { tx, rx }, *start))
+        let mut secrets = SecretSet::default();
+        loop {
+            let (msg, fds): (ControlMsg, Vec<OwnedFd>) = rx.recv().await?;
+            match msg {
+                ControlMsg::Secrets(files) => secrets.extend(files, fds)?,
+                ControlMsg::Start(start) => {
+                    start_mail_log_forwarder(tx.clone());
+                    return Ok((ControlLink { tx, rx }, *start, secrets));
+                }
+                other => return Err(BootError::Protocol(format!("{other:?}"))),
             }
-            other => Err(BootError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Tell the supervisor how start-up went: [`WorkerMsg::Ready`], or
+    /// [`WorkerMsg::Failed`] with the error (tambod then stops at start,
+    /// naming it). The value, or the error as a message to exit with.
+    pub async fn started<T, E: std::fmt::Display>(&self, result: Result<T, E>) -> Result<T, String> {
+        match result {
+            Ok(v) => {
+                self.send(WorkerMsg::Ready).await.map_err(|e| e.to_string())?;
+                Ok(v)
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                let _ = self
+                    .send(WorkerMsg::Failed {
+                        message: message.clone(),
+                    })
+                    .await;
+                Err(message)
+            }
         }
     }
 

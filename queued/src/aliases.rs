@@ -3,7 +3,8 @@
 //! modification time, size or inode changed is parsed again at its next
 //! lookup, and a reload (SIGHUP) parses every file again. A file that no
 //! longer parses keeps its previous aliases in effect (logged); at
-//! start-up and reload the supervisor already refuses a broken file.
+//! start-up a broken or unreadable file stops tambod (as in chasquid), and
+//! a reload with one keeps the previous aliases.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -38,26 +39,34 @@ struct Loaded {
 
 /// The aliases database of all local domains.
 pub struct AliasDb {
-    config_dir: PathBuf,
+    /// Each local domain's aliases file (`domains/<its directory>/aliases`).
+    paths: Mutex<HashMap<String, PathBuf>>,
     domains: Mutex<HashMap<String, Loaded>>,
 }
 
 impl AliasDb {
-    /// An empty database; files are read on first use.
-    pub fn new(config_dir: &Path) -> AliasDb {
+    /// An empty database of the domains' files (domain, path); files are
+    /// read on first use or by [`reload`](Self::reload).
+    pub fn new(paths: Vec<(String, PathBuf)>) -> AliasDb {
         AliasDb {
-            config_dir: config_dir.to_path_buf(),
+            paths: Mutex::new(paths.into_iter().collect()),
             domains: Mutex::new(HashMap::new()),
         }
     }
 
-    fn path(&self, domain: &str) -> PathBuf {
-        self.config_dir.join("domains").join(domain).join("aliases")
+    fn path(&self, domain: &str) -> Option<PathBuf> {
+        self.paths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(domain)
+            .cloned()
     }
 
     /// The current aliases of `domain`, re-reading its file if it changed.
     pub fn get(&self, domain: &str, drop_characters: &str, suffix_separators: &str) -> Arc<AliasMap> {
-        let path = self.path(domain);
+        let Some(path) = self.path(domain) else {
+            return Arc::new(AliasMap::new());
+        };
         let now = stamp(&path);
         let rules = (drop_characters.to_string(), suffix_separators.to_string());
         let mut domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
@@ -98,14 +107,19 @@ impl AliasDb {
         }
     }
 
-    /// Parse every domain's file again (SIGHUP). On an error nothing
-    /// changes and the error names file and line.
-    pub fn reload(&self, domains: &[String], drop_characters: &str, suffix_separators: &str) -> Result<(), AliasError> {
+    /// Parse the file of every domain (at start, and on SIGHUP with the
+    /// domains then present). On an error nothing changes and the error
+    /// names file and line.
+    pub fn reload(
+        &self,
+        paths: Vec<(String, PathBuf)>,
+        drop_characters: &str,
+        suffix_separators: &str,
+    ) -> Result<(), AliasError> {
         let mut fresh = HashMap::new();
-        for d in domains {
-            let path = self.path(d);
-            let st = stamp(&path);
-            let map = load_aliases(&path, d, drop_characters, suffix_separators)?;
+        for (d, path) in &paths {
+            let st = stamp(path);
+            let map = load_aliases(path, d, drop_characters, suffix_separators)?;
             fresh.insert(
                 d.clone(),
                 Loaded {
@@ -116,6 +130,7 @@ impl AliasDb {
             );
         }
         *self.domains.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+        *self.paths.lock().unwrap_or_else(|p| p.into_inner()) = paths.into_iter().collect();
         Ok(())
     }
 }
@@ -130,7 +145,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("domains/d.org");
         std::fs::create_dir_all(&d).unwrap();
-        let db = AliasDb::new(dir.path());
+        let paths = vec![("d.org".to_string(), d.join("aliases"))];
+        let db = AliasDb::new(paths.clone());
         assert!(db.get("d.org", ".", "+").is_empty());
         std::fs::write(d.join("aliases"), "a: b\n").unwrap();
         assert_eq!(
@@ -141,13 +157,14 @@ mod tests {
         assert_eq!(db.get("d.org", ".", "+")["a"].len(), 2);
         std::fs::write(d.join("aliases"), "a: c, d\nbroken line\n").unwrap();
         assert_eq!(db.get("d.org", ".", "+")["a"].len(), 2);
-        let e = db.reload(&["d.org".into()], ".", "+").unwrap_err().to_string();
+        let e = db.reload(paths.clone(), ".", "+").unwrap_err().to_string();
         assert!(
             e.ends_with("aliases:2: missing ':' (expected \"user: target, target\")"),
             "{e}"
         );
         std::fs::write(d.join("aliases"), "x.y: z\n").unwrap();
-        db.reload(&["d.org".into()], ".", "+").unwrap();
+        db.reload(paths, ".", "+").unwrap();
+        assert!(db.get("other.org", ".", "+").is_empty());
         assert!(db.get("d.org", ".", "+").contains_key("xy"));
         // Other rules give other keys.
         assert!(db.get("d.org", "", "+").contains_key("x.y"));

@@ -1,7 +1,8 @@
 //! Running the operator's hooks (`config_dir/hooks/post-data` and
-//! `config_dir/hooks/alias-resolve`): no shell, a clean environment, the
-//! configuration directory as working directory, bounded output and a
-//! timeout after which the hook's whole process group is killed.
+//! `config_dir/hooks/alias-resolve`): no shell, the environment chasquid
+//! gives them, the configuration directory as working directory, bounded
+//! output and a timeout after which the hook's whole process group is
+//! killed.
 //!
 //! When tambo runs as root the hooks run as queued's user (`tambo-queue`).
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use tambo_common::lineend::CrlfToLf;
 use tambo_ipc::proto::{IncomingEnvelope, SmtpReply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -47,7 +49,8 @@ pub struct HookOutput {
 pub enum HookInput {
     /// Nothing (stdin is /dev/null).
     Nothing,
-    /// These bytes followed by the content of this file.
+    /// These bytes followed by the content of this file, with LF line
+    /// endings (chasquid keeps messages with LF and gives its hook that).
     Message {
         /// Written first (header lines).
         prefix: Vec<u8>,
@@ -75,28 +78,38 @@ pub fn find_hook(config_dir: &Path, name: &str) -> Option<PathBuf> {
     }
 }
 
-/// The environment every hook gets besides its own variables: USER, SHELL,
-/// PATH and PWD (the configuration directory).
-pub fn base_env(config_dir: &Path) -> Vec<(String, String)> {
-    let user = std::env::var("USER").ok().unwrap_or_else(|| {
-        nix::unistd::User::from_uid(nix::unistd::geteuid())
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_default()
-    });
-    vec![
-        ("USER".into(), user),
-        (
-            "SHELL".into(),
-            std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into()),
-        ),
-        (
-            "PATH".into(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-        ),
-        ("PWD".into(), config_dir.display().to_string()),
-    ]
+/// `PATH` when tambod was started without one.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The environment the post-data hook gets besides its own variables, as
+/// in chasquid: `USER`, `PWD`, `SHELL` and `PATH` of tambod's environment
+/// (`agent_env`; empty when tambod had none, except `PATH`). The hook runs
+/// in the configuration directory, so a shell's `$PWD` is that directory.
+pub fn base_env(agent_env: &[(String, String)]) -> Vec<(String, String)> {
+    let get = |name: &str| agent_env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    ["USER", "PWD", "SHELL", "PATH"]
+        .into_iter()
+        .map(|name| {
+            let value = get(name).unwrap_or_else(|| {
+                if name == "PATH" {
+                    DEFAULT_PATH.into()
+                } else {
+                    String::new()
+                }
+            });
+            (name.to_string(), value)
+        })
+        .collect()
+}
+
+/// The environment of the `alias-resolve` hook: all of tambod's, as
+/// chasquid runs it with its own (plus a `PATH` if there was none).
+pub fn alias_hook_env(agent_env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env = agent_env.to_vec();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    env
 }
 
 /// Run `path args…` in `cwd` with exactly `env`, feeding `input`, for at
@@ -132,8 +145,11 @@ pub async fn run_hook(
         let (Some(mut stdin), HookInput::Message { prefix, data }) = (stdin, input) else {
             return;
         };
+        let mut lf = CrlfToLf::default();
+        let mut out = Vec::new();
+        lf.push(&prefix, &mut out);
         // A hook may exit without reading everything: a broken pipe is fine.
-        if stdin.write_all(&prefix).await.is_err() {
+        if stdin.write_all(&out).await.is_err() {
             return;
         }
         let data = std::sync::Arc::new(data);
@@ -148,7 +164,14 @@ pub async fn run_hook(
             })
             .await;
             let Ok(Ok(buf)) = chunk else { return };
-            if buf.is_empty() || stdin.write_all(&buf).await.is_err() {
+            out.clear();
+            if buf.is_empty() {
+                lf.finish(&mut out);
+                let _ = stdin.write_all(&out).await;
+                return;
+            }
+            lf.push(&buf, &mut out);
+            if stdin.write_all(&out).await.is_err() {
                 return;
             }
             pos += buf.len() as u64;
@@ -224,14 +247,19 @@ pub struct PostDataEnv<'a> {
     pub envelope: &'a IncomingEnvelope,
     /// Whether the sender's domain is one of ours.
     pub from_local_domain: bool,
+    /// tambod's environment (for USER, PWD, SHELL, PATH).
+    pub agent_env: &'a [(String, String)],
 }
 
-/// The environment of the post-data hook (besides USER, SHELL, PATH, PWD).
+/// The environment of the post-data hook (besides USER, SHELL, PATH, PWD),
+/// as chasquid sets it: `REMOTE_ADDR` is `ip:port` (`[ip6]:port` for
+/// IPv6), and `SPF_PASS` is `1` only when SPF passed (`0` also for an
+/// authenticated session, which is not checked).
 pub fn post_data_env(p: &PostDataEnv<'_>) -> Vec<(String, String)> {
     let e = p.envelope;
     let flag = |b: bool| if b { "1" } else { "0" }.to_string();
     vec![
-        ("REMOTE_ADDR".into(), e.remote_ip.clone()),
+        ("REMOTE_ADDR".into(), remote_addr(&e.remote_ip, e.remote_port)),
         ("EHLO_DOMAIN".into(), sanitize_ehlo(&e.helo)),
         ("EHLO_DOMAIN_RAW".into(), e.helo.replace('\0', "")),
         ("MAIL_FROM".into(), e.mail_from.clone()),
@@ -239,15 +267,26 @@ pub fn post_data_env(p: &PostDataEnv<'_>) -> Vec<(String, String)> {
         ("AUTH_AS".into(), e.auth_user.clone().unwrap_or_default()),
         ("ON_TLS".into(), flag(e.tls.is_some())),
         ("FROM_LOCAL_DOMAIN".into(), flag(p.from_local_domain)),
-        ("SPF_PASS".into(), e.spf_pass.map(flag).unwrap_or_default()),
+        ("SPF_PASS".into(), flag(e.spf_pass == Some(true))),
     ]
 }
 
-/// The EHLO name with only letters, digits and `.-_[]:` kept.
+/// `ip:port`, with brackets around an IPv6 address (Go's
+/// `net.Addr.String()`, which chasquid's hook gets).
+fn remote_addr(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// The EHLO name with only ASCII letters, digits and `-.[]:` kept, as
+/// chasquid's `sanitizeEHLODomain` (enough for names and address
+/// literals, and safe in a shell).
 pub fn sanitize_ehlo(s: &str) -> String {
     s.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || ".-_[]:".contains(*c))
-        .take(255)
+        .filter(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(*c))
         .collect()
 }
 
@@ -287,7 +326,7 @@ pub async fn post_data(
     data: std::fs::File,
     timeout: Duration,
 ) -> PostData {
-    let mut vars = base_env(config_dir);
+    let mut vars = base_env(env.agent_env);
     vars.extend(post_data_env(env));
     let temp = |text: String| {
         PostData::Refuse(SmtpReply {
@@ -329,22 +368,21 @@ pub async fn post_data(
                 "post-data hook exited with {code:?}: {line} {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
-            if code == Some(POST_DATA_PERMANENT) {
-                PostData::Refuse(SmtpReply {
+            // As chasquid: the reply is the code and the hook's last line
+            // as it is (the hook adds an enhanced code if it wants one).
+            let permanent = code == Some(POST_DATA_PERMANENT);
+            match (line.is_empty(), permanent) {
+                (true, true) => PostData::Refuse(SmtpReply {
                     code: 554,
                     enhanced: "5.7.1".into(),
-                    text: if line.is_empty() {
-                        "Message rejected".into()
-                    } else {
-                        line
-                    },
-                })
-            } else {
-                temp(if line.is_empty() {
-                    "Message deferred, try again later".into()
-                } else {
-                    line
-                })
+                    text: "Message rejected".into(),
+                }),
+                (true, false) => temp("Message deferred, try again later".into()),
+                (false, _) => PostData::Refuse(SmtpReply {
+                    code: if permanent { 554 } else { 451 },
+                    enhanced: String::new(),
+                    text: line,
+                }),
             }
         }
     }
@@ -444,8 +482,9 @@ pub(crate) mod tests {
         IncomingEnvelope {
             mail_from: "a@x.org".into(),
             rcpts: vec!["u@d.org".into(), "v@d.org".into()],
-            helo: "evil;$(id)\thost".into(),
+            helo: "evil;$(id)\thost_[::1]".into(),
             remote_ip: "192.0.2.1".into(),
+            remote_port: 4321,
             auth_user: None,
             tls: None,
             protocol: "ESMTP".into(),
@@ -463,12 +502,17 @@ pub(crate) mod tests {
         let mut data = tempfile::tempfile().unwrap();
         data.write_all(b"Subject: hi\r\n\r\nbody\r\n").unwrap();
         let env = envelope();
+        let agent_env = vec![
+            ("USER".to_string(), "mailer".to_string()),
+            ("HOME".to_string(), "/home/mailer".to_string()),
+        ];
         post_data(
             &p,
             dir.path(),
             &PostDataEnv {
                 envelope: &env,
                 from_local_domain: false,
+                agent_env: &agent_env,
             },
             b"Received: x\r\n".to_vec(),
             data,
@@ -480,14 +524,16 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn post_data_outcomes() {
         let t = Duration::from_secs(20);
-        let env_dump = "grep -c '^Subject: hi' >/dev/null || exit 9; \
-                        printf 'X-Env: %s|%s|%s|%s|%s|%s|%s|%s\\n' \"$REMOTE_ADDR\" \"$EHLO_DOMAIN\" \"$MAIL_FROM\" \
-                        \"$RCPT_TO\" \"$AUTH_AS\" \"$ON_TLS\" \"$FROM_LOCAL_DOMAIN\" \"$SPF_PASS\"; \
+        // The message comes with LF line endings, as in chasquid.
+        let env_dump = "[ \"$(od -c | grep -c '\\\\r')\" = 0 ] || exit 9; \
+                        printf 'X-Env: %s|%s|%s|%s|%s|%s|%s|%s|%s|%s\\n' \"$REMOTE_ADDR\" \"$EHLO_DOMAIN\" \"$MAIL_FROM\" \
+                        \"$RCPT_TO\" \"$AUTH_AS\" \"$ON_TLS\" \"$FROM_LOCAL_DOMAIN\" \"$SPF_PASS\" \"$USER\" \"$HOME\"; \
                         printf 'X-Folded: a\\n  b\\n'";
         assert_eq!(
             run_post_data(env_dump, t).await,
             PostData::Accept(
-                "X-Env: 192.0.2.1|evilidhost|a@x.org|u@d.org v@d.org||0|0|\r\nX-Folded: a\r\n  b\r\n".into()
+                "X-Env: 192.0.2.1:4321|evilidhost[::1]|a@x.org|u@d.org v@d.org||0|0|0|mailer|\r\nX-Folded: a\r\n  b\r\n"
+                    .into()
             )
         );
         assert_eq!(
@@ -498,7 +544,7 @@ pub(crate) mod tests {
             run_post_data("echo first; echo 'Spam detected'; exit 20", t).await,
             PostData::Refuse(SmtpReply {
                 code: 554,
-                enhanced: "5.7.1".into(),
+                enhanced: String::new(),
                 text: "Spam detected".into()
             })
         );
@@ -506,8 +552,16 @@ pub(crate) mod tests {
             run_post_data("echo 'Greylisted, come back later'; exit 1", t).await,
             PostData::Refuse(SmtpReply {
                 code: 451,
-                enhanced: "4.3.0".into(),
+                enhanced: String::new(),
                 text: "Greylisted, come back later".into()
+            })
+        );
+        assert_eq!(
+            run_post_data("exit 20", t).await,
+            PostData::Refuse(SmtpReply {
+                code: 554,
+                enhanced: "5.7.1".into(),
+                text: "Message rejected".into()
             })
         );
         match run_post_data("sleep 30", Duration::from_millis(300)).await {

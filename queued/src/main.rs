@@ -30,9 +30,8 @@ fn main() {
 
 async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
     let (mut link, start) = ControlLink::start(control).await?;
-    let queue = Queue::start(&start)?;
+    let queue = link.started(Queue::start(&start)).await.map_err(anyhow::Error::msg)?;
     let admin_gate = std::sync::Arc::new(admin::AdminGate::new());
-    link.send(WorkerMsg::Ready).await?;
     loop {
         let (msg, fds) = match link.recv().await {
             Ok(m) => m,
@@ -101,7 +100,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             ControlMsg::MonitorListener { .. } | ControlMsg::MetricsPage { .. } => {
                 tracing::warn!("queued: unexpected monitoring message ignored")
             }
-            ControlMsg::Start(_) | ControlMsg::Listener { .. } => {
+            ControlMsg::Start(_) | ControlMsg::Listener { .. } | ControlMsg::Secrets(_) | ControlMsg::ReloadUsers => {
                 tracing::warn!("queued: unexpected control message ignored");
             }
         }

@@ -72,6 +72,8 @@ pub struct Settings {
     pub local_domains: Vec<String>,
     /// The configuration directory (hooks, aliases).
     pub config_dir: PathBuf,
+    /// tambod's environment, for the hooks.
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -80,6 +82,7 @@ impl Settings {
             config: start.config.clone(),
             local_domains: start.local_domains.clone(),
             config_dir: PathBuf::from(&start.config_dir),
+            agent_env: start.agent_env.clone(),
         }
     }
 }
@@ -135,6 +138,15 @@ pub struct Queue {
     pub authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
 }
 
+/// Each local domain's aliases file: `domains/<its directory>/aliases`.
+fn alias_paths(start: &WorkerStart) -> Vec<(String, PathBuf)> {
+    start
+        .local_domains
+        .iter()
+        .map(|d| (d.clone(), start.domain_dir(d).join("aliases")))
+        .collect()
+}
+
 fn reply(code: u16, enhanced: &str, text: impl Into<String>) -> QueueReply {
     QueueReply::Refused(SmtpReply {
         code,
@@ -169,11 +181,21 @@ impl Queue {
             incoming: Mutex::new(HashMap::new()),
             messages: Mutex::new(Table::default()),
             domaininfo: DomainInfo::load(PathBuf::from(&start.config.data_dir).join("domaininfo")),
-            aliases: AliasDb::new(std::path::Path::new(&start.config_dir)),
+            aliases: AliasDb::new(alias_paths(start)),
             users: crate::resolve::UserCache::default(),
             deliverd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedDeliverd.name()),
             authd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedAuthd.name()),
         });
+        // As chasquid: an aliases file that cannot be read or parsed stops
+        // the start, naming file and line.
+        queue
+            .aliases
+            .reload(
+                alias_paths(start),
+                &start.config.drop_characters,
+                &start.config.suffix_separators,
+            )
+            .map_err(|e| anyhow::anyhow!("aliases file error: {e}"))?;
         tracing::info!("queue loaded: {} message(s)", entries.len());
         // Series that exist from the start, at 0.
         metrics::global().add(Metric::QueueAccepted, &[], 0.0);
@@ -258,7 +280,11 @@ impl Queue {
         let s = Arc::new(Settings::from_start(start));
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = s.clone();
         self.aliases
-            .reload(&s.local_domains, &s.config.drop_characters, &s.config.suffix_separators)
+            .reload(
+                alias_paths(start),
+                &s.config.drop_characters,
+                &s.config.suffix_separators,
+            )
             .map_err(|e| e.to_string())
     }
 
@@ -380,6 +406,7 @@ impl Queue {
             users: &self.users,
             aliases: &self.aliases,
             config_dir: &s.config_dir,
+            agent_env: &s.agent_env,
             srs: self.srs.as_ref(),
         }
     }
@@ -541,6 +568,7 @@ impl Queue {
             let penv = PostDataEnv {
                 envelope: env,
                 from_local_domain: !from_domain.is_empty() && ctx.is_local(from_domain),
+                agent_env: &s.agent_env,
             };
             match crate::hooks::post_data(
                 &hook,

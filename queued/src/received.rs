@@ -51,6 +51,7 @@ mod tests {
             rcpts: vec!["u@l".into()],
             helo: "client\r\nX-Evil: 1".into(),
             remote_ip: "192.0.2.7".into(),
+            remote_port: 0,
             auth_user: None,
             tls: Some(TlsInfo {
                 version: "TLSv1.3".into(),

@@ -22,7 +22,7 @@ use tambo_ipc::proto::{AuthReply, AuthRequest, RcptRoute};
 use tambo_ipc::worker::PeerSlot;
 
 use crate::aliases::AliasDb;
-use crate::hooks::{HookInput, base_env, find_hook, run_hook};
+use crate::hooks::{HookInput, alias_hook_env, find_hook, run_hook};
 use crate::srs::{Srs, day_number, is_srs};
 
 /// How many levels of aliases are followed.
@@ -87,6 +87,8 @@ pub struct ResolverContext<'a> {
     pub aliases: &'a AliasDb,
     /// The configuration directory (for the `alias-resolve` hook).
     pub config_dir: &'a Path,
+    /// tambod's environment, which the `alias-resolve` hook gets.
+    pub agent_env: &'a [(String, String)],
     /// SRS, to resolve bounces to rewritten senders (`SRS0=…@local`).
     pub srs: Option<&'a Srs>,
 }
@@ -245,7 +247,10 @@ impl ResolverContext<'_> {
             targets.extend(self.run_hook(w, address, domain).await?);
             let clean_user = lookup_user(user, self.drop_characters, self.suffix_separators);
             let clean = format!("{clean_user}@{domain}");
-            if targets.is_empty() && clean_user != key {
+            // As chasquid: nothing for the address as given, so look again
+            // with drop characters and suffix removed, the hook included
+            // (it is asked about the clean address too).
+            if targets.is_empty() && clean != address {
                 targets = aliases.get(&clean_user).cloned().unwrap_or_default();
                 targets.extend(self.run_hook(w, &clean, domain).await?);
             }
@@ -259,17 +264,12 @@ impl ResolverContext<'_> {
                     if depth == 0 {
                         return Err(ResolveError::Unknown(address.to_string()));
                     }
-                    // An alias names a local user that does not exist: the
-                    // message is accepted for its other recipients and the
-                    // sender learns of this one in a DSN.
-                    return w.push(
-                        top,
-                        local(
-                            &clean_user,
-                            domain,
-                            Some(format!("no such user: {clean} (alias of {top})")),
-                        ),
-                    );
+                    // An alias names a local address that is no user: as
+                    // chasquid does, it goes to the delivery agent (or LMTP
+                    // server) as it is, which may know mailboxes the users
+                    // file does not list, and whose refusal reaches the
+                    // sender in a DSN.
+                    return w.push(top, local(&clean_user, domain, None));
                 }
             }
             w.chain.push(clean.clone());
@@ -326,7 +326,7 @@ impl ResolverContext<'_> {
         let out = run_hook(
             hook,
             &[address.to_string()],
-            &base_env(self.config_dir),
+            &alias_hook_env(self.agent_env),
             self.config_dir,
             HookInput::Nothing,
             ALIAS_HOOK_TIMEOUT,
@@ -466,7 +466,12 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             std::fs::create_dir_all(dir.path().join("domains/d.org")).unwrap();
             std::fs::write(dir.path().join("domains/d.org/aliases"), aliases).unwrap();
-            let db = AliasDb::new(dir.path());
+            let db = AliasDb::new(
+                ["d.org", "other.org"]
+                    .iter()
+                    .map(|d| (d.to_string(), dir.path().join("domains").join(d).join("aliases")))
+                    .collect(),
+            );
             Fixture {
                 dir,
                 authd: fake_authd().await,
@@ -492,6 +497,7 @@ mod tests {
                 users: &self.users,
                 aliases: &self.db,
                 config_dir: self.dir.path(),
+                agent_env: &[],
                 srs: Some(&self.srs),
             };
             ctx.resolve(a).await
@@ -634,9 +640,10 @@ mod tests {
         let e = f.resolve("l0@d.org").await.unwrap_err();
         assert!(matches!(&e, ResolveError::Broken(_, m) if m.contains("levels")), "{e}");
         assert_eq!(f.resolve("l5@d.org").await.unwrap(), v(&[("alice@d.org", "local")]));
+        // An alias to a local address that is no user: delivered as it
+        // is (the delivery agent decides), as in chasquid.
         let r = f.resolve("ghost@d.org").await.unwrap();
-        assert!(r[0].1.starts_with("failed: no such user: nobody@d.org"), "{r:?}");
-        assert_eq!(r[1], ("alice@d.org".to_string(), "local".to_string()));
+        assert_eq!(r, v(&[("nobody@d.org", "local"), ("alice@d.org", "local")]));
         // "keep" is no user: its self-reference is a loop.
         assert!(matches!(f.resolve("keep@d.org").await, Err(ResolveError::Broken(..))));
     }
@@ -652,7 +659,18 @@ mod tests {
                bad@d.org) echo 'a b c' ;;\n\
                slow@d.org) sleep 30 ;;\n\
                fail@d.org) exit 1 ;;\n\
+               vicuna@d.org) echo alice ;;\n\
              esac",
+        );
+        // The hook is asked again about the address without drop
+        // characters and suffix, as chasquid asks it.
+        assert_eq!(
+            f.resolve("vi.cu.na@d.org").await.unwrap(),
+            v(&[("alice@d.org", "local")])
+        );
+        assert_eq!(
+            f.resolve("vicuna+tag@d.org").await.unwrap(),
+            v(&[("alice@d.org", "local")])
         );
         assert_eq!(
             f.resolve("list@d.org").await.unwrap(),

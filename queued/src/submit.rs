@@ -19,7 +19,7 @@ const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_RCPTS: usize = 1000;
 
 fn text(r: &SmtpReply) -> String {
-    format!("{} {} {}", r.code, r.enhanced, r.text)
+    r.line()
 }
 
 /// The user name of `uid`, if the password database knows it.
@@ -97,6 +97,7 @@ pub async fn submit(
         rcpts: norm,
         helo: "localhost".into(),
         remote_ip: "127.0.0.1".into(),
+        remote_port: 0,
         auth_user,
         tls: None,
         protocol: "local".into(),

@@ -37,6 +37,8 @@ pub struct Settings {
     pub dns_servers: Vec<String>,
     /// A HAProxy PROXY header (v1 or v2) starts every connection.
     pub haproxy_incoming: bool,
+    /// More Received headers than this: a mail loop (`554 5.4.6`).
+    pub max_received_headers: usize,
 }
 
 impl Settings {
@@ -54,6 +56,7 @@ impl Settings {
             reject_dmarc_failures: c.reject_dmarc_failures,
             dns_servers: start.dns_servers.clone(),
             haproxy_incoming: c.haproxy_incoming,
+            max_received_headers: c.max_received_headers.max(1) as usize,
         }
     }
 

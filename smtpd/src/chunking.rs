@@ -167,9 +167,9 @@ mod tests {
             msg.extend_from_slice(b"Received: from x\r\n");
         }
         let (_, _, d) = run(&[&msg[..7], &msg[7..], b"\r\nbody\r\n"], 1 << 20);
-        assert!(d.stored().looping());
+        assert!(d.stored().looping(50));
         let (_, _, d) = run(&[&msg[..50 * 18], b"\r\n", b"Received: x\r\n"], 1 << 20);
-        assert!(!d.stored().looping(), "50 in the header, one in the body");
+        assert!(!d.stored().looping(50), "50 in the header, one in the body");
     }
 
     #[test]

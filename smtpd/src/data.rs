@@ -31,9 +31,6 @@ enum State {
     DotCr,
 }
 
-/// Most Received headers allowed before the message is taken to be looping.
-pub const MAX_RECEIVED: usize = 50;
-
 /// What a decoder has stored of a message: its size against the limit,
 /// and its Received headers counted for loop detection. Shared by the DATA
 /// decoder and the BDAT decoder (`chunking.rs`).
@@ -67,10 +64,10 @@ impl StoredBody {
         self.size
     }
 
-    /// Whether the header section holds more than [`MAX_RECEIVED`]
-    /// Received headers.
-    pub fn looping(&self) -> bool {
-        self.headers.received > MAX_RECEIVED
+    /// Whether the header section holds more than `max` Received headers
+    /// (`max_received_headers`, 50 by default).
+    pub fn looping(&self, max: usize) -> bool {
+        self.headers.received > max
     }
 
     /// Count what was appended to `out` since `start`; drop it past the limit.
@@ -273,8 +270,8 @@ mod tests {
         }
         msg.extend_from_slice(b"\r\nReceived: in body\r\n.\r\n");
         let (_, _, d) = decode_all(&msg, 1 << 20);
-        assert!(d.stored().looping());
+        assert!(d.stored().looping(50));
         let (_, _, d) = decode_all(b"Received: a\r\n\r\n.\r\n", 100);
-        assert!(!d.stored().looping());
+        assert!(!d.stored().looping(50));
     }
 }

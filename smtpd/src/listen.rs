@@ -134,9 +134,13 @@ impl Listeners {
                     // greeting, or the TLS handshake on the implicit-TLS
                     // port); its client IP replaces the proxy's everywhere.
                     let mut ip = ip;
+                    let mut port = remote.port();
                     if settings.haproxy_incoming {
                         match crate::proxy::read_header(&mut stream, proxy_timeout(&settings)).await {
-                            Ok(Some(client)) => ip = canonical_ip(client.ip()),
+                            Ok(Some(client)) => {
+                                ip = canonical_ip(client.ip());
+                                port = client.port();
+                            }
                             Ok(None) => {}
                             Err(e) => {
                                 tracing::info!(proxy = %ip, "closing: {e}");
@@ -152,7 +156,17 @@ impl Listeners {
                     }
                     let timeout = Duration::from_secs(settings.command_timeout_secs);
                     let conn = Conn::new(Box::new(stream), timeout);
-                    Session::new(conn, Peer { ip, listener: kind }, backend).run().await;
+                    Session::new(
+                        conn,
+                        Peer {
+                            ip,
+                            port,
+                            listener: kind,
+                        },
+                        backend,
+                    )
+                    .run()
+                    .await;
                 });
             }
         });

@@ -32,7 +32,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
     let backend = Backend::new(Settings::from_start(&start));
     let listeners = listen::Listeners::new(backend.clone());
     let metrics = monitor::MetricsHub::new(link.tx.clone());
-    link.send(WorkerMsg::Ready).await?;
+    link.started(Ok::<(), String>(())).await.map_err(anyhow::Error::msg)?;
     loop {
         let (msg, fds) = match link.recv().await {
             Ok(m) => m,
@@ -86,7 +86,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 listeners.drain(std::time::Duration::from_secs(grace_secs.into())).await;
                 return Ok(());
             }
-            ControlMsg::Start(_) => tracing::warn!("smtpd: unexpected Start ignored"),
+            ControlMsg::Start(_) | ControlMsg::Secrets(_) | ControlMsg::ReloadUsers => {
+                tracing::warn!("smtpd: unexpected control message ignored")
+            }
             ControlMsg::AdminClient { .. } => tracing::warn!("smtpd: unexpected AdminClient ignored"),
             // Answered by ControlLink::recv.
             ControlMsg::CollectMetrics { .. } => {}

@@ -36,6 +36,8 @@ pub const MAX_AUTH_FAILURES: u32 = 3;
 pub struct Peer {
     /// The client's address (after a PROXY header, when there is one).
     pub ip: IpAddr,
+    /// The client's port (likewise).
+    pub port: u16,
     /// The listener it came in on.
     pub listener: ListenerKind,
 }
@@ -227,7 +229,6 @@ impl Session {
             "ENHANCEDSTATUSCODES".to_string(),
             "CHUNKING".to_string(),
             format!("SIZE {}", self.settings.max_data_size),
-            "HELP".to_string(),
         ];
         if self.tls.is_none() && self.tls_config.is_some() {
             lines.push("STARTTLS".to_string());
@@ -235,6 +236,9 @@ impl Session {
         if self.tls.is_some() {
             lines.push("AUTH PLAIN LOGIN".to_string());
         }
+        // Last, as chasquid has it: scripts that talk to chasquid read
+        // the EHLO reply up to "250 HELP".
+        lines.push("HELP".to_string());
         let last = lines.pop().unwrap_or_default();
         for l in lines {
             self.conn.reply(&format!("250-{l}"));
@@ -344,7 +348,7 @@ impl Session {
                     return self.fail("550 5.1.1 User unknown");
                 }
                 RcptVerdict::Refused(r) => {
-                    let reply = format!("{} {} {}", r.code, r.enhanced, r.text);
+                    let reply = r.line();
                     self.rejected(vec![full], &reply);
                     return self.fail(&reply);
                 }
@@ -437,7 +441,7 @@ impl Session {
             self.conn.reply("552 5.3.4 Message too big");
             return Ok(Next::Continue);
         }
-        if decoder.stored().looping() {
+        if decoder.stored().looping(self.settings.max_received_headers) {
             self.backend.abort(&id).await;
             self.rejected(self.rcpts.clone(), "554 5.4.6 Too many Received headers: mail loop?");
             self.reset();
@@ -539,6 +543,7 @@ impl Session {
             rcpts: self.rcpts.clone(),
             helo: self.helo.clone().unwrap_or_default(),
             remote_ip: self.peer.ip.to_string(),
+            remote_port: self.peer.port,
             auth_user: self.auth_user.clone(),
             tls: self.tls.clone(),
             protocol: self.protocol().to_string(),
@@ -795,7 +800,7 @@ impl Backend {
     async fn new_message(&self) -> Result<(String, OwnedFd), String> {
         match self.queue_call(QueueRequest::NewMessage).await {
             Ok((QueueReply::MessageSlot { id }, mut fds)) if fds.len() == 1 => Ok((id, fds.remove(0))),
-            Ok((QueueReply::Refused(r), _)) => Err(format!("{} {} {}", r.code, r.enhanced, r.text)),
+            Ok((QueueReply::Refused(r), _)) => Err(r.line()),
             Ok(_) => Err("451 4.3.0 Internal error, try again later".into()),
             Err(()) => Err("451 4.3.0 Queue unavailable, try again later".into()),
         }
@@ -810,7 +815,7 @@ impl Backend {
             .await
         {
             Ok((QueueReply::Committed { id }, _)) => format!("250 2.0.0 Ok: queued as {id}"),
-            Ok((QueueReply::Refused(r), _)) => format!("{} {} {}", r.code, r.enhanced, r.text),
+            Ok((QueueReply::Refused(r), _)) => r.line(),
             Ok(_) | Err(()) => "451 4.3.0 Queue unavailable, try again later".into(),
         }
     }

@@ -24,6 +24,43 @@ pub struct Args {
     pub dev: Option<PathBuf>,
     /// `--workers_dir=DIR` (tambo): where the worker binaries are.
     pub workers_dir: Option<PathBuf>,
+    /// chasquid's `--testing__*` flags, for its end-to-end tests.
+    pub testing: Testing,
+}
+
+/// chasquid's flags for its own tests (`--testing__dns_addr` and so on),
+/// accepted so chasquid's test suite can run against tambod. Each maps
+/// onto a tambo setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Testing {
+    /// `--testing__dns_addr=ADDR`: every DNS query goes there
+    /// (`dns_servers`).
+    pub dns_addr: Option<String>,
+    /// `--testing__outgoing_smtp_port=N` (`outgoing_smtp_port`).
+    pub outgoing_smtp_port: Option<u16>,
+    /// `--testing__max_received_headers=N` (`max_received_headers`).
+    pub max_received_headers: Option<u32>,
+    /// `--testing__reload_every=DURATION`: how often the users and aliases
+    /// files are checked for changes (30s by default).
+    pub reload_every: Option<std::time::Duration>,
+}
+
+impl Testing {
+    /// The settings these flags stand for, as text-format fields applied
+    /// after `--config_overrides`.
+    pub fn overrides(&self) -> String {
+        let mut out = String::new();
+        if let Some(a) = &self.dns_addr {
+            out.push_str(&format!("dns_servers: {a:?}\n"));
+        }
+        if let Some(p) = self.outgoing_smtp_port {
+            out.push_str(&format!("outgoing_smtp_port: {p}\n"));
+        }
+        if let Some(n) = self.max_received_headers {
+            out.push_str(&format!("max_received_headers: {n}\n"));
+        }
+        out
+    }
 }
 
 /// Help text.
@@ -37,7 +74,22 @@ usage: tambod [flags]
   --dev[=DIR]             run a development setup kept in DIR (./dev-data)
   --workers_dir=DIR       where tambo-smtpd & co. are (default: next to
                           tambod, else /usr/lib/tambo)
+chasquid's flags for its tests are accepted too: --testing__dns_addr,
+--testing__outgoing_smtp_port, --testing__max_received_headers,
+--testing__reload_every; and its logging flags --logtime,
+--alsologtostderr, --logtosyslog (tambod always logs to stderr or
+--logfile, with the time).
 ";
+
+/// A path from the command line taken relative to the directory tambod
+/// was started in (tambod changes into its configuration directory later,
+/// as chasquid does, and reopens `--logfile` on SIGHUP).
+fn absolute(p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        return p;
+    }
+    std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
+}
 
 /// Parse the arguments after the program name.
 pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Args, String> {
@@ -50,6 +102,7 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Args, String> {
         help: false,
         dev: None,
         workers_dir: None,
+        testing: Testing::default(),
     };
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
@@ -73,16 +126,38 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Args, String> {
                 let v = value("a number")?;
                 args.verbosity = v.parse().map_err(|_| format!("-v={v}: not a number"))?;
             }
-            "logfile" => args.logfile = Some(PathBuf::from(value("a path")?)),
+            "logfile" => args.logfile = Some(absolute(PathBuf::from(value("a path")?))),
             "workers_dir" => args.workers_dir = Some(PathBuf::from(value("a directory")?)),
             "version" => args.version = true,
             "help" | "h" => args.help = true,
             "dev" => {
                 args.dev = Some(PathBuf::from(inline.clone().unwrap_or_else(|| "dev-data".into())));
             }
-            // chasquid flags that have no meaning here but may appear in an
-            // existing service file.
-            "alsologtostderr" | "logtostderr" => {}
+            "testing__dns_addr" => args.testing.dns_addr = Some(value("an address")?),
+            "testing__outgoing_smtp_port" => {
+                let v = value("a port")?;
+                args.testing.outgoing_smtp_port =
+                    Some(v.parse().map_err(|_| format!("-{name}={v}: not a port number"))?);
+            }
+            "testing__max_received_headers" => {
+                let v = value("a number")?;
+                args.testing.max_received_headers = Some(v.parse().map_err(|_| format!("-{name}={v}: not a number"))?);
+            }
+            "testing__reload_every" => {
+                let v = value("a duration")?;
+                let d = tambo_common::config::parse_go_duration(&v).map_err(|e| format!("-{name}: {e}"))?;
+                if d.is_zero() {
+                    return Err(format!("-{name}={v}: must be more than 0"));
+                }
+                args.testing.reload_every = Some(d);
+            }
+            // chasquid's logging flags, which may appear in an existing
+            // service file; tambod's log always has the time and goes to
+            // stderr or --logfile.
+            "alsologtostderr" | "logtostderr" | "logtime" => {}
+            "logtosyslog" => {
+                value("a syslog tag")?;
+            }
             _ => return Err(format!("unknown flag -{name}")),
         }
     }
@@ -123,6 +198,35 @@ mod tests {
         assert!(p(&["-v=x"]).unwrap_err().contains("not a number"));
         assert!(p(&["--config_dir"]).unwrap_err().contains("needs"));
         assert!(p(&["stray"]).unwrap_err().contains("unexpected"));
+    }
+
+    #[test]
+    fn chasquid_testing_flags() {
+        let a = p(&[
+            "--testing__dns_addr=127.0.0.1:9053",
+            "--testing__outgoing_smtp_port=2025",
+            "--testing__max_received_headers=5",
+            "--testing__reload_every=50ms",
+            "-logtime",
+            "--logtosyslog",
+            "chasquid",
+            "--alsologtostderr=true",
+        ])
+        .unwrap();
+        assert_eq!(a.testing.reload_every, Some(std::time::Duration::from_millis(50)));
+        assert_eq!(
+            a.testing.overrides(),
+            "dns_servers: \"127.0.0.1:9053\"\noutgoing_smtp_port: 2025\nmax_received_headers: 5\n"
+        );
+        assert!(p(&["--testing__reload_every=0s"]).unwrap_err().contains("more than 0"));
+        assert!(
+            p(&["--testing__outgoing_smtp_port=x"])
+                .unwrap_err()
+                .contains("not a port")
+        );
+        // --logfile is relative to where tambod starts.
+        let a = p(&["--logfile=l.log"]).unwrap();
+        assert_eq!(a.logfile, Some(std::env::current_dir().unwrap().join("l.log")));
     }
 
     #[test]

@@ -88,7 +88,8 @@ impl ControlSocket {
             Ok(_) => std::fs::remove_file(&path).map_err(|e| format!("{}: cannot remove: {e}", path.display()))?,
             Err(_) => {}
         }
-        let listener = UnixListener::bind(&path).map_err(|e| format!("{}: cannot bind: {e}", path.display()))?;
+        let listener =
+            tambo_common::unixsock::bind(&path).map_err(|e| format!("{}: cannot bind: {e}", path.display()))?;
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("{}: {e}", path.display()))?;

@@ -62,11 +62,6 @@ impl SystemdFds {
         SystemdFds(out)
     }
 
-    /// Whether systemd passed any socket.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     fn take_named(&mut self, name: &str) -> Vec<OwnedFd> {
         let (hit, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0).into_iter().partition(|(n, _)| n == name);
         self.0 = rest;
@@ -74,25 +69,17 @@ impl SystemdFds {
     }
 }
 
-/// The addresses of each listener kind, with tambo's default when the
-/// configuration lists none: `systemd` if systemd passed sockets, else the
-/// standard port on every address (`:25`, `:587`, `:465`).
-pub fn configured_addresses(config: &Config, systemd: bool) -> Vec<(ListenerKind, String)> {
+/// The addresses of each listener kind; a kind the configuration lists no
+/// address for is `systemd` (socket activation), chasquid's default.
+pub fn configured_addresses(config: &Config) -> Vec<(ListenerKind, String)> {
     let mut out = Vec::new();
-    for (kind, list, default) in [
-        (ListenerKind::Smtp, &config.smtp_address, ":25"),
-        (ListenerKind::Submission, &config.submission_address, ":587"),
-        (ListenerKind::SubmissionTls, &config.submission_over_tls_address, ":465"),
+    for (kind, list) in [
+        (ListenerKind::Smtp, &config.smtp_address),
+        (ListenerKind::Submission, &config.submission_address),
+        (ListenerKind::SubmissionTls, &config.submission_over_tls_address),
     ] {
         if list.is_empty() {
-            out.push((
-                kind,
-                if systemd {
-                    "systemd".to_string()
-                } else {
-                    default.to_string()
-                },
-            ));
+            out.push((kind, "systemd".to_string()));
         } else {
             out.extend(list.iter().map(|a| (kind, a.clone())));
         }
@@ -100,10 +87,23 @@ pub fn configured_addresses(config: &Config, systemd: bool) -> Vec<(ListenerKind
     out
 }
 
-/// Bind every configured listener. Errors name the address.
+/// Bind every configured listener. Errors name the address. As chasquid,
+/// tambod refuses to start with nothing to listen on (no address
+/// configured and no socket from systemd).
 pub fn bind_all(config: &Config, systemd: &mut SystemdFds) -> Result<Vec<Listener>, String> {
+    let out = bind_configured(config, systemd)?;
+    if out.is_empty() {
+        return Err("No address to listen on: set smtp_address, submission_address or \
+             submission_over_tls_address in chasquid.conf, or start tambod through its systemd \
+             sockets (tambo-smtp.socket, tambo-submission.socket, tambo-submissions.socket)"
+            .to_string());
+    }
+    Ok(out)
+}
+
+fn bind_configured(config: &Config, systemd: &mut SystemdFds) -> Result<Vec<Listener>, String> {
     let mut out = Vec::new();
-    for (kind, addr) in configured_addresses(config, !systemd.is_empty()) {
+    for (kind, addr) in configured_addresses(config) {
         if addr == "systemd" {
             let fds = systemd.take_named(kind.fd_name());
             if fds.is_empty() {
@@ -179,10 +179,12 @@ mod tests {
     #[test]
     fn defaults_when_empty() {
         let c = Config::default();
-        let a = configured_addresses(&c, false);
-        assert_eq!(a[0], (ListenerKind::Smtp, ":25".to_string()));
-        let a = configured_addresses(&c, true);
+        let a = configured_addresses(&c);
+        assert_eq!(a.len(), 3);
         assert!(a.iter().all(|(_, s)| s == "systemd"));
+        // Nothing configured and no socket from systemd: refused.
+        let e = bind_all(&c, &mut SystemdFds(Vec::new())).unwrap_err();
+        assert!(e.starts_with("No address to listen on"), "{e}");
     }
 
     #[test]

@@ -71,7 +71,7 @@ fn init_logging(args: &args::Args) -> Result<(), String> {
 /// Reads the configuration again on SIGHUP.
 struct ConfigReloader {
     config_dir: PathBuf,
-    overrides: Option<String>,
+    overrides: Overrides,
     template: WorkerStart,
     logfile: Option<PathBuf>,
 }
@@ -81,12 +81,13 @@ impl Reloader for ConfigReloader {
         if let Some(path) = &self.logfile {
             setup::redirect_stderr(path)?;
         }
-        let (config, domains) = setup::load(&self.config_dir, self.overrides.as_deref())?;
+        let loaded = setup::load(&self.config_dir, &self.overrides.layers())?;
         let mut start = self.template.clone();
         // Listener addresses, users and directories cannot change without a
         // restart; everything the workers reload can.
-        start.config = setup::keep_fixed_fields(&self.template.config, config);
-        start.local_domains = domains;
+        start.local_domains = loaded.domains();
+        start.domain_dirs = loaded.domain_dirs;
+        start.config = setup::keep_fixed_fields(&self.template.config, loaded.config);
         start.dns_servers = setup::dns_servers(&start.config)?;
         Ok(start)
     }
@@ -94,6 +95,9 @@ impl Reloader for ConfigReloader {
 
 fn run(mut args: args::Args) -> Result<i32, String> {
     init_logging(&args)?;
+    // Taken before anything changes it (the systemd variables are
+    // removed once their sockets are taken, and the directory changes).
+    let agent_env = agent_environment();
     let workers_dir = spawn::find_workers_dir(args.workers_dir.as_deref())?;
     let mut force_unprivileged = false;
     if let Some(dir) = args.dev.clone() {
@@ -102,8 +106,23 @@ fn run(mut args: args::Args) -> Result<i32, String> {
     }
     let config_dir =
         std::fs::canonicalize(&args.config_dir).map_err(|e| format!("{}: {e}", args.config_dir.display()))?;
-    let (config, local_domains) = setup::load(&config_dir, args.config_overrides.as_deref())?;
+    let overrides = Overrides {
+        user: args.config_overrides.clone(),
+        testing: args.testing.overrides(),
+    };
+    let loaded = setup::load(&config_dir, &overrides.layers())?;
+    let local_domains = loaded.domains();
+    let domain_dirs = loaded.domain_dirs;
+    let mut config = loaded.config;
     let privileged = nix::unistd::geteuid().is_root() && !force_unprivileged;
+    if config.run_dir.is_empty() {
+        let runtime = std::env::var("RUNTIME_DIRECTORY").ok();
+        config.run_dir = path_string(&config.default_run_dir(nix::unistd::geteuid().is_root(), runtime.as_deref()));
+    }
+    // As chasquid does: work from the configuration directory, so hooks,
+    // the delivery agent and pipe aliases start there.
+    std::env::set_current_dir(&config_dir)
+        .map_err(|e| format!("{}: cannot change into it: {e}", config_dir.display()))?;
     let identities = if privileged {
         setup::resolve_identities(&config)?
     } else {
@@ -145,13 +164,15 @@ fn run(mut args: args::Args) -> Result<i32, String> {
         config,
         config_dir: path_string(&config_dir),
         local_domains,
+        domain_dirs,
         verbosity: args.verbosity,
         unprivileged: !privileged,
         dns_servers,
+        agent_env,
     };
     let reloader = ConfigReloader {
         config_dir,
-        overrides: args.config_overrides.clone(),
+        overrides,
         template: start.clone(),
         logfile: args.logfile.clone(),
     };
@@ -165,9 +186,49 @@ fn run(mut args: args::Args) -> Result<i32, String> {
         },
     };
     let socket = control::ControlSocket::bind(Path::new(&start.config.run_dir), access, privileged)?;
-    Ok(Supervisor::new(plan, start, listeners, reloader, ops)
-        .with_control_socket(socket)
-        .run())
+    let mut supervisor = Supervisor::new(plan, start, listeners, reloader, ops).with_control_socket(socket);
+    if let Some(every) = args.testing.reload_every {
+        supervisor = supervisor.with_users_check_every(every);
+    }
+    supervisor.run()
+}
+
+/// tambod's environment for the delivery agent, pipe aliases and hooks
+/// (see [`WorkerStart::agent_env`]). A variable that is not UTF-8 cannot
+/// travel and is left out, with a warning.
+fn agent_environment() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        match (k.into_string(), v.into_string()) {
+            (Ok(k), Ok(v)) if !k.starts_with("LISTEN_") => out.push((k, v)),
+            (Ok(_), Ok(_)) => {}
+            (k, _) => tracing::warn!(
+                "environment variable {:?} is not UTF-8: the delivery agent and hooks will not see it",
+                k.unwrap_or_else(|k| k.to_string_lossy().into_owned())
+            ),
+        }
+    }
+    out
+}
+
+/// The command line's configuration overrides: `--config_overrides`, then
+/// what chasquid's `--testing__*` flags stand for.
+struct Overrides {
+    user: Option<String>,
+    testing: String,
+}
+
+impl Overrides {
+    fn layers(&self) -> Vec<(&str, &str)> {
+        let mut out = Vec::new();
+        if let Some(u) = &self.user {
+            out.push((tambo_common::config::OVERRIDES_NAME, u.as_str()));
+        }
+        if !self.testing.is_empty() {
+            out.push(("--testing__ flags", self.testing.as_str()));
+        }
+        out
+    }
 }
 
 fn path_string(p: &Path) -> String {

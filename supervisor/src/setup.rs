@@ -10,69 +10,57 @@ use tambo_ipc::proto::WorkerKind;
 
 use crate::spawn::Identity;
 
-/// Load `chasquid.conf` (with overrides) and check the directory layout;
-/// returns the configuration and the local domains.
-pub fn load(config_dir: &Path, overrides: Option<&str>) -> Result<(Config, Vec<String>), String> {
-    let config = config::load_config(config_dir, overrides).map_err(|e| e.to_string())?;
-    let domains = config::check_layout(config_dir).map_err(|e| e.to_string())?;
-    // authd loads the users files; checking them here too means a broken
-    // one stops tambod at start-up with file and line, instead of authd
-    // failing later.
-    for d in &domains {
-        let path = config_dir.join("domains").join(d).join("users");
-        tambo_common::userdb::UserDb::load_if_exists(&path).map_err(|e| e.to_string())?;
-        // Likewise for the aliases file, which queued reads.
-        let aliases = config_dir.join("domains").join(d).join("aliases");
-        tambo_common::aliases::load_aliases(&aliases, d, &config.drop_characters, &config.suffix_separators)
-            .map_err(|e| e.to_string())?;
-    }
-    check_dkim_keys(config_dir, &domains)?;
-    check_relay_auth(config_dir, &config)?;
-    Ok((config, domains))
+/// What the supervisor reads of the configuration directory.
+pub struct Loaded {
+    /// `chasquid.conf` with the command line's overrides, its relative
+    /// paths taken relative to the configuration directory (as chasquid
+    /// does).
+    pub config: Config,
+    /// Each local domain (normalised) and its directory's name on disk.
+    pub domain_dirs: Vec<(String, String)>,
 }
 
-/// authd reads `relay_auth_file`; a file that does not parse stops
-/// tambod at start-up (and fails a reload) with its name and line.
-fn check_relay_auth(config_dir: &Path, config: &Config) -> Result<(), String> {
-    if config.relay_auth_file.is_empty() {
-        return Ok(());
+impl Loaded {
+    /// The local domains, normalised and sorted.
+    pub fn domains(&self) -> Vec<String> {
+        self.domain_dirs.iter().map(|(d, _)| d.clone()).collect()
     }
-    if config.relay_host.is_empty() {
+}
+
+/// Load `chasquid.conf` and check the directory layout. The supervisor
+/// reads nothing else: the users databases, keys and credentials are
+/// opened for authd and parsed there, the aliases by queued (each reports
+/// a broken file, and tambod stops at start-up naming it).
+pub fn load(config_dir: &Path, overrides: &[(&str, &str)]) -> Result<Loaded, String> {
+    let mut config = config::load_config_layers(config_dir, overrides).map_err(|e| e.to_string())?;
+    config.resolve_paths(config_dir);
+    let domain_dirs = config::domain_dirs(config_dir).map_err(|e| e.to_string())?;
+    if !config.relay_auth_file.is_empty() && config.relay_host.is_empty() {
         return Err("relay_auth_file is set but relay_host is not".into());
     }
-    tambo_common::relayauth::RelayCredentials::load(config_dir, &config.relay_auth_file).map_err(|e| e.to_string())?;
-    let path = tambo_common::relayauth::resolve_path(config_dir, &config.relay_auth_file);
-    if let Ok(md) = std::fs::metadata(&path)
-        && md.permissions().mode() & 0o004 != 0
-    {
-        tracing::warn!(
-            "{}: relay credentials readable by every user; chmod 0640 and chgrp it to authd's group",
-            path.display()
-        );
-    }
-    Ok(())
+    Ok(Loaded { config, domain_dirs })
 }
 
-/// DKIM keys are loaded by authd; a key that does not load stops tambod
-/// at start-up (and fails a reload) with the file's name. A key readable by
-/// every user is reported, since only authd's user should read it.
-fn check_dkim_keys(config_dir: &Path, domains: &[String]) -> Result<(), String> {
-    let keys = tambo_common::dkimkey::load_all(config_dir, domains).map_err(|e| e.to_string())?;
-    for (domain, selector, _) in &keys {
-        let path = tambo_common::dkimkey::key_path(config_dir, domain, selector);
-        if let Ok(md) = std::fs::metadata(&path)
+/// Warn about secret files every user may read: only authd should.
+pub fn warn_world_readable(files: &[tambo_ipc::secrets::SecretFile]) {
+    use tambo_ipc::secrets::SecretKind;
+    for f in files {
+        let what = match f.kind {
+            SecretKind::TlsKey { .. } => "TLS private key",
+            SecretKind::DkimKey { .. } => "DKIM private key",
+            SecretKind::RelayAuth => "relay credentials",
+            SecretKind::Users { .. } => "users database",
+            SecretKind::TlsChain { .. } => continue,
+        };
+        if let Ok(md) = std::fs::metadata(&f.path)
             && md.permissions().mode() & 0o004 != 0
         {
             tracing::warn!(
-                "{}: DKIM private key readable by every user; chmod 0640 and chgrp it to authd's group",
-                path.display()
+                "{}: {what} readable by every user; chmod o-r it (tambod opens it for authd, whatever its owner and group)",
+                f.path
             );
         }
     }
-    if !keys.is_empty() {
-        tracing::info!("{} DKIM key(s) found", keys.len());
-    }
-    Ok(())
 }
 
 /// The DNS servers the workers use ("ip:port"): the configured
@@ -177,14 +165,25 @@ pub struct Dirs {
     pub smtpd_chroot: PathBuf,
 }
 
-fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
-    if !path.is_dir() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(mode)
-            .create(path)
-            .map_err(|e| format!("{}: cannot create: {e}", path.display()))?;
+/// Create `path` (and its parents) with `mode` unless it is already a
+/// directory.
+fn ensure_dir(path: &Path, mode: u32) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => return Err(format!("{}: not a directory", path.display())),
+        Err(_) => {}
     }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| format!("{}: cannot create: {e}", path.display()))
+}
+
+/// [`ensure_dir`], then give it exactly `mode` (a directory only one
+/// worker may use).
+fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
+    ensure_dir(path, mode)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("{}: chmod: {e}", path.display()))
 }
@@ -203,7 +202,8 @@ fn owned_by(path: &Path, id: Option<&Identity>) -> Result<(), String> {
 pub fn prepare_dirs(config: &Config, ids: &[(WorkerKind, Identity)]) -> Result<Dirs, String> {
     let id_of = |k: WorkerKind| ids.iter().find(|(kind, _)| *kind == k).map(|(_, id)| id);
     let data = PathBuf::from(&config.data_dir);
-    mkdir(&data, 0o755)?;
+    // An existing data directory (chasquid's, say) keeps its mode.
+    ensure_dir(&data, 0o755)?;
     for (sub, owner) in [
         ("queue", WorkerKind::Queued),
         ("domaininfo", WorkerKind::Queued),
@@ -215,7 +215,7 @@ pub fn prepare_dirs(config: &Config, ids: &[(WorkerKind, Identity)]) -> Result<D
         owned_by(&p, id_of(owner))?;
     }
     let run = PathBuf::from(&config.run_dir);
-    mkdir(&run, 0o755)?;
+    ensure_dir(&run, 0o755)?;
     let empty = run.join("smtpd-root");
     mkdir(&empty, 0o555)?;
     if std::fs::read_dir(&empty)

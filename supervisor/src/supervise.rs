@@ -7,12 +7,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg, WorkerStart};
+use tambo_ipc::secrets::{self, SecretFile, SecretFrame, Stamp};
 
 use crate::control::{Accepted, ControlSocket};
 use crate::listeners::Listener;
@@ -25,6 +27,11 @@ const MAX_DEATHS: usize = 5;
 const DEATH_WINDOW: Duration = Duration::from_secs(60);
 /// Time given to workers to finish on SIGTERM before they are killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often the users files are checked for changes, as chasquid reloads
+/// them (`--testing__reload_every` changes it).
+pub const USERS_CHECK_EVERY: Duration = Duration::from_secs(30);
+/// While a worker starts, how often tambod says it is still waiting.
+const START_PATIENCE: Duration = Duration::from_secs(60);
 
 enum SlotState {
     Running(Box<Started>, bool),
@@ -52,6 +59,26 @@ pub struct Supervisor<R: Reloader> {
     reloader: R,
     control_socket: Option<ControlSocket>,
     ops: Ops,
+    users_check: UsersCheck,
+}
+
+/// The periodic check of the users files: chasquid reloads them every 30
+/// s, so `chasquid-util user-add` takes effect without a signal. The
+/// supervisor only looks at each file's stamp (no read); when one changed
+/// it opens them again for authd.
+struct UsersCheck {
+    every: Duration,
+    next: Instant,
+    stamps: Vec<(PathBuf, Option<Stamp>)>,
+}
+
+impl UsersCheck {
+    fn stamps_of(files: &[SecretFile]) -> Vec<(PathBuf, Option<Stamp>)> {
+        files
+            .iter()
+            .map(|f| (PathBuf::from(&f.path), secrets::stamp(Path::new(&f.path))))
+            .collect()
+    }
 }
 
 impl<R: Reloader> Supervisor<R> {
@@ -78,7 +105,19 @@ impl<R: Reloader> Supervisor<R> {
             reloader,
             control_socket: None,
             ops,
+            users_check: UsersCheck {
+                every: USERS_CHECK_EVERY,
+                next: now + USERS_CHECK_EVERY,
+                stamps: Vec::new(),
+            },
         }
+    }
+
+    /// Check the users files this often instead of every 30 s.
+    pub fn with_users_check_every(mut self, every: Duration) -> Self {
+        self.users_check.every = every;
+        self.users_check.next = Instant::now() + every;
+        self
     }
 
     /// Serve the control socket (connections go to queued).
@@ -87,26 +126,25 @@ impl<R: Reloader> Supervisor<R> {
         self
     }
 
-    /// Run until SIGTERM/SIGINT; returns the process exit code.
-    pub fn run(mut self) -> i32 {
+    /// Run until SIGTERM/SIGINT; returns the process exit code. A worker
+    /// that cannot start (a file it cannot load, a directory it cannot
+    /// use) stops tambod at once with its message: the error is the
+    /// reason, and the workers started before it are stopped.
+    pub fn run(mut self) -> Result<i32, String> {
         let mut mask = SigSet::empty();
         for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
             mask.add(s);
         }
-        if let Err(e) = mask.thread_block() {
-            tracing::error!("cannot block signals: {e}");
-            return 1;
-        }
-        let mut sigfd = match SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
-            Ok(fd) => fd,
-            Err(e) => {
-                tracing::error!("signalfd: {e}");
-                return 1;
-            }
-        };
+        mask.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
+        let mut sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| format!("signalfd: {e}"))?;
         for kind in WorkerKind::ALL {
-            self.start_worker(kind);
+            if let Err(e) = self.start_worker(kind).and_then(|()| self.wait_started(kind)) {
+                self.kill_all();
+                return Err(format!("{} could not start: {e}", kind.name()));
+            }
         }
+        self.users_check.stamps = UsersCheck::stamps_of(&self.users_files());
         loop {
             self.start_due_workers();
             let timeout = self.next_timeout();
@@ -124,14 +162,12 @@ impl<R: Reloader> Supervisor<R> {
             let ready = match poll(&mut fds, timeout) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::error!("poll: {e}");
-                    return 1;
-                }
+                Err(e) => return Err(format!("poll: {e}")),
             };
             let revents: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
             drop(fds);
             self.ops_tick();
+            self.check_users_files();
             if ready == 0 {
                 continue;
             }
@@ -151,7 +187,7 @@ impl<R: Reloader> Supervisor<R> {
                         Ok(Signal::SIGCHLD) => self.reap(),
                         Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => {
                             tracing::info!("stopping on signal {}", info.ssi_signo);
-                            return self.shutdown(&mut sigfd);
+                            return Ok(self.shutdown(&mut sigfd));
                         }
                         Ok(Signal::SIGHUP) => self.reload(),
                         _ => {}
@@ -209,6 +245,7 @@ impl<R: Reloader> Supervisor<R> {
                 _ => None,
             })
             .chain(self.ops.next_deadline().map(|t| t.saturating_duration_since(now)))
+            .chain(std::iter::once(self.users_check.next.saturating_duration_since(now)))
             .min();
         match next {
             Some(d) => PollTimeout::try_from(d.as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX),
@@ -223,25 +260,60 @@ impl<R: Reloader> Supervisor<R> {
             .filter(|k| matches!(self.slots[k].state, SlotState::Waiting(t) if t <= now))
             .collect();
         for kind in due {
-            self.start_worker(kind);
+            if let Err(e) = self.start_worker(kind) {
+                tracing::error!("{e}");
+                self.record_death(kind);
+            }
         }
     }
 
-    /// Start one worker, give it its configuration, its peer channels and
-    /// (smtpd) its listeners. A failure counts as a death.
-    fn start_worker(&mut self, kind: WorkerKind) {
-        let mut started = match spawn::spawn(kind, &self.plan) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("{e}");
-                self.record_death(kind);
-                return;
-            }
+    /// The users files of the configuration now.
+    fn users_files(&self) -> Vec<SecretFile> {
+        secrets::list_users_files(Path::new(&self.start.config_dir), &self.start.domain_dirs)
+    }
+
+    /// The secret files for authd, opened, in frames.
+    fn authd_secret_frames(&self, files: Vec<SecretFile>) -> Result<Vec<SecretFrame>, String> {
+        crate::setup::warn_world_readable(&files);
+        Ok(secrets::batches(secrets::open_all(files)?))
+    }
+
+    /// Every secret file of the configuration now.
+    fn all_secrets(&self) -> Result<Vec<SecretFile>, String> {
+        secrets::list(
+            Path::new(&self.start.config_dir),
+            &self.start.domain_dirs,
+            &self.start.config.relay_auth_file,
+        )
+    }
+
+    /// Send authd these secret files, in frames.
+    fn send_secrets(control: &mut tambo_ipc::sync_chan::SyncChannel, frames: Vec<SecretFrame>) -> Result<(), String> {
+        for (meta, fds) in frames {
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            control
+                .send(&ControlMsg::Secrets(meta), &borrowed)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Start one worker, give it its configuration (authd: its secret
+    /// files first), its peer channels and (smtpd) its listeners.
+    fn start_worker(&mut self, kind: WorkerKind) -> Result<(), String> {
+        let frames = if kind == WorkerKind::Authd {
+            self.authd_secret_frames(self.all_secrets()?)?
+        } else {
+            Vec::new()
         };
-        let sent = started
-            .control
-            .send(&ControlMsg::Start(Box::new(self.start.clone())), &[])
-            .map_err(|e| e.to_string())
+        let mut started = spawn::spawn(kind, &self.plan)?;
+        let sent = Self::send_secrets(&mut started.control, frames)
+            .and_then(|()| {
+                started
+                    .control
+                    .send(&ControlMsg::Start(Box::new(self.start_for(kind))), &[])
+                    .map_err(|e| e.to_string())
+            })
             .and_then(|_| {
                 if kind != WorkerKind::Smtpd {
                     return Ok(());
@@ -267,16 +339,98 @@ impl<R: Reloader> Supervisor<R> {
                 Ok(())
             });
         if let Err(e) = sent {
-            tracing::error!("{}: cannot send start-up configuration: {e}", kind.name());
             let _ = started.child.kill();
             let _ = started.child.wait();
-            self.record_death(kind);
-            return;
+            return Err(format!("{}: cannot send start-up configuration: {e}", kind.name()));
         }
         tracing::info!("started {} (pid {})", kind.name(), started.child.id());
         self.ops.worker_started(kind);
         self.slots.get_mut(&kind).expect("every kind has a slot").state = SlotState::Running(Box::new(started), false);
         self.connect_peers(kind);
+        Ok(())
+    }
+
+    /// At tambod's start: wait until `kind` says it is ready, or why it is
+    /// not (its messages meanwhile are handled as usual).
+    fn wait_started(&mut self, kind: WorkerKind) -> Result<(), String> {
+        let SlotState::Running(s, _) = &mut self.slots.get_mut(&kind).expect("slot").state else {
+            return Err("not running".into());
+        };
+        s.control.set_timeout(Some(START_PATIENCE));
+        let outcome = loop {
+            match s.control.recv::<WorkerMsg>() {
+                Ok((WorkerMsg::Ready, _)) => break Ok(()),
+                Ok((WorkerMsg::Failed { message }, _)) => break Err(message),
+                Ok((WorkerMsg::MailLog(ev), _)) => self.ops.log(&ev),
+                Ok((other, _)) => tracing::debug!("{}: {other:?} while starting", kind.name()),
+                Err(tambo_ipc::IpcError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    tracing::info!("still waiting for {} to start", kind.name());
+                }
+                Err(e) => {
+                    // Gone, or talking garbage: either way it is not starting.
+                    let _ = s.child.kill();
+                    let status = s.child.wait().map(|st| st.to_string()).unwrap_or_default();
+                    break Err(format!("exited at start-up ({status}): {e}"));
+                }
+            }
+        };
+        s.control.set_timeout(None);
+        outcome
+    }
+
+    /// Kill every running worker (a start that failed).
+    fn kill_all(&mut self) {
+        for slot in self.slots.values_mut() {
+            if let SlotState::Running(s, _) = &mut slot.state {
+                let _ = s.child.kill();
+                let _ = s.child.wait();
+            }
+            slot.state = SlotState::GivenUp;
+        }
+    }
+
+    /// Every [`UsersCheck::every`]: when a users file changed (or one was
+    /// added or removed), open them all again and have authd reload them.
+    fn check_users_files(&mut self) {
+        let now = Instant::now();
+        if now < self.users_check.next {
+            return;
+        }
+        self.users_check.next = now + self.users_check.every;
+        let files = self.users_files();
+        let stamps = UsersCheck::stamps_of(&files);
+        if stamps == self.users_check.stamps {
+            return;
+        }
+        let frames = match self.authd_secret_frames(files) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!("users files changed, but authd keeps the old ones: {e}");
+                self.users_check.stamps = stamps;
+                return;
+            }
+        };
+        self.users_check.stamps = stamps;
+        let SlotState::Running(s, false) = &mut self.slots.get_mut(&WorkerKind::Authd).expect("slot").state else {
+            return;
+        };
+        tracing::info!("users files changed: reloading them");
+        if let Err(e) = Self::send_secrets(&mut s.control, frames)
+            .and_then(|()| s.control.send(&ControlMsg::ReloadUsers, &[]).map_err(|e| e.to_string()))
+        {
+            tracing::warn!("authd: cannot send the users files: {e}");
+        }
+    }
+
+    /// The start message for `kind`: tambod's environment only goes to the
+    /// workers that run commands with it (queued: hooks; deliverd: the
+    /// delivery agent and pipe aliases).
+    fn start_for(&self, kind: WorkerKind) -> WorkerStart {
+        let mut start = self.start.clone();
+        if !matches!(kind, WorkerKind::Queued | WorkerKind::Deliverd) {
+            start.agent_env.clear();
+        }
+        start
     }
 
     /// Give `kind` and each running peer a fresh socket pair.
@@ -328,6 +482,7 @@ impl<R: Reloader> Supervisor<R> {
             match s.control.try_next::<WorkerMsg>() {
                 Ok(Some((msg, _fds))) => match msg {
                     WorkerMsg::Ready => tracing::debug!("{} ready", kind.name()),
+                    WorkerMsg::Failed { message } => tracing::error!("{} could not start: {message}", kind.name()),
                     WorkerMsg::Reloaded { ok: true, .. } => tracing::info!("{} reloaded", kind.name()),
                     WorkerMsg::Reloaded { ok: false, message } => {
                         tracing::warn!("{} kept its old state on reload: {message}", kind.name())
@@ -404,9 +559,25 @@ impl<R: Reloader> Supervisor<R> {
         }
         self.ops.reload(&self.start.config);
         tracing::info!("reloading workers");
+        // authd gets its files again first; if one cannot be opened now it
+        // keeps everything it has.
+        let mut authd_frames = Some(self.all_secrets().and_then(|files| self.authd_secret_frames(files)));
+        self.users_check.stamps = UsersCheck::stamps_of(&self.users_files());
         for kind in WorkerKind::ALL {
+            let msg = ControlMsg::Reload(Box::new(self.start_for(kind)));
+            let frames = match kind {
+                WorkerKind::Authd => match authd_frames.take().expect("taken once") {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::error!("reload: authd keeps its users, keys and certificates: {e}");
+                        continue;
+                    }
+                },
+                _ => Vec::new(),
+            };
             if let SlotState::Running(s, false) = &mut self.slots.get_mut(&kind).expect("slot").state
-                && let Err(e) = s.control.send(&ControlMsg::Reload(Box::new(self.start.clone())), &[])
+                && let Err(e) = Self::send_secrets(&mut s.control, frames)
+                    .and_then(|()| s.control.send(&msg, &[]).map_err(|e| e.to_string()))
             {
                 tracing::warn!("{}: cannot send reload: {e}", kind.name());
             }

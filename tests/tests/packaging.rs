@@ -273,6 +273,7 @@ fn deb_installs_runs_reloads_and_purges() {
              mail_delivery_agent_bin: \"{}\"\n\
              mail_delivery_agent_args: \"%to%\"\n\
              mail_log_path: \"/var/log/tambo/mail.log\"\n\
+             data_dir: \"/var/lib/tambo\"\n\
              min_retry_delay: \"1s\"\n",
             submission,
             free_port(),

@@ -172,7 +172,7 @@ impl Session {
         // LAST: the same checks and commit as DATA.
         let reply = if bdat.decoder.stored().overflow() {
             "552 5.3.4 Message too big".to_string()
-        } else if bdat.decoder.stored().looping() {
+        } else if bdat.decoder.stored().looping(self.settings.max_received_headers) {
             "554 5.4.6 Too many Received headers: mail loop?".to_string()
         } else if let Some(e) = &bdat.write_error {
             tracing::error!("writing the data file: {e}");
