@@ -6,6 +6,7 @@ mod admin;
 mod aliases;
 mod arc_seal;
 mod capacity;
+mod chasquid;
 mod dkim_sign;
 mod domaininfo;
 mod dsn;
@@ -30,7 +31,7 @@ fn main() {
 
 async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
     let (mut link, start) = ControlLink::start(control).await?;
-    let queue = Queue::start(&start)?;
+    let queue = Queue::start(&start).await?;
     let admin_gate = std::sync::Arc::new(admin::AdminGate::new());
     link.send(WorkerMsg::Ready).await?;
     loop {
