@@ -178,21 +178,26 @@ fn bad(f: &Field, why: impl Into<String>) -> (usize, Problem) {
     )
 }
 
-fn bytes_of(f: &Field) -> Result<Vec<u8>> {
-    match &f.value {
-        Value::Scalar(Scalar::Str(s)) => Ok(s.clone()),
+/// The bytes of a string field, taken out of the parsed tree (the data of
+/// a message is not copied).
+fn bytes_of(f: &mut Field) -> Result<Vec<u8>> {
+    match &mut f.value {
+        Value::Scalar(Scalar::Str(s)) => Ok(std::mem::take(s)),
         _ => Err(wrong(f, "a string")),
     }
 }
 
-fn string_of(f: &Field) -> Result<String> {
+fn string_of(f: &mut Field) -> Result<String> {
     String::from_utf8(bytes_of(f)?).map_err(|_| bad(f, "not UTF-8"))
 }
 
-fn message_of(f: &Field) -> Result<&[Field]> {
-    match &f.value {
+fn message_of(f: &mut Field) -> Result<&mut [Field]> {
+    if !matches!(f.value, Value::Message(_)) {
+        return Err(wrong(f, "a message"));
+    }
+    match &mut f.value {
         Value::Message(m) => Ok(m),
-        _ => Err(wrong(f, "a message")),
+        _ => Ok(&mut []),
     }
 }
 
@@ -238,7 +243,7 @@ impl Seen {
 const TYPES: [&str; 3] = ["EMAIL", "PIPE", "FORWARD"];
 const STATUSES: [&str; 3] = ["PENDING", "SENT", "FAILED"];
 
-fn recipient(fields: &[Field], ignored: &mut Vec<(usize, String)>) -> Result<Recipient> {
+fn recipient(fields: &mut [Field], ignored: &mut Vec<(usize, String)>) -> Result<Recipient> {
     let mut r = Recipient {
         address: String::new(),
         kind: RcptType::Email,
@@ -248,7 +253,7 @@ fn recipient(fields: &[Field], ignored: &mut Vec<(usize, String)>) -> Result<Rec
         via: Vec::new(),
     };
     let mut seen = Seen::default();
-    for f in fields {
+    for f in fields.iter_mut() {
         match f.name.as_str() {
             "address" => {
                 seen.once("address", f)?;
@@ -277,10 +282,10 @@ fn recipient(fields: &[Field], ignored: &mut Vec<(usize, String)>) -> Result<Rec
     Ok(r)
 }
 
-fn timestamp(fields: &[Field], ignored: &mut Vec<(usize, String)>) -> Result<(i64, u32)> {
+fn timestamp(fields: &mut [Field], ignored: &mut Vec<(usize, String)>) -> Result<(i64, u32)> {
     let (mut secs, mut nanos) = (0i64, 0u32);
     let mut seen = Seen::default();
-    for f in fields {
+    for f in fields.iter_mut() {
         match f.name.as_str() {
             "seconds" => {
                 seen.once("seconds", f)?;
@@ -296,7 +301,7 @@ fn timestamp(fields: &[Field], ignored: &mut Vec<(usize, String)>) -> Result<(i6
     Ok((secs, nanos))
 }
 
-fn item(fields: &[Field]) -> Result<Item> {
+fn item(fields: &mut [Field]) -> Result<Item> {
     let mut item = Item {
         id: String::new(),
         from: String::new(),
@@ -307,7 +312,7 @@ fn item(fields: &[Field]) -> Result<Item> {
         ignored: Vec::new(),
     };
     let mut seen = Seen::default();
-    for f in fields {
+    for f in fields.iter_mut() {
         match f.name.as_str() {
             "ID" => {
                 seen.once("ID", f)?;
@@ -351,9 +356,9 @@ pub fn parse_item(bytes: &[u8], file: &str) -> std::result::Result<Item, ItemErr
         problem,
     };
     let text = std::str::from_utf8(bytes).map_err(|e| fail(line_at(bytes, e.valid_up_to()), Problem::NotUtf8))?;
-    let fields =
+    let mut fields =
         textproto::parse(text).map_err(|e| fail(e.line, Problem::Syntax(format!("column {}: {}", e.col, e.msg))))?;
-    item(&fields).map_err(|(line, problem)| fail(line, problem))
+    item(&mut fields).map_err(|(line, problem)| fail(line, problem))
 }
 
 /// Fuzzing entry point: parse arbitrary bytes; when they parse, the item

@@ -133,10 +133,10 @@ impl Conversion<'_> {
         }
     }
 
-    /// An item as our entry `id`, with the data to store (CRLF line
-    /// endings). `mtime` stands in for a missing creation time. `Err`: the
-    /// item has nothing to deliver.
-    pub fn entry(&self, item: &Item, id: &str, mtime: u64) -> Result<(QueueEntry, Vec<u8>), String> {
+    /// An item as our entry `id` (its data is to be stored with
+    /// [`write_crlf`]). `mtime` stands in for a missing creation time.
+    /// `Err`: the item has nothing to deliver.
+    pub fn entry(&self, item: &Item, id: &str, mtime: u64) -> Result<QueueEntry, String> {
         if item.rcpts.is_empty() {
             return Err("no recipients".into());
         }
@@ -145,8 +145,9 @@ impl Conversion<'_> {
             Some((secs, _)) => u64::try_from(secs).unwrap_or(0).min(self.now),
             None => mtime.min(self.now),
         };
-        let data = crlf(&item.data);
-        let entry = QueueEntry {
+        let mut size = Counter(0);
+        let _ = write_crlf(&mut size, &item.data);
+        Ok(QueueEntry {
             version: ENTRY_VERSION,
             id: id.to_string(),
             from: from.to_string(),
@@ -156,31 +157,46 @@ impl Conversion<'_> {
             remote_ip: String::new(),
             helo: String::new(),
             auth_user: None,
-            data_size: data.len() as u64,
+            data_size: size.0,
             held: false,
             is_dsn: false,
             dsn_of: None,
-        };
-        Ok((entry, data))
+        })
     }
 }
 
-/// chasquid keeps messages with LF line endings; ours have CRLF (a CR
-/// already before the LF is kept, a missing final line end added).
-pub fn crlf(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 32 + 2);
-    let mut prev = 0u8;
-    for &b in data {
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
+/// Counts the bytes written to it.
+struct Counter(u64);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Write `data` to `w` with CRLF line endings: chasquid keeps messages
+/// with LF line endings, ours have CRLF (a CR already before the LF is
+/// kept, a missing final line end added). Written as it goes, never
+/// copied whole.
+pub fn write_crlf(w: &mut impl Write, data: &[u8]) -> std::io::Result<()> {
+    let mut start = 0;
+    for (i, _) in data.iter().enumerate().filter(|(_, b)| **b == b'\n') {
+        if i == 0 || data[i - 1] != b'\r' {
+            w.write_all(&data[start..i])?;
+            w.write_all(b"\r\n")?;
+            start = i + 1;
         }
-        out.push(b);
-        prev = b;
     }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
+    w.write_all(&data[start..])?;
+    if !data.is_empty() && !data.ends_with(b"\n") {
+        w.write_all(b"\r\n")?;
     }
-    out
+    Ok(())
 }
 
 /// What an import did.
@@ -372,9 +388,9 @@ pub async fn import(
                             moves.push(name.clone());
                             report.empty += 1;
                         }
-                        Ok((entry, data)) => match write_data(store, &id, &data) {
+                        Ok(entry) => match write_data(store, &id, &item.data) {
                             Ok(()) => {
-                                batch_bytes += data.len();
+                                batch_bytes += item.data.len();
                                 batch.push(Pending {
                                     name: name.clone(),
                                     entry,
@@ -437,11 +453,11 @@ pub async fn import(
     Ok((imported, report))
 }
 
-/// Write the data file of entry `id`.
+/// Write the data file of entry `id` (CRLF line endings).
 fn write_data(store: &Store, id: &str, data: &[u8]) -> std::io::Result<()> {
-    let mut f = store.create_data_as(id)?;
-    f.write_all(data)?;
-    Ok(())
+    let mut f = std::io::BufWriter::with_capacity(256 * 1024, store.create_data_as(id)?);
+    write_crlf(&mut f, data)?;
+    f.flush()
 }
 
 /// Make a batch durable (data file entries, then the envelopes with one
@@ -549,19 +565,28 @@ mod tests {
         assert_eq!(queue_id(&"x".repeat(30)).unwrap().len(), 62);
     }
 
+    fn crlf(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_crlf(&mut out, data).unwrap();
+        out
+    }
+
     #[test]
     fn line_endings() {
         assert_eq!(crlf(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
         assert_eq!(crlf(b"no end"), b"no end\r\n");
         assert_eq!(crlf(b"bare\rcr\n"), b"bare\rcr\r\n");
         assert_eq!(crlf(b""), b"");
+        assert_eq!(crlf(b"\n\nx\r\n\n"), b"\r\n\r\nx\r\n\r\n");
+        assert_eq!(crlf(b"cr at the end\r"), b"cr at the end\r\r\n");
     }
 
     #[test]
     fn items_written_by_chasquid_become_entries() {
         with_conv(|conv| {
             // An alias with a deferred and a failed target.
-            let (e, data) = conv.entry(&item("m:9WFFweXg3tQ"), "cqx", 0).unwrap();
+            let e = conv.entry(&item("m:9WFFweXg3tQ"), "cqx", 0).unwrap();
+            let data = crlf(&item("m:9WFFweXg3tQ").data);
             assert_eq!(
                 (e.id.as_str(), e.from.as_str(), e.created),
                 ("cqx", "sender@remote.test", 1796194504)
@@ -589,7 +614,7 @@ mod tests {
             assert!(r[1].last_error.contains("no such mailbox"));
             assert!(crate::dsn::wants_dsn(&e), "the failed recipient is owed a DSN");
             // A pipe chasquid delivered, and a deferred mailbox.
-            let (e, _) = conv.entry(&item("m:AQLIFx1MmTg"), "cqy", 0).unwrap();
+            let e = conv.entry(&item("m:AQLIFx1MmTg"), "cqy", 0).unwrap();
             assert_eq!(e.rcpts[0].address, "piper@example.com");
             assert_eq!(
                 e.rcpts[0].route,
@@ -600,7 +625,7 @@ mod tests {
             assert_eq!(e.rcpts[0].state, RcptState::Delivered);
             assert_eq!(e.rcpts[1].state, RcptState::Pending);
             // An alias to a remote address: SRS, as for our own forwards.
-            let (e, _) = conv.entry(&item("m:JhuLSQnsdQk"), "cqz", 0).unwrap();
+            let e = conv.entry(&item("m:JhuLSQnsdQk"), "cqz", 0).unwrap();
             assert_eq!(e.rcpts[0].route, RcptRoute::Remote { via: vec![] });
             assert_eq!(e.rcpts[0].address, "carol@remote.test");
             assert_eq!(
@@ -608,12 +633,13 @@ mod tests {
                 Some("SRS0=sender@remote.test/far@example.com")
             );
             // The null sender.
-            let (e, data) = conv.entry(&item("m:BHaBtuOPASw"), "cqn", 0).unwrap();
+            let e = conv.entry(&item("m:BHaBtuOPASw"), "cqn", 0).unwrap();
+            let data = crlf(&item("m:BHaBtuOPASw").data);
             assert_eq!(e.from, "");
             assert!(!crate::dsn::wants_dsn(&e));
             assert!(data.ends_with(b"\xf0\x9f\x98\x80 emoji\r\nend\r\n"));
             // A suffix: the mailbox of the user.
-            let (e, _) = conv.entry(&item("m:zE81JkmDudM"), "cqt", 0).unwrap();
+            let e = conv.entry(&item("m:zE81JkmDudM"), "cqt", 0).unwrap();
             assert_eq!(e.rcpts[0].original, "alice+tag@example.com");
             assert_eq!(e.rcpts[0].address, "alice@example.com");
         });
@@ -642,7 +668,8 @@ mod tests {
             ignored: vec![],
         };
         with_conv(|conv| {
-            let (e, data) = conv.entry(&it, "cqf", 1234).unwrap();
+            let e = conv.entry(&it, "cqf", 1234).unwrap();
+            let data = crlf(&it.data);
             assert_eq!(e.created, 1234, "the file's time stands in for created_at_ts");
             assert_eq!(e.rcpts[0].address, "x@elsewhere.org");
             assert_eq!(
@@ -658,7 +685,7 @@ mod tests {
             );
             assert_eq!(data, b"Subject: x\r\n\r\nhi\r\n");
             it.created = Some((NOW as i64 + 99, 0));
-            assert_eq!(conv.entry(&it, "cqf", 0).unwrap().0.created, NOW, "never in the future");
+            assert_eq!(conv.entry(&it, "cqf", 0).unwrap().created, NOW, "never in the future");
             it.rcpts.clear();
             assert!(conv.entry(&it, "cqf", 0).is_err());
         });
