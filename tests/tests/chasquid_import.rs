@@ -356,7 +356,7 @@ fn chasquids_queue_is_delivered_exactly_once() {
     let alice = env.delivered("alice@example.com").unwrap();
     let m1 = &alice[..alice.find("marker-m1").unwrap() + "marker-m1\r\n".len()];
     let m1 = &m1[m1.rfind("Received-SPF:").unwrap()..];
-    assert!(m1.starts_with("Received-SPF: none"), "{m1}");
+    assert!(m1.starts_with("Received-SPF: "), "{m1}");
     assert_eq!(count(m1, "Received: "), 1, "{m1}");
     assert!(m1.contains("by mx.example.com (chasquid)"), "{m1}");
     let sent = tambo_tests::crlf_lines(&message("m1"));
