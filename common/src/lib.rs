@@ -1,7 +1,9 @@
 //! Shared code for tambo: configuration (chasquid.conf), the user
-//! database, name normalisation and the protobuf text-format parser.
+//! database, name normalisation, the protobuf text-format parser and
+//! chasquid's queue items.
 
 pub mod aliases;
+pub mod chasquid_queue;
 pub mod config;
 pub mod dates;
 pub mod dkimkey;

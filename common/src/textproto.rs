@@ -107,8 +107,12 @@ impl Tok {
     }
 }
 
-struct Lexer {
-    chars: Vec<char>,
+struct Lexer<'a> {
+    /// The whole input; `pos` is a byte offset into it (always on a
+    /// character boundary). Working on the `str` itself, rather than on a
+    /// copy as `Vec<char>`, keeps the memory a parse needs at the size of
+    /// the input (chasquid's queue items hold whole messages).
+    src: &'a str,
     pos: usize,
     line: usize,
     col: usize,
@@ -121,27 +125,31 @@ struct Spanned {
     col: usize,
 }
 
-impl Lexer {
-    fn new(src: &str) -> Self {
+impl<'a> Lexer<'a> {
+    fn new(src: &'a str) -> Self {
         Lexer {
-            chars: src.chars().collect(),
+            src,
             pos: 0,
             line: 1,
             col: 1,
         }
     }
 
+    fn rest(&self) -> &'a str {
+        &self.src[self.pos..]
+    }
+
     fn peek_char(&self) -> Option<char> {
-        self.chars.get(self.pos).copied()
+        self.rest().chars().next()
     }
 
     fn peek_char_at(&self, off: usize) -> Option<char> {
-        self.chars.get(self.pos + off).copied()
+        self.rest().chars().nth(off)
     }
 
     fn bump(&mut self) -> Option<char> {
         let c = self.peek_char()?;
-        self.pos += 1;
+        self.pos += c.len_utf8();
         if c == '\n' {
             self.line += 1;
             self.col = 1;
@@ -273,6 +281,15 @@ impl Lexer {
         self.bump(); // opening quote
         let mut out = Vec::new();
         loop {
+            // A run of plain characters is copied at once.
+            let rest = self.rest();
+            let run = rest.find([quote, '\\', '\n']).unwrap_or(rest.len());
+            if run > 0 {
+                out.extend_from_slice(&rest.as_bytes()[..run]);
+                self.col += rest[..run].chars().count();
+                self.pos += run;
+                continue;
+            }
             let (cl, cc) = (self.line, self.col);
             let Some(c) = self.bump() else {
                 return Err(self.err(line, col, "unterminated string"));
@@ -369,13 +386,13 @@ impl Lexer {
     }
 }
 
-struct Parser {
-    lex: Lexer,
+struct Parser<'a> {
+    lex: Lexer<'a>,
     cur: Spanned,
 }
 
-impl Parser {
-    fn new(src: &str) -> Result<Self, TextprotoError> {
+impl<'a> Parser<'a> {
+    fn new(src: &'a str) -> Result<Self, TextprotoError> {
         let mut lex = Lexer::new(src);
         let cur = lex.next()?;
         Ok(Parser { lex, cur })

@@ -184,6 +184,8 @@ fn log_outcome(id: &str, to: &str, outcome: &DeliveryOutcome) {
 
 async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
     let (mut link, start) = ControlLink::start(control).await?;
+    // chasquid's MTA-STS policies, once, before the first delivery.
+    tambo_deliverd::remote::sts_chasquid::import_cache(&std::path::Path::new(&start.config.data_dir).join("sts-cache"));
     let authd = PeerSlot::new(PeerChannel::DeliverdAuthd.name());
     let deliverer = Arc::new(Deliverer {
         courier: RwLock::new(make_courier(&start.config, &authd)),

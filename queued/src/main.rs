@@ -6,6 +6,7 @@ mod admin;
 mod aliases;
 mod arc_seal;
 mod capacity;
+mod chasquid;
 mod dkim_sign;
 mod domaininfo;
 mod dsn;
@@ -30,7 +31,10 @@ fn main() {
 
 async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
     let (mut link, start) = ControlLink::start(control).await?;
-    let queue = link.started(Queue::start(&start)).await.map_err(anyhow::Error::msg)?;
+    let queue = link
+        .started(Queue::start(&start).await)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let admin_gate = std::sync::Arc::new(admin::AdminGate::new());
     loop {
         let (msg, fds) = match link.recv().await {

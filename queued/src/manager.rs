@@ -156,13 +156,14 @@ fn reply(code: u16, enhanced: &str, text: impl Into<String>) -> QueueReply {
 }
 
 impl Queue {
-    /// Open the queue and start delivering what it holds.
-    pub fn start(start: &WorkerStart) -> anyhow::Result<Arc<Queue>> {
+    /// Open the queue, import chasquid's queue items if there are any
+    /// (see [`crate::chasquid`]) and start delivering what it holds.
+    pub async fn start(start: &WorkerStart) -> anyhow::Result<Arc<Queue>> {
         let dir = PathBuf::from(&start.config.data_dir).join("queue");
         // Spares for as many messages as the queue may hold, up to the
         // store's cap (see `Spares`).
         let spares = usize::try_from(start.config.max_queue_items).unwrap_or(0);
-        let (store, entries) = Store::open(&dir, spares).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        let (store, mut entries) = Store::open(&dir, spares).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         if store.corrupt_count() > 0 {
             tracing::warn!("{} corrupt queue entries moved aside", store.corrupt_count());
         }
@@ -196,6 +197,7 @@ impl Queue {
                 &start.config.suffix_separators,
             )
             .map_err(|e| anyhow::anyhow!("aliases file error: {e}"))?;
+        entries.extend(queue.import_chasquid(&entries).await);
         tracing::info!("queue loaded: {} message(s)", entries.len());
         // Series that exist from the start, at 0.
         metrics::global().add(Metric::QueueAccepted, &[], 0.0);
@@ -211,6 +213,33 @@ impl Queue {
             }
         });
         Ok(queue)
+    }
+
+    /// Import chasquid's queue items (before any delivery starts); the
+    /// new entries. `recovered`: the entries the store holds.
+    async fn import_chasquid(&self, recovered: &[QueueEntry]) -> Vec<QueueEntry> {
+        let s = self.settings();
+        let ctx = self.resolver(&s);
+        let now = unix_now();
+        let srs = |from: &str, original: &str, route: &RcptRoute| self.srs_sender(&ctx, from, original, route, now);
+        let conv = crate::chasquid::Conversion {
+            local_domains: &s.local_domains,
+            drop_characters: &s.config.drop_characters,
+            suffix_separators: &s.config.suffix_separators,
+            now,
+            srs: &srs,
+        };
+        let ids: HashSet<String> = recovered.iter().map(|e| e.id.clone()).collect();
+        let max =
+            tambo_common::chasquid_queue::max_item_size(u64::try_from(s.config.max_data_size_mb).unwrap_or(50) << 20);
+        match crate::chasquid::import(&self.store, &conv, &ids, max, &mut |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .await
+        {
+            Ok((entries, _)) => entries,
+            Err(crate::chasquid::Stopped) => Vec::new(),
+        }
     }
 
     /// Start delivering the entries found at start. A finished message

@@ -172,6 +172,44 @@ impl Store {
         }
     }
 
+    /// Create the data file of a message whose ID the caller chose (an
+    /// imported message, whose ID is derived from its original's so that a
+    /// second import finds it); a leftover file of that ID, never
+    /// acknowledged, is replaced.
+    pub fn create_data_as(&self, id: &str) -> std::io::Result<File> {
+        if !valid_id(id) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{id:?} is not a queue ID"),
+            ));
+        }
+        let path = self.data_path(id);
+        match self.spares.take(&path) {
+            Ok(Some(f)) => return Ok(f),
+            Ok(None) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+    }
+
+    /// The queue directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Make the entries of the queue directory (created and renamed files)
+    /// durable.
+    pub fn sync_dir(&self) -> std::io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+
     /// Open a data file read-only (for deliverd).
     pub fn open_data(&self, id: &str) -> std::io::Result<File> {
         File::open(self.data_path(id))
@@ -190,6 +228,33 @@ impl Store {
             new: true,
         })
         .await
+    }
+
+    /// Add several new messages durably (as [`Store::add`] each), all
+    /// handed to the committer at once so that they share its flushes;
+    /// the results in the order of `entries`.
+    pub async fn add_all(&self, entries: Vec<QueueEntry>) -> Vec<std::io::Result<()>> {
+        let stopped = || std::io::Error::other("committer stopped");
+        let mut waits = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (done, wait) = oneshot::channel();
+            let op = Op {
+                kind: OpKind::Write {
+                    entry: Box::new(entry),
+                    new: true,
+                },
+                done,
+            };
+            waits.push(self.ops.send(op).ok().map(|()| wait));
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for wait in waits {
+            out.push(match wait {
+                Some(w) => w.await.unwrap_or_else(|_| Err(stopped())),
+                None => Err(stopped()),
+            });
+        }
+        out
     }
 
     /// Replace the envelope of a queued message durably.
@@ -280,6 +345,19 @@ impl Store {
             return Err(format!("data file has {size} bytes, envelope says {}", entry.data_size));
         }
         Ok(entry)
+    }
+
+    /// Move a file of the queue directory that is not one of our entries
+    /// and cannot be read (an imported one: chasquid's `m:<id>`) to
+    /// `corrupt/` under its own name, log it and count it.
+    pub fn move_file_aside(&self, name: &str, why: &str) {
+        self.corrupt.fetch_add(1, Ordering::Relaxed);
+        let from = self.dir.join(name);
+        let to = self.dir.join("corrupt").join(name);
+        match std::fs::rename(&from, &to) {
+            Ok(()) => tracing::error!("{why}: moved to {}", to.display()),
+            Err(e) => tracing::error!("{why}; cannot move {} aside: {e}", from.display()),
+        }
     }
 
     /// Move a broken entry to `corrupt/`, log it and count it.

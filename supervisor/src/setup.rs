@@ -213,6 +213,7 @@ pub fn prepare_dirs(config: &Config, ids: &[(WorkerKind, Identity)]) -> Result<D
         let p = data.join(sub);
         mkdir(&p, 0o700)?;
         owned_by(&p, id_of(owner))?;
+        hand_over_chasquid_files(&p, sub, id_of(owner))?;
     }
     let run = PathBuf::from(&config.run_dir);
     ensure_dir(&run, 0o755)?;
@@ -226,6 +227,36 @@ pub fn prepare_dirs(config: &Config, ids: &[(WorkerKind, Identity)]) -> Result<D
         return Err(format!("{}: smtpd's chroot must be empty", empty.display()));
     }
     Ok(Dirs { smtpd_chroot: empty })
+}
+
+/// A data directory that chasquid used holds its files, owned by its user
+/// (`chasquid`): its queue items (`queue/m:*`), its security levels
+/// (`domaininfo/s:*`) and its MTA-STS cache (`sts-cache/pol:*`). Give them
+/// to the worker that now owns the directory, so queued can import the
+/// queue and keep the levels, and deliverd the cache. Only regular files
+/// are touched, never through a symbolic link.
+fn hand_over_chasquid_files(dir: &Path, sub: &str, id: Option<&Identity>) -> Result<(), String> {
+    let Some(id) = id else {
+        return Ok(());
+    };
+    let prefix = match sub {
+        "queue" => "m:",
+        "domaininfo" => "s:",
+        "sts-cache" => "pol:",
+        _ => return Ok(()),
+    };
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        let is_chasquids = name.to_str().is_some_and(|n| n.starts_with(prefix));
+        let path = entry.path();
+        let regular = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file());
+        if is_chasquids && regular {
+            std::os::unix::fs::lchown(&path, Some(id.uid), Some(id.gid))
+                .map_err(|e| format!("{}: chown to {}: {e}", path.display(), id.user))?;
+        }
+    }
+    Ok(())
 }
 
 /// Point stderr (ours and the workers') at a log file, appending.

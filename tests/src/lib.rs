@@ -317,6 +317,13 @@ impl TestEnv {
 
     /// Start tambod; the readiness probe sends `preamble` first.
     fn start_with(&self, args: &[&str], preamble: &[u8]) -> Server {
+        let mut server = self.spawn(args);
+        server.wait_ready(preamble);
+        server
+    }
+
+    /// Start tambod and return at once, without waiting for it to serve.
+    pub fn spawn(&self, args: &[&str]) -> Server {
         let log_path = self
             .tmp
             .path()
@@ -334,13 +341,11 @@ impl TestEnv {
             .stderr(log)
             .spawn()
             .expect("spawn tambod");
-        let mut server = Server {
+        Server {
             child: Some(child),
             log_path,
             smtp_port: self.smtp_port,
-        };
-        server.wait_ready(preamble);
-        server
+        }
     }
 
     /// Paths of messages delivered to `addr` by the test MDA.
@@ -466,6 +471,19 @@ impl Server {
     /// Send a signal to the supervisor.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).expect("kill");
+    }
+
+    /// Wait (at most `timeout`) for tambod to exit by itself; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// SIGTERM and wait for the exit status.

@@ -1,6 +1,6 @@
 //! Remote delivery over SMTP: routing (MX, A/AAAA, null MX, alias `via`,
 //! `relay_host`), the SMTP client, TLS with per-domain security levels,
-//! MTA-STS ([`sts`]), connection reuse and concurrency limits.
+//! MTA-STS ([`sts`]; chasquid's cache imported by [`sts_chasquid`]), connection reuse and concurrency limits.
 //!
 //! The courier never touches the queue or the domaininfo store: queued
 //! sends the recorded level of each domain with the job and records what
@@ -12,6 +12,7 @@ pub mod dane;
 pub mod dns;
 pub mod pool;
 pub mod sts;
+pub mod sts_chasquid;
 pub mod tls;
 
 use std::collections::BTreeMap;

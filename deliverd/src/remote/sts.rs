@@ -335,7 +335,7 @@ impl CachedPolicy {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -344,7 +344,7 @@ fn unix_now() -> u64 {
 
 /// Whether `domain` can name a cache file: an ASCII host name, no path
 /// separator, no leading dot.
-fn cache_file_name_ok(domain: &str) -> bool {
+pub(crate) fn cache_file_name_ok(domain: &str) -> bool {
     !domain.is_empty()
         && domain.len() <= 253
         && !domain.starts_with('.')
@@ -355,7 +355,7 @@ fn cache_file_name_ok(domain: &str) -> bool {
 }
 
 /// Read `dir/<domain>`; `None` when absent or unreadable (logged).
-fn read_cache_file(dir: &Path, domain: &str) -> Option<CachedPolicy> {
+pub(crate) fn read_cache_file(dir: &Path, domain: &str) -> Option<CachedPolicy> {
     if !cache_file_name_ok(domain) {
         return None;
     }
@@ -386,7 +386,7 @@ fn read_cache_file(dir: &Path, domain: &str) -> Option<CachedPolicy> {
 
 /// Write `dir/<domain>` atomically: a temporary file in the same
 /// directory, fsync, rename.
-fn write_cache_file(dir: &Path, domain: &str, c: &CachedPolicy) -> std::io::Result<()> {
+pub(crate) fn write_cache_file(dir: &Path, domain: &str, c: &CachedPolicy) -> std::io::Result<()> {
     if !cache_file_name_ok(domain) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
