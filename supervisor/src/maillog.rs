@@ -10,9 +10,32 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+
+/// tambod's stderr as it was started, before `--logfile` took fd 2.
+static ORIGINAL_STDERR: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+
+/// Keep a duplicate of fd 2 as it is now (once): the `<stderr>` mail log
+/// writes there.
+pub fn keep_original_stderr() {
+    if ORIGINAL_STDERR.get().is_some() {
+        return;
+    }
+    if let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() {
+        let _ = ORIGINAL_STDERR.set(File::from(fd));
+    }
+}
+
+/// Write a mail-log line to tambod's original stderr.
+fn write_stderr(text: &str) -> std::io::Result<()> {
+    match ORIGINAL_STDERR.get() {
+        Some(mut f) => f.write_all(text.as_bytes()),
+        None => std::io::stderr().lock().write_all(text.as_bytes()),
+    }
+}
 
 /// Where syslog listens.
 pub const SYSLOG_SOCKET: &str = "/dev/log";
@@ -39,6 +62,18 @@ pub struct MailLog {
 }
 
 fn open_file(path: &Path) -> Result<File, String> {
+    // As chasquid: the log's directory is created when missing.
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| format!("mail log {}: cannot create its directory: {e}", path.display()))?;
+    }
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -118,7 +153,7 @@ impl MailLog {
                 socket.send_to(msg.as_bytes(), &*path).map(|_| ())
             }
             Target::Stdout => writeln!(std::io::stdout().lock(), "{} {line}", timestamp_iso()),
-            Target::Stderr => writeln!(std::io::stderr().lock(), "{} {line}", timestamp_iso()),
+            Target::Stderr => write_stderr(&format!("{} {line}\n", timestamp_iso())),
             Target::File(file) => file.write_all(format!("{} {line}\n", timestamp_iso()).as_bytes()),
         };
         if let Err(e) = res {
@@ -218,6 +253,11 @@ mod tests {
         let new = std::fs::read_to_string(&path).unwrap();
         assert!(old.contains(" one\n") && old.contains(" two\n"), "{old}");
         assert!(new.ends_with(" three\n") && !new.contains("two"), "{new}");
-        assert!(MailLog::open("/nonexistent/dir/mail.log").is_err());
+        // A missing directory is created, as chasquid does; one that
+        // cannot be is an error.
+        let nested = dir.path().join("a/b/mail.log");
+        MailLog::open(nested.to_str().unwrap()).unwrap();
+        assert!(nested.exists());
+        assert!(MailLog::open("/proc/nonexistent/dir/mail.log").is_err());
     }
 }

@@ -262,6 +262,10 @@ fn hand_over_chasquid_files(dir: &Path, sub: &str, id: Option<&Identity>) -> Res
 /// Point stderr (ours and the workers') at a log file, appending.
 pub fn redirect_stderr(path: &Path) -> Result<(), String> {
     use std::os::fd::AsRawFd;
+    // The first time, keep the original stderr: a mail log of `<stderr>`
+    // goes there, not into the log file (as in chasquid, where --logfile
+    // moves only its own log).
+    crate::maillog::keep_original_stderr();
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -108,6 +108,15 @@ pub fn spawn(kind: WorkerKind, plan: &SpawnPlan) -> Result<Started, String> {
             cmd.env(ENV_CHROOT, dir);
         }
     }
+    // Where the system's trusted roots are, as Go programs (chasquid) and
+    // OpenSSL read it: deliverd checks outgoing TLS against them.
+    if kind == WorkerKind::Deliverd {
+        for var in ["SSL_CERT_FILE", "SSL_CERT_DIR"] {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
+        }
+    }
     cmd.stdin(Stdio::null());
     let child_fd = theirs.as_raw_fd();
     let nice = if kind == WorkerKind::Deliverd {
