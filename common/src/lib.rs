@@ -6,6 +6,7 @@ pub mod config;
 pub mod dates;
 pub mod dkimkey;
 pub mod domaininfo;
+pub mod gofmt;
 pub mod names;
 pub mod relayauth;
 pub mod textproto;
