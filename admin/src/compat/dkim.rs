@@ -48,7 +48,7 @@ pub fn clean(p: &str) -> String {
 
 /// The default key path: `DIR/domains/DOMAIN/dkim:SELECTOR.pem`; the
 /// domain and selector must not leave that directory.
-fn key_path_for(ctx: &Ctx, domain: &str, selector: &str) -> Result<PathBuf, Fatal> {
+pub(super) fn key_path_for(ctx: &Ctx, domain: &str, selector: &str) -> Result<PathBuf, Fatal> {
     if domain == "." || domain == ".." || domain.contains(['/', '\0']) {
         fatal!("Error: invalid domain {}", quote(domain));
     }
@@ -66,7 +66,7 @@ fn key_path_for(ctx: &Ctx, domain: &str, selector: &str) -> Result<PathBuf, Fata
 
 /// The selector of the domain's first key file (by name), as chasquid-util
 /// picks it.
-fn find_selector(ctx: &Ctx, domain: &str) -> Result<String, Fatal> {
+pub(super) fn find_selector(ctx: &Ctx, domain: &str) -> Result<String, Fatal> {
     let pattern = clean(&format!("{}/domains/{domain}/dkim:*.pem", ctx.config_dir.display()));
     let dir = clean(&format!("{}/domains/{domain}", ctx.config_dir.display()));
     let mut selectors: Vec<String> = std::fs::read_dir(&dir)
@@ -97,7 +97,7 @@ fn record_line(domain: &str, selector: &str, key: &dkimkey::ParsedKey) -> String
 }
 
 /// Read a private key in PEM form (PKCS#8 RSA or Ed25519; PKCS#1 RSA too).
-fn load_private_key(path: &Path) -> Result<dkimkey::ParsedKey, Fatal> {
+pub(super) fn load_private_key(path: &Path) -> Result<dkimkey::ParsedKey, Fatal> {
     let pem = std::fs::read(path).map_err(|e| {
         Fatal(format!(
             "Error reading private key from {}: {}",
@@ -211,11 +211,6 @@ pub fn dns(ctx: &Ctx) -> CmdResult {
     let key = load_private_key(&path)?;
     println!("{}", record_line(domain, &selector, &key));
     Ok(())
-}
-
-/// `dkim-sign` (a testing aid of chasquid-util).
-pub fn sign(_ctx: &Ctx) -> CmdResult {
-    fatal!("Error: dkim-sign is not available in tambo (tambo signs in its authd worker)")
 }
 
 /// `dkim-verify` (a testing aid of chasquid-util).

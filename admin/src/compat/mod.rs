@@ -7,6 +7,7 @@
 
 pub mod args;
 mod dkim;
+mod dkimsign;
 mod server;
 mod users;
 
@@ -141,7 +142,7 @@ pub fn main(argv: &[String], dialect: Dialect) -> i32 {
         "print-config" => server::print_config(&ctx),
         "dkim-keygen" => dkim::keygen(&ctx),
         "dkim-dns" => dkim::dns(&ctx),
-        "dkim-sign" => dkim::sign(&ctx),
+        "dkim-sign" => dkimsign::sign(&ctx),
         "dkim-verify" => dkim::verify(&ctx),
         other => {
             println!("Unknown argument {}", tambo_common::gofmt::quote(other));
