@@ -13,6 +13,9 @@ use tambo_common::dkimkey::{KeyAlgo, ParsedKey};
 use super::dkim::{find_selector, key_path_for, load_private_key};
 use super::{CmdResult, Ctx, Fatal, fatal};
 
+/// Largest message signed (it is held in memory).
+const MAX_MESSAGE: u64 = 64 * 1024 * 1024;
+
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// Headers signed when present (every instance), in this order.
@@ -249,9 +252,12 @@ pub fn sign(ctx: &Ctx) -> CmdResult {
     let mut raw = Vec::new();
     std::io::stdin()
         .lock()
-        .take(64 * 1024 * 1024)
+        .take(MAX_MESSAGE + 1)
         .read_to_end(&mut raw)
         .map_err(|e| Fatal(tambo_common::gofmt::io_error(&e)))?;
+    if raw.len() as u64 > MAX_MESSAGE {
+        fatal!("Error: the message is larger than {} MiB", MAX_MESSAGE >> 20);
+    }
     let msg = to_crlf(&raw);
     let domain = match ctx.args.opt_pos(2) {
         Some(d) => d.to_string(),

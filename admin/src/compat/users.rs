@@ -189,7 +189,8 @@ pub fn check(ctx: &Ctx) -> CmdResult {
     if domain.is_empty() && ctx.dialect == Dialect::Tambo {
         return check_all(ctx);
     }
-    if domain.contains('/') {
+    // Empty is chasquid's "does not exist" below; a path is refused.
+    if !domain.is_empty() && !safe_domain(domain) {
         fatal!("Error: invalid domain {}", gofmt::quote(domain));
     }
     let path = ctx.config_path(&format!("domains/{domain}/users"));
