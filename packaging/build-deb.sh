@@ -25,7 +25,7 @@ if [ -z "${NO_BUILD:-}" ]; then
     # shellcheck disable=SC2086
     cargo build --workspace --bins $cargo_flags >&2
 fi
-for b in tambod tambo tambo-smtpd tambo-authd tambo-queued tambo-deliverd; do
+for b in tambod tambo tambo-smtpd tambo-authd tambo-queued tambo-deliverd mda-lmtp smtp-check dovecot-auth-cli; do
     [ -x "$bin/$b" ] || { echo "build-deb.sh: $bin/$b missing" >&2; exit 1; }
 done
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
@@ -49,7 +49,18 @@ fi
 if "$bin/tambo" help sendmail >/dev/null 2>&1; then
     ln -s /usr/bin/tambo "$pkg/usr/lib/tambo/sendmail"
 fi
-strip --strip-debug "$pkg/usr/sbin/tambod" "$pkg/usr/bin/tambo" "$pkg"/usr/lib/tambo/tambo-*
+# chasquid's helper programs: the tambo command answers to the name
+# chasquid-util; mda-lmtp, smtp-check and dovecot-auth-cli are their own
+# binaries. They live here; postinst offers /usr/bin/NAME through the
+# alternatives system, so that Debian's chasquid package (which installs
+# /usr/bin/chasquid-util, mda-lmtp and smtp-check as plain files) can be
+# installed as well.
+ln -s /usr/bin/tambo "$pkg/usr/lib/tambo/chasquid-util"
+for t in mda-lmtp smtp-check dovecot-auth-cli; do
+    install -D -m 0755 "$bin/$t" "$pkg/usr/lib/tambo/$t"
+done
+strip --strip-debug "$pkg/usr/sbin/tambod" "$pkg/usr/bin/tambo" "$pkg"/usr/lib/tambo/tambo-* \
+    "$pkg/usr/lib/tambo/mda-lmtp" "$pkg/usr/lib/tambo/smtp-check" "$pkg/usr/lib/tambo/dovecot-auth-cli"
 install -D -m 0644 packaging/chasquid.conf.example "$pkg/etc/tambo/chasquid.conf"
 install -d -m 0755 "$pkg/etc/tambo/domains" "$pkg/etc/tambo/certs"
 install -D -m 0644 packaging/logrotate "$pkg/etc/logrotate.d/tambo"

@@ -1,11 +1,11 @@
-//! `tambo`, the administration command: users, configuration, and a small
-//! Maildir delivery agent.
+//! `tambo`, the administration command: users, configuration, DKIM keys
+//! (chasquid-util's commands, also run as `chasquid-util`), the queue,
+//! `sendmail`/`mailq`, and a small Maildir delivery agent.
 
-mod dkim;
+mod compat;
 mod maildir;
 mod queue;
 mod sendmail;
-mod users;
 
 use std::path::PathBuf;
 
@@ -13,7 +13,14 @@ use clap::{Parser, Subcommand};
 
 /// tambo administration.
 #[derive(Parser, Debug)]
-#[command(name = "tambo", version, about = "tambo mail server administration")]
+#[command(
+    name = "tambo",
+    version,
+    about = "tambo mail server administration",
+    after_help = "chasquid-util's commands, with its options (see `tambo user-add --help`):\n  \
+                  user-add, user-remove, authenticate, check-userdb, aliases-resolve,\n  \
+                  domaininfo-remove, print-config, dkim-keygen, dkim-dns"
+)]
 struct Cli {
     /// Configuration directory.
     #[arg(short = 'C', long = "config_dir", default_value = "/etc/tambo", global = true)]
@@ -24,83 +31,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Ask the running server what an address resolves to (users,
-    /// aliases, catch-all, the alias-resolve hook): each final recipient
-    /// and how it is reached.
-    #[command(name = "aliases-resolve")]
-    AliasesResolve {
-        /// The address.
-        address: String,
-        /// The control socket (default: run_dir/control.sock from the config).
-        #[arg(long)]
-        socket: Option<PathBuf>,
-    },
-    /// Add a user (or change their password).
-    #[command(name = "user-add")]
-    UserAdd {
-        /// user@domain
-        address: String,
-        /// The password (prompted for when absent).
-        #[arg(long)]
-        password: Option<String>,
-        /// The user may receive mail but never authenticate.
-        #[arg(long = "receive_only")]
-        receive_only: bool,
-    },
-    /// Remove a user.
-    #[command(name = "user-remove")]
-    UserRemove {
-        /// user@domain
-        address: String,
-    },
-    /// Check a user's password.
-    Authenticate {
-        /// user@domain
-        address: String,
-        /// The password (prompted for when absent).
-        #[arg(long)]
-        password: Option<String>,
-    },
-    /// Check that every users file parses.
-    #[command(name = "check-userdb")]
-    CheckUserdb,
-    /// Print the effective configuration.
-    #[command(name = "print-config")]
-    PrintConfig,
     /// Inspect and act on the queue of the running server.
     #[command(subcommand)]
     Queue(QueueCommand),
-    /// Create a DKIM key: domains/DOMAIN/dkim:SELECTOR.pem (mode 0640,
-    /// group of authd's user when run as root; never overwritten), and
-    /// print the TXT record to publish.
-    #[command(name = "dkim-keygen")]
-    DkimKeygen {
-        /// The local domain.
-        domain: String,
-        /// The selector (default: today's date, YYYYMMDD).
-        selector: Option<String>,
-        /// Key type.
-        #[arg(long, value_enum, default_value = "rsa2048")]
-        algo: dkim::Algo,
-    },
-    /// Print the DNS TXT record of a domain's DKIM key(s).
-    #[command(name = "dkim-dns")]
-    DkimDns {
-        /// The local domain.
-        domain: String,
-        /// Only this selector.
-        selector: Option<String>,
-    },
-    /// Forget what is known of a domain's security levels (as
-    /// chasquid-util does): a running server forgets it at once and removes
-    /// its file in data_dir/domaininfo; without one, the file is removed.
-    #[command(name = "domaininfo-remove")]
-    DomaininfoRemove {
-        /// The domain.
-        domain: String,
-        #[command(flatten)]
-        socket: SocketArg,
-    },
     /// Queue the message on stdin, like sendmail(8) (also run as
     /// `sendmail`): -i/-oi, -t, -f ADDR, recipients as arguments.
     Sendmail {
@@ -117,45 +50,6 @@ enum Command {
         /// The recipient address (already sanitised by deliverd).
         address: String,
     },
-}
-
-/// `tambo domaininfo-remove DOMAIN`: through the control socket when
-/// tambod runs (queued forgets the domain at once and removes its file),
-/// else by removing the file directly.
-fn domaininfo_remove(config_dir: &std::path::Path, domain: &str, socket: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = tambo_common::config::load_config(config_dir, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let domain = tambo_common::names::normalize_domain(domain).map_err(|e| anyhow::anyhow!("{domain}: {e}"))?;
-    let socket = socket.unwrap_or_else(|| config.control_socket(config_dir));
-    let mut config = config;
-    config.resolve_paths(config_dir);
-    match tambo_common::unixsock::connect(&socket) {
-        Ok(stream) => {
-            let req = tambo_ipc::proto::AdminRequest::DomainInfoRemove { domain };
-            for r in queue::request_on(stream, &socket, &req)? {
-                if let tambo_ipc::proto::AdminReply::Done(text) = r {
-                    println!("{text}");
-                }
-            }
-            return Ok(());
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) => {}
-        Err(_) => {
-            // Not allowed on the socket (or another problem): name it.
-            queue::connect(&socket)?;
-        }
-    }
-    let dir = PathBuf::from(&config.data_dir).join("domaininfo");
-    let removed = tambo_common::domaininfo::remove_record(&dir, &domain)?;
-    if removed {
-        println!("{domain}: removed (tambod is not running)");
-    } else {
-        println!("{domain}: nothing recorded");
-    }
-    Ok(())
 }
 
 /// `tambo queue …` actions.
@@ -260,27 +154,21 @@ fn main() {
         }
         return;
     }
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if invoked_as("chasquid-util") {
+        std::process::exit(compat::main(&args, compat::args::Dialect::Chasquid));
+    }
+    if compat::is_compat_command(&args) {
+        std::process::exit(compat::main(&args, compat::args::Dialect::Tambo));
+    }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::UserAdd {
-            address,
-            password,
-            receive_only,
-        } => users::add(&cli.config_dir, &address, password, receive_only),
-        Command::UserRemove { address } => users::remove(&cli.config_dir, &address),
-        Command::Authenticate { address, password } => users::authenticate(&cli.config_dir, &address, password),
-        Command::CheckUserdb => users::check(&cli.config_dir),
-        Command::PrintConfig => tambo_common::config::load_config(&cli.config_dir, None)
-            .map(|c| print!("{}", tambo_common::config::print_config(&c)))
-            .map_err(|e| anyhow::anyhow!("{e}")),
-        Command::DomaininfoRemove { domain, socket } => domaininfo_remove(&cli.config_dir, &domain, socket.socket),
-        Command::AliasesResolve { address, socket } => queue::socket_path(&cli.config_dir, socket)
-            .and_then(|path| queue::run(&path, tambo_ipc::proto::AdminRequest::ResolveAddress { address })),
         Command::Sendmail { args } => std::process::exit(sendmail::main(&args, &cli.config_dir)),
         Command::MaildirDeliver { dir, address } => maildir::deliver(&dir, &address),
         Command::Queue(cmd) => queue_command(&cli.config_dir, cmd),
-        Command::DkimKeygen { domain, selector, algo } => dkim::keygen(&cli.config_dir, &domain, selector, algo),
-        Command::DkimDns { domain, selector } => dkim::dns(&cli.config_dir, &domain, selector),
     };
     if let Err(e) = result {
         eprintln!("tambo: {e:#}");

@@ -4,7 +4,7 @@
 
 mod arc;
 mod dkim;
-mod dovecot;
+use tambo_authd::dovecot;
 mod keys;
 #[cfg(test)]
 mod python;

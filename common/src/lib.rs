@@ -8,6 +8,7 @@ pub mod config;
 pub mod dates;
 pub mod dkimkey;
 pub mod domaininfo;
+pub mod gofmt;
 pub mod lineend;
 pub mod names;
 pub mod relayauth;

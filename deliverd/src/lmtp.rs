@@ -83,6 +83,36 @@ impl Reply {
 #[derive(Debug)]
 struct Broken(String);
 
+/// The server's answer for one recipient, and the command it answered
+/// (empty for the reply after the final dot).
+#[derive(Debug, Clone)]
+struct Answer {
+    command: String,
+    reply: Reply,
+}
+
+/// Why [`deliver_one`] did not deliver.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LmtpFailure {
+    /// The server refused: its greeting (`command` empty and `greeting`
+    /// set), a command, or the message after the final dot (`command`
+    /// empty).
+    #[error("{code} {text}")]
+    Refused {
+        /// Whether this is the greeting.
+        greeting: bool,
+        /// The command refused ("" after the final dot).
+        command: String,
+        /// The reply code.
+        code: u16,
+        /// The reply text (lines joined with newlines).
+        text: String,
+    },
+    /// The connection failed, timed out, or the server spoke garbage.
+    #[error("{0}")]
+    Broken(String),
+}
+
 /// The message to send.
 pub struct Message<'a> {
     /// Envelope sender; empty for `<>`.
@@ -102,11 +132,12 @@ pub async fn deliver(address: &str, hostname: &str, msg: Message<'_>) -> Vec<Del
         Ok(a) => a,
         Err(e) => return vec![DeliveryOutcome::TempFail(e.to_string()); msg.rcpts.len()],
     };
-    let mut outcomes: Vec<Option<DeliveryOutcome>> = vec![None; msg.rcpts.len()];
+    let mut outcomes: Vec<Option<Answer>> = vec![None; msg.rcpts.len()];
+    let mut refused = None;
     let result = match &addr {
         LmtpAddress::Unix(path) => {
             match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path)).await {
-                Ok(Ok(s)) => session(s, address, hostname, &msg, &mut outcomes).await,
+                Ok(Ok(s)) => session(s, address, hostname, &msg, &mut outcomes, &mut refused, true).await,
                 Ok(Err(e)) => Err(Broken(format!("cannot connect to LMTP server {address}: {e}"))),
                 Err(_) => Err(Broken(format!("timed out connecting to LMTP server {address}"))),
             }
@@ -114,7 +145,7 @@ pub async fn deliver(address: &str, hostname: &str, msg: Message<'_>) -> Vec<Del
         LmtpAddress::Tcp(hp) => match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(hp)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                session(s, address, hostname, &msg, &mut outcomes).await
+                session(s, address, hostname, &msg, &mut outcomes, &mut refused, true).await
             }
             Ok(Err(e)) => Err(Broken(format!("cannot connect to LMTP server {address}: {e}"))),
             Err(_) => Err(Broken(format!("timed out connecting to LMTP server {address}"))),
@@ -126,33 +157,85 @@ pub async fn deliver(address: &str, hostname: &str, msg: Message<'_>) -> Vec<Del
     };
     outcomes
         .into_iter()
-        .map(|o| o.unwrap_or_else(|| DeliveryOutcome::TempFail(broken.clone())))
+        .map(|o| match o {
+            Some(a) => a.reply.outcome(address),
+            None => DeliveryOutcome::TempFail(broken.clone()),
+        })
         .collect()
 }
 
+/// Deliver to one recipient over a connected `stream` (`mda-lmtp`):
+/// `Ok` once the server accepted the message after the final dot.
+pub async fn deliver_one<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    hostname: &str,
+    from: &str,
+    rcpt: &str,
+    data: Arc<OwnedFd>,
+) -> Result<(), LmtpFailure> {
+    let rcpts = [rcpt.to_string()];
+    let msg = Message {
+        from,
+        rcpts: &rcpts,
+        header_prefix: b"",
+        data,
+    };
+    let mut outcomes = vec![None];
+    let mut refused = None;
+    let result = session(stream, "", hostname, &msg, &mut outcomes, &mut refused, false).await;
+    let (answer, greeting) = match (result, refused, outcomes.pop().flatten()) {
+        (Err(_), Some(a), _) => {
+            let greeting = a.command.is_empty();
+            (a, greeting)
+        }
+        (Err(Broken(why)), None, _) => return Err(LmtpFailure::Broken(why)),
+        (Ok(()), _, Some(a)) => (a, false),
+        (Ok(()), _, None) => return Err(LmtpFailure::Broken("LMTP server gave no answer".into())),
+    };
+    match answer.reply.code {
+        200..=299 => Ok(()),
+        code => Err(LmtpFailure::Refused {
+            greeting,
+            command: answer.command,
+            code,
+            text: answer.reply.text,
+        }),
+    }
+}
+
+/// One LMTP transaction on a connected stream: each recipient's answer
+/// goes in `outcomes`; a refused greeting or LHLO goes in `refused`
+/// (and is also the `Broken` text). `wait_quit`: see [`quit`].
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     server: &str,
     hostname: &str,
     msg: &Message<'_>,
-    outcomes: &mut [Option<DeliveryOutcome>],
+    outcomes: &mut [Option<Answer>],
+    refused: &mut Option<Answer>,
+    wait_quit: bool,
 ) -> Result<(), Broken> {
     let (r, w) = tokio::io::split(stream);
     let mut r = BufReader::new(r);
     let mut w = BufWriter::with_capacity(64 * 1024, w);
     let greeting = read_reply(&mut r, COMMAND_TIMEOUT).await?;
     if greeting.code != 220 {
-        return Err(Broken(format!(
-            "LMTP server {server} greeted with {} {}",
-            greeting.code, greeting.text
-        )));
+        let why = format!("LMTP server {server} greeted with {} {}", greeting.code, greeting.text);
+        *refused = Some(Answer {
+            command: String::new(),
+            reply: greeting,
+        });
+        return Err(Broken(why));
     }
-    let lhlo = command(&mut r, &mut w, &format!("LHLO {hostname}")).await?;
+    let lhlo_cmd = format!("LHLO {hostname}");
+    let lhlo = command(&mut r, &mut w, &lhlo_cmd).await?;
     if lhlo.code != 250 {
-        return Err(Broken(format!(
-            "LMTP server {server} refused LHLO: {} {}",
-            lhlo.code, lhlo.text
-        )));
+        let why = format!("LMTP server {server} refused LHLO: {} {}", lhlo.code, lhlo.text);
+        *refused = Some(Answer {
+            command: lhlo_cmd,
+            reply: lhlo,
+        });
+        return Err(Broken(why));
     }
     let exts: Vec<String> = lhlo.text.lines().map(|l| l.to_ascii_uppercase()).collect();
     let has = |e: &str| exts.iter().any(|l| l.split_whitespace().next() == Some(e));
@@ -168,30 +251,37 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     if reply.code != 250 {
         // The sender is refused: that answer is every recipient's.
         for o in outcomes.iter_mut() {
-            *o = Some(reply.outcome(server));
+            *o = Some(Answer {
+                command: mail.clone(),
+                reply: reply.clone(),
+            });
         }
-        let _ = quit(&mut r, &mut w).await;
+        let _ = quit(&mut r, &mut w, wait_quit).await;
         return Ok(());
     }
     let mut accepted = Vec::new();
     for (i, rcpt) in msg.rcpts.iter().enumerate() {
-        let reply = command(&mut r, &mut w, &format!("RCPT TO:<{rcpt}>")).await?;
+        let cmd = format!("RCPT TO:<{rcpt}>");
+        let reply = command(&mut r, &mut w, &cmd).await?;
         if (200..300).contains(&reply.code) {
             accepted.push(i);
         } else {
-            outcomes[i] = Some(reply.outcome(server));
+            outcomes[i] = Some(Answer { command: cmd, reply });
         }
     }
     if accepted.is_empty() {
-        let _ = quit(&mut r, &mut w).await;
+        let _ = quit(&mut r, &mut w, wait_quit).await;
         return Ok(());
     }
     let reply = command(&mut r, &mut w, "DATA").await?;
     if reply.code != 354 {
         for &i in &accepted {
-            outcomes[i] = Some(reply.outcome(server));
+            outcomes[i] = Some(Answer {
+                command: "DATA".into(),
+                reply: reply.clone(),
+            });
         }
-        let _ = quit(&mut r, &mut w).await;
+        let _ = quit(&mut r, &mut w, wait_quit).await;
         return Ok(());
     }
     send_data(&mut w, msg)
@@ -199,17 +289,32 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|e| Broken(format!("sending the message to LMTP server {server}: {e}")))?;
     for &i in &accepted {
         let reply = read_reply(&mut r, DATA_TIMEOUT).await?;
-        outcomes[i] = Some(reply.outcome(server));
+        outcomes[i] = Some(Answer {
+            command: String::new(),
+            reply,
+        });
     }
-    let _ = quit(&mut r, &mut w).await;
+    let all_delivered = outcomes.iter().flatten().all(|a| (200..300).contains(&a.reply.code));
+    let _ = quit(&mut r, &mut w, wait_quit || all_delivered).await;
     Ok(())
 }
 
-async fn quit<R, W>(r: &mut BufReader<R>, w: &mut BufWriter<W>) -> Result<(), Broken>
+/// QUIT, and its reply when `wait` (deliverd always waits; mda-lmtp waits
+/// only after a success, like chasquid's, and otherwise does not keep its
+/// caller waiting on a server that has said no).
+async fn quit<R, W>(r: &mut BufReader<R>, w: &mut BufWriter<W>, wait: bool) -> Result<(), Broken>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    if !wait {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            w.write_all(b"QUIT\r\n").await?;
+            w.flush().await
+        })
+        .await;
+        return Ok(());
+    }
     command(r, w, "QUIT").await.map(|_| ())
 }
 
@@ -424,8 +529,16 @@ mod tests {
             header_prefix: b"Received: x\r\n",
             data: Arc::new(OwnedFd::from(f)),
         };
-        let mut outcomes = vec![None; 3];
-        session(ours, "test", "mx.test", &msg, &mut outcomes).await.unwrap();
+        let mut answers = vec![None; 3];
+        let mut refused = None;
+        session(ours, "test", "mx.test", &msg, &mut answers, &mut refused, true)
+            .await
+            .unwrap();
+        assert!(refused.is_none());
+        let outcomes: Vec<Option<DeliveryOutcome>> = answers
+            .into_iter()
+            .map(|a| a.map(|a| a.reply.outcome("test")))
+            .collect();
         let (got, data) = server.await.unwrap();
         assert_eq!(
             got,

@@ -104,3 +104,96 @@ impl Drop for Dovecot {
         let _ = self.child.wait();
     }
 }
+
+/// A Dovecot LMTP server (unix socket `run/lmtp` and a loopback TCP
+/// port) delivering to Maildirs under `mail/USER/Maildir` for
+/// `users@example.com`.
+pub struct Lmtp {
+    /// The running Dovecot.
+    pub server: Dovecot,
+    /// The TCP port.
+    pub port: u16,
+}
+
+impl Lmtp {
+    /// Start it in `dir`.
+    pub fn start(dir: &Path, users: &[&str]) -> Lmtp {
+        let mail = dir.join("mail");
+        std::fs::create_dir_all(&mail).expect("mkdir");
+        let port = crate::free_port();
+        let who = accounts();
+        if is_root() {
+            // Dovecot stores the mail as the (non-root) mail user.
+            nix::unistd::chown(
+                &mail,
+                Some(nix::unistd::Uid::from_raw(who.uid)),
+                Some(nix::unistd::Gid::from_raw(who.gid)),
+            )
+            .expect("chown mail");
+        }
+        let specific = format!(
+            "protocols = lmtp\n\
+             listen = 127.0.0.1\n\
+             ssl = no\n\
+             mail_location = maildir:~/Maildir\n\
+             postmaster_address = postmaster@example.com\n\
+             service lmtp {{\n\
+               inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n\
+               unix_listener lmtp {{\n    mode = 0666\n  }}\n\
+             }}\n"
+        );
+        let passwd: String = users
+            .iter()
+            .map(|u| {
+                format!(
+                    "{u}@example.com:{{PLAIN}}x:{}:{}::{}/{u}::\n",
+                    who.uid,
+                    who.gid,
+                    mail.display()
+                )
+            })
+            .collect();
+        let server = Dovecot::start(dir, &specific, &passwd, |d| {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && d.join("run/lmtp").exists()
+        });
+        Lmtp { server, port }
+    }
+
+    /// The unix socket.
+    pub fn socket(&self) -> PathBuf {
+        self.server.dir.join("run/lmtp")
+    }
+
+    /// The messages in `user`'s Maildir/new, sorted.
+    pub fn mailbox(&self, user: &str) -> Vec<String> {
+        let new = self.server.dir.join("mail").join(user).join("Maildir/new");
+        let mut out: Vec<String> = std::fs::read_dir(new)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+}
+
+/// A Dovecot auth server only (no mail protocols), its sockets at
+/// `run/auth-userdb` and `run/auth-client` (so the chasquid-style prefix
+/// is `run/auth`), mode 0600 for `owner`; `passwd` lines as given.
+pub fn start_auth(dir: &Path, owner: &str, passwd: &str) -> Dovecot {
+    let specific = format!(
+        "protocols = none\n\
+         ssl = no\n\
+         auth_failure_delay = 0\n\
+         auth_mechanisms = plain\n\
+         service auth {{\n\
+           unix_listener auth-userdb {{\n    mode = 0600\n    user = {owner}\n  }}\n\
+           unix_listener auth-client {{\n    mode = 0600\n    user = {owner}\n  }}\n\
+         }}\n"
+    );
+    Dovecot::start(dir, &specific, passwd, |d| {
+        d.join("run/auth-userdb").exists() && d.join("run/auth-client").exists()
+    })
+}

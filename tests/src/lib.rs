@@ -121,6 +121,21 @@ pub fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `program` (from Debian package `package`) is on PATH (or in
+/// /usr/sbin). Under CI=true a missing program fails the test; elsewhere
+/// the test prints `SKIPPED: ...` and the caller returns.
+pub fn require(program: &str, package: &str) -> bool {
+    if have(program) || Path::new("/usr/sbin").join(program).exists() {
+        return true;
+    }
+    let why = format!("{program} (Debian package {package}) is not installed; scripts/test installs it");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}");
+    }
+    println!("SKIPPED: {why}");
+    false
+}
+
 /// A user in the generated configuration.
 pub const USER: &str = "alice@example.com";
 /// Her password.

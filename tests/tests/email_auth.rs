@@ -425,7 +425,7 @@ fn tambo_signatures_verified_by_python_dkim() {
         ]));
         assert!(ok, "{out}");
         assert!(
-            out.contains(&format!("{sel}._domainkey.mx.example.com. IN TXT \"v=DKIM1; k=")),
+            out.contains(&format!("{sel}._domainkey.mx.example.com\tTXT\t\"v=DKIM1; k=")),
             "{out}"
         );
         let (ok, dns_out) =

@@ -52,6 +52,10 @@ fn deb_has_the_expected_layout() {
         "./usr/lib/tambo/tambo-deliverd",
         "./usr/lib/tambo/mailq",
         "./usr/lib/tambo/sendmail",
+        "./usr/lib/tambo/chasquid-util",
+        "./usr/lib/tambo/mda-lmtp",
+        "./usr/lib/tambo/smtp-check",
+        "./usr/lib/tambo/dovecot-auth-cli",
         "./etc/tambo/chasquid.conf",
         "./etc/tambo/domains/",
         "./etc/tambo/certs/",
@@ -66,8 +70,16 @@ fn deb_has_the_expected_layout() {
             "{path} missing from the package:\n{list}"
         );
     }
-    // Never another MTA's files.
-    for path in ["./usr/sbin/sendmail", "./usr/bin/mailq", "./usr/lib/sendmail"] {
+    // Never another MTA's files, nor Debian's chasquid's.
+    for path in [
+        "./usr/sbin/sendmail",
+        "./usr/bin/mailq",
+        "./usr/lib/sendmail",
+        "./usr/bin/chasquid-util",
+        "./usr/bin/mda-lmtp",
+        "./usr/bin/smtp-check",
+        "./usr/bin/dovecot-auth-cli",
+    ] {
         assert!(
             !list.contains(&format!(" {path}")),
             "{path} must not be shipped:\n{list}"
@@ -198,6 +210,17 @@ fn rcpt(port: u16, to: &str) -> String {
     r
 }
 
+/// Paths other packages may own (Postfix's mailq and sendmail, Debian's
+/// chasquid's helper programs), which tambo offers through the
+/// alternatives system only where they are free.
+const OTHERS: [&str; 5] = [
+    "/usr/bin/mailq",
+    "/usr/sbin/sendmail",
+    "/usr/bin/chasquid-util",
+    "/usr/bin/mda-lmtp",
+    "/usr/bin/smtp-check",
+];
+
 #[test]
 fn deb_installs_runs_reloads_and_purges() {
     let enabled = std::env::var("CI").as_deref() == Ok("true") || std::env::var("TAMBO_TEST_DEB").as_deref() == Ok("1");
@@ -220,15 +243,34 @@ fn deb_installs_runs_reloads_and_purges() {
             .ok()
             .map(|m| (m.len(), std::fs::read_link(p).ok()))
     };
-    let before: Vec<_> = ["/usr/bin/mailq", "/usr/sbin/sendmail"]
-        .iter()
-        .map(|p| other_mta(p))
-        .collect();
+    let before: Vec<_> = OTHERS.iter().map(|p| other_mta(p)).collect();
     let (ok, text) = run(Command::new("dpkg").arg("-i").arg(&deb));
     assert!(ok, "dpkg -i: {text}");
-    for (p, was) in ["/usr/bin/mailq", "/usr/sbin/sendmail"].iter().zip(&before) {
+    for (p, was) in OTHERS.iter().zip(&before) {
         if was.is_some() {
             assert_eq!(&other_mta(p), was, "{p} of another MTA was changed by the install");
+        }
+    }
+
+    // chasquid's helper programs: tambo's in /usr/lib/tambo, and in
+    // /usr/bin through the alternatives system where the name was free.
+    let (ok, text) = run(Command::new("/usr/lib/tambo/chasquid-util").arg("--help"));
+    assert!(ok && text.contains("chasquid-util [options] user-add"), "{text}");
+    // No other package has dovecot-auth-cli: the name is always tambo's.
+    assert_eq!(
+        std::fs::canonicalize("/usr/bin/dovecot-auth-cli").ok(),
+        Some(PathBuf::from("/usr/lib/tambo/dovecot-auth-cli"))
+    );
+    for (name, was) in OTHERS.iter().zip(&before).skip(2) {
+        let base = Path::new(name).file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let ours = format!("/usr/lib/tambo/{base}");
+        assert!(Path::new(&ours).exists(), "{ours} missing");
+        if was.is_none() {
+            assert_eq!(
+                std::fs::canonicalize(name).ok(),
+                std::fs::canonicalize(&ours).ok(),
+                "{name} should lead to {ours}"
+            );
         }
     }
 
@@ -430,9 +472,14 @@ fn deb_installs_runs_reloads_and_purges() {
 
     // Purge removes the configuration, the queue, the logs and the users.
     let (ok, text) = run(Command::new("dpkg").args(["--purge", "tambo"]));
-    for (p, was) in ["/usr/bin/mailq", "/usr/sbin/sendmail"].iter().zip(&before) {
+    for (p, was) in OTHERS.iter().zip(&before) {
         if was.is_some() {
             assert_eq!(&other_mta(p), was, "{p} of another MTA was changed by the purge");
+        } else {
+            assert!(
+                std::fs::symlink_metadata(p).is_err(),
+                "{p}: tambo's alternative left after purge"
+            );
         }
     }
     assert!(ok, "dpkg --purge: {text}");

@@ -326,6 +326,17 @@ impl Session {
         Ok(s)
     }
 
+    /// The TLS version and cipher suite negotiated, once TLS is on.
+    pub fn tls_parameters(&self) -> Option<(rustls::ProtocolVersion, rustls::CipherSuite)> {
+        match self.io.get_ref() {
+            Stream::Tls(t) => {
+                let (_, conn) = t.get_ref();
+                Some((conn.protocol_version()?, conn.negotiated_cipher_suite()?.suite()))
+            }
+            _ => None,
+        }
+    }
+
     async fn hello(&mut self, helo: &str) -> Result<(), SmtpError> {
         let r = self.command(&format!("EHLO {helo}\r\n"), "EHLO").await?;
         if r.is_positive() {

@@ -100,13 +100,15 @@ impl Dns {
         Ok(Dns { resolver })
     }
 
-    /// The MX hosts of `domain` (ASCII form), at most [`MAX_MX`].
-    pub async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError> {
+    /// The MX records of `domain` as published: (preference, host in
+    /// lower case without the trailing dot; "" for a null MX), in the
+    /// order of the answer; empty when the domain has no MX record.
+    pub async fn mx_records(&self, domain: &str) -> Result<Vec<(u16, String)>, DnsError> {
         let fqdn = format!("{}.", domain.trim_end_matches('.'));
         let lookup = match self.resolver.lookup(fqdn.as_str(), RecordType::MX).await {
             Ok(l) => l,
             Err(e) if e.is_nx_domain() => return Err(DnsError::NoSuchDomain(domain.into())),
-            Err(e) if e.is_no_records_found() => return Ok(MxAnswer::Implicit),
+            Err(e) if e.is_no_records_found() => return Ok(Vec::new()),
             Err(e) => return Err(temporary(domain, &e)),
         };
         let mut mxs: Vec<(u16, String)> = Vec::new();
@@ -116,6 +118,12 @@ impl Dns {
                 mxs.push((mx.preference, name.trim_end_matches('.').to_ascii_lowercase()));
             }
         }
+        Ok(mxs)
+    }
+
+    /// The MX hosts of `domain` (ASCII form), at most [`MAX_MX`].
+    pub async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError> {
+        let mut mxs = self.mx_records(domain).await?;
         if mxs.is_empty() {
             return Ok(MxAnswer::Implicit);
         }

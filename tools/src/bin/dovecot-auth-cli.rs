@@ -1,0 +1,9 @@
+//! `dovecot-auth-cli`: see [`tambo_tools::dovecot_cli`].
+
+fn main() {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    std::process::exit(tambo_tools::dovecot_cli::main(&args));
+}
