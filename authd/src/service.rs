@@ -31,9 +31,18 @@ pub struct AuthService {
     keys: KeyStore,
     /// Dovecot, when `dovecot_auth` is on: consulted after the users file.
     dovecot: Option<Dovecot>,
+    /// The domain of `hostname` (normalised): a login without a domain is
+    /// one of its users (a tambo addition; chasquid asks only Dovecot).
+    hostname_domain: RwLock<String>,
     /// The smarthost credentials (`relay_auth_file`): `None` when not
     /// configured, an error text when the file does not load.
     relay: RwLock<Option<Result<RelayCredentials, String>>>,
+}
+
+/// The normalised domain of `hostname`.
+fn hostname_domain(start: &WorkerStart) -> String {
+    let h = &start.config.hostname;
+    tambo_common::names::normalize_domain(h).unwrap_or_else(|_| h.to_lowercase())
 }
 
 /// Read `relay_auth_file`, when set (the supervisor opened it).
@@ -99,6 +108,7 @@ impl AuthService {
             throttle: Throttle::default(),
             keys,
             dovecot,
+            hostname_domain: RwLock::new(hostname_domain(start)),
             relay: RwLock::new(relay),
         })
     }
@@ -106,6 +116,7 @@ impl AuthService {
     /// Load again; on error the old databases (or the old certificates)
     /// stay. Users and certificates are reloaded independently.
     pub fn reload(&self, start: &WorkerStart, secrets: &SecretSet) -> anyhow::Result<()> {
+        *self.hostname_domain.write().unwrap_or_else(|p| p.into_inner()) = hostname_domain(start);
         let users = self.reload_users(start, secrets);
         let dkim = DkimKeys::load(secrets).context("reloading DKIM keys").map(|dkim| {
             *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dkim);
@@ -219,17 +230,20 @@ impl AuthService {
             } => {
                 let started = Instant::now();
                 let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..AUTH_JITTER_MS));
-                let who = format!("{user}@{domain}");
                 let ip = client_ip.clone();
+                let mut who = format!("{user}@{domain}");
                 let outcome = self.authenticate(user, domain, password, client_ip).await;
-                let result = match outcome {
-                    AuthOutcome::Success => "success",
+                let result = match &outcome {
+                    AuthOutcome::Success { identity } => {
+                        who = identity.clone();
+                        "success"
+                    }
                     AuthOutcome::Failure => "failure",
                     AuthOutcome::Throttled => "throttled",
                 };
                 metrics::inc(Metric::AuthAttempts, &[("result", result)]);
                 mail_log(MailLogEvent::Auth {
-                    ok: outcome == AuthOutcome::Success,
+                    ok: result == "success",
                     user: who,
                     ip,
                 });
@@ -251,15 +265,23 @@ impl AuthService {
         }
     }
 
+    /// Check a password: the users file of `domain` (for a login without
+    /// domain, of `hostname`'s domain), then Dovecot when it is on, as
+    /// chasquid asks it: `user@domain`, or the bare `user` (identity
+    /// `user@`).
     async fn authenticate(self: &Arc<Self>, user: String, domain: String, password: String, ip: String) -> AuthOutcome {
         let key = format!("{user}@{domain}");
         if self.throttle.is_blocked(&ip, &key) {
             tracing::info!(ip, user = key, "authentication throttled");
             return AuthOutcome::Throttled;
         }
+        let db_domain = if domain.is_empty() {
+            self.hostname_domain.read().unwrap_or_else(|p| p.into_inner()).clone()
+        } else {
+            domain.clone()
+        };
         let dbs = self.dbs();
-        let local = dbs.contains_key(&domain);
-        let (u, d, p) = (user.clone(), domain.clone(), password.clone());
+        let (u, d, p) = (user.clone(), db_domain.clone(), password.clone());
         let mut ok = tokio::task::spawn_blocking(move || match dbs.get(&d) {
             Some(db) => db.authenticate(&u, &p),
             None => {
@@ -269,20 +291,20 @@ impl AuthService {
         })
         .await
         .unwrap_or(false);
-        if !ok
-            && local
-            && let Some(dc) = &self.dovecot
-        {
-            ok = match dc.authenticate(&key, &password).await {
+        let mut identity = format!("{user}@{db_domain}");
+        if !ok && let Some(dc) = &self.dovecot {
+            let id = if domain.is_empty() { user.clone() } else { key.clone() };
+            ok = match dc.authenticate(&id, &password).await {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!("{e}");
                     false
                 }
             };
+            identity = key.clone();
         }
         if ok {
-            AuthOutcome::Success
+            AuthOutcome::Success { identity }
         } else {
             self.throttle.record_failure(&ip, &key);
             AuthOutcome::Failure
@@ -348,7 +370,12 @@ mod tests {
             client_ip: "192.0.2.1".into(),
         };
         let t = Instant::now();
-        assert_eq!(svc.handle(auth("secret")).await, AuthReply::Auth(AuthOutcome::Success));
+        assert_eq!(
+            svc.handle(auth("secret")).await,
+            AuthReply::Auth(AuthOutcome::Success {
+                identity: "alice@example.com".into()
+            })
+        );
         assert!(t.elapsed() >= MIN_AUTH_TIME);
         assert_eq!(svc.handle(auth("wrong")).await, AuthReply::Auth(AuthOutcome::Failure));
     }

@@ -600,10 +600,14 @@ pub struct CertChain {
 }
 
 /// The result of a password check.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum AuthOutcome {
-    /// Correct password.
-    Success,
+    /// Correct password, for this identity (`user@domain`; for a login
+    /// without domain that Dovecot accepted, `user@`, as chasquid has it).
+    Success {
+        /// Who the session is authenticated as.
+        identity: String,
+    },
     /// Wrong user or password.
     Failure,
     /// Too many recent failures for this client or user.

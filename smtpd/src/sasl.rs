@@ -89,14 +89,13 @@ pub fn parse_plain(raw: &[u8]) -> Result<Credentials, SaslError> {
 }
 
 /// Split a login name into (user, domain): `user@domain`, or a bare `user`
-/// for `default_domain`. Both are normalised as the users databases are;
+/// with an empty domain. Both are normalised as the users databases are;
 /// a name that does not normalise is kept lowercase as given (it matches
 /// no user, and authd still spends its usual time on it).
-pub fn split_identity(login: &str, default_domain: &str) -> (String, String) {
-    let (user, domain) = match login.rsplit_once('@') {
-        Some((u, d)) => (u, d),
-        None => (login, default_domain),
-    };
+pub fn split_identity(login: &str) -> (String, String) {
+    // A login without a domain keeps an empty one: authd tries the users
+    // of `hostname`'s domain, then Dovecot with the bare name (chasquid).
+    let (user, domain) = login.rsplit_once('@').unwrap_or((login, ""));
     let user = tambo_common::names::normalize_user(user).unwrap_or_else(|_| user.to_lowercase());
     let domain = tambo_common::names::normalize_domain(domain).unwrap_or_else(|_| domain.to_lowercase());
     (user, domain)
@@ -136,12 +135,9 @@ mod tests {
     #[test]
     fn identities() {
         assert_eq!(
-            split_identity("Alice@Example.COM", "mx.example.com"),
+            split_identity("Alice@Example.COM"),
             ("alice".into(), "example.com".into())
         );
-        assert_eq!(
-            split_identity("alice", "MX.example.com"),
-            ("alice".into(), "mx.example.com".into())
-        );
+        assert_eq!(split_identity("alice"), ("alice".into(), "".into()));
     }
 }

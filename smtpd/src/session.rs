@@ -705,10 +705,8 @@ impl Session {
             }
             _ => return Ok(self.fail("504 5.5.4 Unrecognized authentication mechanism")),
         };
-        let (user, domain) = sasl::split_identity(&login, &self.settings.hostname);
-        if !authzid.is_empty()
-            && sasl::split_identity(&authzid, &self.settings.hostname) != (user.clone(), domain.clone())
-        {
+        let (user, domain) = sasl::split_identity(&login);
+        if !authzid.is_empty() && sasl::split_identity(&authzid) != (user.clone(), domain.clone()) {
             tracing::info!(ip = %self.peer.ip, "AUTH: authorization identity differs from the login");
             return Ok(self.auth_failed("535 5.7.8 Authorization identity must match the login"));
         }
@@ -721,9 +719,9 @@ impl Session {
         let reply = self.backend.authd.call(req, Vec::new(), AUTHD_WAIT).await;
         let ip = self.peer.ip;
         match reply {
-            Ok((AuthReply::Auth(AuthOutcome::Success), _)) => {
-                tracing::info!(%ip, user = %format!("{user}@{domain}"), "AUTH succeeded");
-                self.auth_user = Some(format!("{user}@{domain}"));
+            Ok((AuthReply::Auth(AuthOutcome::Success { identity }), _)) => {
+                tracing::info!(%ip, user = %identity, "AUTH succeeded");
+                self.auth_user = Some(identity);
                 self.conn.reply("235 2.7.0 Authentication successful");
                 Ok(Next::Continue)
             }
