@@ -47,8 +47,9 @@ pub enum SignError {
     /// Header section too large.
     #[error("header section larger than {MAX_HEADERS} bytes")]
     TooLarge,
-    /// RFC 6376 §5.4: From must be signed, so it must be there, once.
-    #[error("the message must have exactly one From header")]
+    /// Two From headers or more: which one the signature vouches for
+    /// would be ambiguous (RFC 6376 §5.4, and DMARC refuses such mail).
+    #[error("the message has more than one From header")]
     From,
     /// The crypto library failed.
     #[error("signing failed: {0}")]
@@ -136,7 +137,9 @@ impl DkimKeys {
         let froms = HeaderBlock::new(headers)
             .filter(|(n, _)| n.eq_ignore_ascii_case(b"from"))
             .count();
-        if froms != 1 {
+        // Without a From, it is signed as absent (as chasquid signs such
+        // mail): adding one later breaks the signature.
+        if froms > 1 {
             return Err(SignError::From);
         }
         let mut out = Vec::with_capacity(keys.len());
@@ -306,7 +309,14 @@ pub(crate) mod tests {
             keys.sign("example.com", MSG_HEADERS.as_bytes(), &bh[..5], 1),
             Err(SignError::BadBodyHash)
         );
-        assert_eq!(keys.sign("example.com", b"To: x@y\r\n", &bh, 1), Err(SignError::From));
+        assert_eq!(
+            keys.sign("example.com", b"From: a@b\r\nFrom: c@d\r\nTo: x@y\r\n", &bh, 1),
+            Err(SignError::From)
+        );
+        // No From at all: signed, with From in h= (signed as absent).
+        let sigs = keys.sign("example.com", b"To: x@y\r\n", &bh, 1).unwrap();
+        assert_eq!(sigs.len(), 1);
+        assert!(sigs[0].to_ascii_lowercase().contains("from:from"), "{}", sigs[0]);
     }
 
     #[test]
@@ -375,5 +385,15 @@ pub(crate) mod tests {
         // A second From added later breaks them too (From is oversigned).
         let two_from = msg.replace("From: Alice", "From: Mallory <m@evil.example>\r\nFrom: Alice");
         assert_eq!(verify(&two_from), "False False");
+        // A message without From (chasquid signs those too): valid, and
+        // adding a From breaks it.
+        let no_from = MSG_HEADERS.replace("From: Alice <alice@example.com>\r\n", "");
+        let sigs = keys
+            .sign("example.com", no_from.as_bytes(), &body_hash(BODY.as_bytes()), now)
+            .unwrap();
+        let msg = format!("{}{}{no_from}\r\n{BODY}", sigs[0], sigs[1]);
+        assert_eq!(verify(&msg), "True True");
+        let added = msg.replace("To: bob@", "From: m@evil.example\r\nTo: bob@");
+        assert_eq!(verify(&added), "False False");
     }
 }
