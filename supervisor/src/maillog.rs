@@ -39,6 +39,13 @@ pub struct MailLog {
 }
 
 fn open_file(path: &Path) -> Result<File, String> {
+    // As chasquid does: the log's directory is created when missing
+    // (`mail_log_path: "../.logs/mail_log"` in its test configurations);
+    // if that fails, opening the file says why.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::DirBuilder::new().recursive(true).mode(0o775).create(dir);
+    }
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -204,6 +211,15 @@ mod tests {
     }
 
     #[test]
+    fn missing_directory_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".logs/sub/mail_log");
+        let mut log = MailLog::open(path.to_str().unwrap()).unwrap();
+        log.write("one");
+        assert!(std::fs::read_to_string(&path).unwrap().contains("one"));
+    }
+
+    #[test]
     fn file_reopened_after_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mail.log");
@@ -218,6 +234,11 @@ mod tests {
         let new = std::fs::read_to_string(&path).unwrap();
         assert!(old.contains(" one\n") && old.contains(" two\n"), "{old}");
         assert!(new.ends_with(" three\n") && !new.contains("two"), "{new}");
-        assert!(MailLog::open("/nonexistent/dir/mail.log").is_err());
+        // A directory that cannot be created: the error names the file.
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let under_file = file.join("dir/mail.log");
+        let err = MailLog::open(under_file.to_str().unwrap()).err().unwrap();
+        assert!(err.contains("a-file/dir/mail.log"), "{err}");
     }
 }
