@@ -125,11 +125,14 @@ enum Command {
 fn domaininfo_remove(config_dir: &std::path::Path, domain: &str, socket: Option<PathBuf>) -> anyhow::Result<()> {
     let config = tambo_common::config::load_config(config_dir, None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let domain = tambo_common::names::normalize_domain(domain).map_err(|e| anyhow::anyhow!("{domain}: {e}"))?;
-    let socket = socket.unwrap_or_else(|| config.control_socket(config_dir));
+    let sockets = match socket {
+        Some(s) => vec![s],
+        None => config.control_sockets(config_dir),
+    };
     let mut config = config;
     config.resolve_paths(config_dir);
-    match tambo_common::unixsock::connect(&socket) {
-        Ok(stream) => {
+    match tambo_common::unixsock::connect_first(&sockets) {
+        Ok((stream, socket)) => {
             let req = tambo_ipc::proto::AdminRequest::DomainInfoRemove { domain };
             for r in queue::request_on(stream, &socket, &req)? {
                 if let tambo_ipc::proto::AdminReply::Done(text) = r {
@@ -138,14 +141,14 @@ fn domaininfo_remove(config_dir: &std::path::Path, domain: &str, socket: Option<
             }
             return Ok(());
         }
-        Err(e)
+        Err((_, e))
             if matches!(
                 e.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) => {}
         Err(_) => {
             // Not allowed on the socket (or another problem): name it.
-            queue::connect(&socket)?;
+            queue::connect(&sockets)?;
         }
     }
     let dir = PathBuf::from(&config.data_dir).join("domaininfo");
@@ -233,8 +236,8 @@ fn queue_command(config_dir: &std::path::Path, cmd: QueueCommand) -> anyhow::Res
         QueueCommand::Release { id, socket } => (socket, AdminRequest::Release { id }),
         QueueCommand::Remove { id, socket } => (socket, AdminRequest::Remove { id }),
     };
-    let path = queue::socket_path(config_dir, socket.socket)?;
-    queue::run(&path, req)
+    let paths = queue::socket_paths(config_dir, socket.socket)?;
+    queue::run(&paths, req)
 }
 
 fn invoked_as(name: &str) -> bool {
@@ -252,7 +255,7 @@ fn main() {
     }
     if invoked_as("mailq") {
         let cli = MailqCli::parse();
-        let result = queue::socket_path(&cli.config_dir, cli.socket)
+        let result = queue::socket_paths(&cli.config_dir, cli.socket)
             .and_then(|p| queue::run(&p, tambo_ipc::proto::AdminRequest::List));
         if let Err(e) = result {
             eprintln!("mailq: {e:#}");
@@ -274,8 +277,8 @@ fn main() {
             .map(|c| print!("{}", tambo_common::config::print_config(&c)))
             .map_err(|e| anyhow::anyhow!("{e}")),
         Command::DomaininfoRemove { domain, socket } => domaininfo_remove(&cli.config_dir, &domain, socket.socket),
-        Command::AliasesResolve { address, socket } => queue::socket_path(&cli.config_dir, socket)
-            .and_then(|path| queue::run(&path, tambo_ipc::proto::AdminRequest::ResolveAddress { address })),
+        Command::AliasesResolve { address, socket } => queue::socket_paths(&cli.config_dir, socket)
+            .and_then(|paths| queue::run(&paths, tambo_ipc::proto::AdminRequest::ResolveAddress { address })),
         Command::Sendmail { args } => std::process::exit(sendmail::main(&args, &cli.config_dir)),
         Command::MaildirDeliver { dir, address } => maildir::deliver(&dir, &address),
         Command::Queue(cmd) => queue_command(&cli.config_dir, cmd),
