@@ -10,6 +10,7 @@
 
 pub mod certs;
 pub mod courier;
+pub mod differential;
 pub mod dovecot;
 pub mod dropin;
 pub mod fakedns;
