@@ -127,8 +127,8 @@ fn queue_command(config_dir: &std::path::Path, cmd: QueueCommand) -> anyhow::Res
         QueueCommand::Release { id, socket } => (socket, AdminRequest::Release { id }),
         QueueCommand::Remove { id, socket } => (socket, AdminRequest::Remove { id }),
     };
-    let path = queue::socket_path(config_dir, socket.socket)?;
-    queue::run(&path, req)
+    let paths = queue::socket_paths(config_dir, socket.socket)?;
+    queue::run(&paths, req)
 }
 
 fn invoked_as(name: &str) -> bool {
@@ -146,7 +146,7 @@ fn main() {
     }
     if invoked_as("mailq") {
         let cli = MailqCli::parse();
-        let result = queue::socket_path(&cli.config_dir, cli.socket)
+        let result = queue::socket_paths(&cli.config_dir, cli.socket)
             .and_then(|p| queue::run(&p, tambo_ipc::proto::AdminRequest::List));
         if let Err(e) = result {
             eprintln!("mailq: {e:#}");

@@ -17,33 +17,38 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Most reply frames accepted (a listing has one per message).
 const MAX_REPLIES: usize = 1_000_000;
 
-/// Where the control socket is: `--socket`, else in the run-time
-/// directory of the configuration in `config_dir`.
-pub fn socket_path(config_dir: &Path, explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+/// Where the control socket may be: `--socket`, else the places the
+/// configuration in `config_dir` gives (tried in order by [`connect`]).
+pub fn socket_paths(config_dir: &Path, explicit: Option<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
     if let Some(p) = explicit {
-        return Ok(p);
+        return Ok(vec![p]);
     }
     let config = tambo_common::config::load_config(config_dir, None).map_err(|e| anyhow!("{e}"))?;
-    Ok(config.control_socket(config_dir))
+    Ok(config.control_sockets(config_dir))
 }
 
 /// Send one request and collect the answer's frames (up to `End`).
-pub fn request(socket: &Path, req: &AdminRequest) -> anyhow::Result<Vec<AdminReply>> {
-    request_on(connect(socket)?, socket, req)
+pub fn request(sockets: &[PathBuf], req: &AdminRequest) -> anyhow::Result<Vec<AdminReply>> {
+    let (stream, socket) = connect(sockets)?;
+    request_on(stream, &socket, req)
 }
 
-/// Connect to the control socket.
-pub fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
-    match tambo_common::unixsock::connect(socket) {
+/// Connect to the first of `sockets` a server accepts on; the stream and
+/// the socket's path.
+pub fn connect(sockets: &[PathBuf]) -> anyhow::Result<(UnixStream, PathBuf)> {
+    match tambo_common::unixsock::connect_first(sockets) {
         Ok(s) => Ok(s),
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
-            bail!("tambod is not running (no control socket at {})", socket.display())
+        Err((_, e)) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+            bail!(
+                "tambod is not running (no control socket at {})",
+                tambo_common::unixsock::or_list(sockets)
+            )
         }
-        Err(e) if e.kind() == ErrorKind::PermissionDenied => bail!(
+        Err((socket, e)) if e.kind() == ErrorKind::PermissionDenied => bail!(
             "{}: permission denied (the control socket is for root and the admin group)",
             socket.display()
         ),
-        Err(e) => Err(e).with_context(|| format!("connecting to {}", socket.display())),
+        Err((socket, e)) => Err(e).with_context(|| format!("connecting to {}", socket.display())),
     }
 }
 
@@ -223,9 +228,9 @@ fn httpdate_like(secs: u64) -> String {
 }
 
 /// Run a `tambo queue` action and print its result.
-pub fn run(socket: &Path, req: AdminRequest) -> anyhow::Result<()> {
+pub fn run(sockets: &[PathBuf], req: AdminRequest) -> anyhow::Result<()> {
     let list = req == AdminRequest::List;
-    let replies = request(socket, &req)?;
+    let replies = request(sockets, &req)?;
     if list {
         let msgs: Vec<AdminMessage> = replies
             .into_iter()

@@ -254,7 +254,7 @@ fn run(args: &[String], default_config: &Path) -> Result<(), Failure> {
     let config = tambo_common::config::load_config(&config_dir, None)
         .map_err(|e| Failure(EX_TEMPFAIL, format!("sendmail: {e}")))?;
     let max = usize::try_from(config.max_data_size_mb).unwrap_or(0) * 1024 * 1024;
-    let socket = config.control_socket(&config_dir);
+    let sockets = config.control_sockets(&config_dir);
     let stdin = std::io::stdin();
     let mut msg = read_message(&mut stdin.lock(), o.ignore_dots, max)?;
     let mut rcpts = o.rcpts.clone();
@@ -283,24 +283,25 @@ fn run(args: &[String], default_config: &Path) -> Result<(), Failure> {
             format!("{user}@{}", config.hostname)
         }
     };
-    submit(&socket, from, rcpts, &msg)?;
+    submit(&sockets, from, rcpts, &msg)?;
     Ok(())
 }
 
-/// Hand the message to the server; its queue ID.
-pub fn submit(socket: &Path, from: String, rcpts: Vec<String>, msg: &[u8]) -> Result<String, Failure> {
-    let stream = match tambo_common::unixsock::connect(socket) {
-        Ok(s) => s,
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+/// Hand the message to the server (on the first of `sockets` it accepts
+/// on); its queue ID.
+pub fn submit(sockets: &[PathBuf], from: String, rcpts: Vec<String>, msg: &[u8]) -> Result<String, Failure> {
+    let stream = match tambo_common::unixsock::connect_first(sockets) {
+        Ok((s, _)) => s,
+        Err((_, e)) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
             return Err(Failure(
                 EX_TEMPFAIL,
                 format!(
                     "sendmail: tambod is not running (no control socket at {})",
-                    socket.display()
+                    tambo_common::unixsock::or_list(sockets)
                 ),
             ));
         }
-        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+        Err((socket, e)) if e.kind() == ErrorKind::PermissionDenied => {
             return Err(Failure(
                 EX_NOPERM,
                 format!(
@@ -309,7 +310,7 @@ pub fn submit(socket: &Path, from: String, rcpts: Vec<String>, msg: &[u8]) -> Re
                 ),
             ));
         }
-        Err(e) => return Err(Failure(EX_TEMPFAIL, format!("sendmail: {}: {e}", socket.display()))),
+        Err((socket, e)) => return Err(Failure(EX_TEMPFAIL, format!("sendmail: {}: {e}", socket.display()))),
     };
     let mut ch = SyncChannel::new(stream);
     ch.set_timeout(Some(Duration::from_secs(120)));

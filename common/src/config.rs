@@ -697,15 +697,16 @@ impl Config {
         out
     }
 
-    /// The control socket of the server that runs this configuration,
-    /// read from `config_dir` (relative paths are taken from there): the
-    /// first of [`control_socket_candidates`](Self::control_socket_candidates)
-    /// that exists, else the first.
-    pub fn control_socket(&self, config_dir: &Path) -> PathBuf {
+    /// Where the control socket of the server that runs this
+    /// configuration, read from `config_dir`, may be (relative paths are
+    /// taken from there): [`control_socket_candidates`](Self::control_socket_candidates),
+    /// to be tried in order with [`crate::unixsock::connect_first`]. A
+    /// socket file that exists proves nothing (a stale `/run/tambo` of
+    /// an earlier root server, say): only a connection does.
+    pub fn control_sockets(&self, config_dir: &Path) -> Vec<PathBuf> {
         let mut c = self.clone();
         c.resolve_paths(config_dir);
-        let candidates = c.control_socket_candidates();
-        candidates.iter().find(|p| p.exists()).unwrap_or(&candidates[0]).clone()
+        c.control_socket_candidates()
     }
 
     /// The maximum message size in bytes.

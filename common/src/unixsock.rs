@@ -58,6 +58,44 @@ pub fn connect(path: &Path) -> std::io::Result<UnixStream> {
     UnixStream::connect(short)
 }
 
+/// Connect to the first of `paths` that accepts a connection; the stream
+/// and its path. When none does, the most telling failure: the first
+/// that is neither "no such file" nor "connection refused" (a server
+/// that is there but refuses us), else the first path's.
+pub fn connect_first(paths: &[PathBuf]) -> Result<(UnixStream, PathBuf), (PathBuf, std::io::Error)> {
+    let mut errors = Vec::new();
+    for p in paths {
+        match connect(p) {
+            Ok(s) => return Ok((s, p.clone())),
+            Err(e) => errors.push((p.clone(), e)),
+        }
+    }
+    let absent = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+        )
+    };
+    match errors.iter().position(|(_, e)| !absent(e)) {
+        Some(i) => Err(errors.swap_remove(i)),
+        None if !errors.is_empty() => Err(errors.swap_remove(0)),
+        None => Err((
+            PathBuf::new(),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no control socket path"),
+        )),
+    }
+}
+
+/// `a`, `a or b`, `a, b or c`.
+pub fn or_list(paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +124,20 @@ mod tests {
         let _l = bind(&short).unwrap();
         connect(&short).unwrap();
         assert!(connect(&dir.join("missing.sock")).is_err());
+    }
+
+    #[test]
+    fn connect_first_skips_stale_sockets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stale = tmp.path().join("stale.sock");
+        drop(bind(&stale).unwrap());
+        assert!(stale.exists());
+        let live = tmp.path().join("live.sock");
+        let _l = bind(&live).unwrap();
+        let missing = tmp.path().join("missing.sock");
+        let (_, which) = connect_first(&[missing.clone(), stale.clone(), live.clone()]).unwrap();
+        assert_eq!(which, live);
+        let (p, e) = connect_first(&[stale.clone(), missing.clone()]).unwrap_err();
+        assert_eq!((p, e.kind()), (stale, std::io::ErrorKind::ConnectionRefused));
     }
 }

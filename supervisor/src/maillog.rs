@@ -239,6 +239,15 @@ mod tests {
     }
 
     #[test]
+    fn missing_directory_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".logs/sub/mail_log");
+        let mut log = MailLog::open(path.to_str().unwrap()).unwrap();
+        log.write("one");
+        assert!(std::fs::read_to_string(&path).unwrap().contains("one"));
+    }
+
+    #[test]
     fn file_reopened_after_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mail.log");
@@ -258,6 +267,11 @@ mod tests {
         let nested = dir.path().join("a/b/mail.log");
         MailLog::open(nested.to_str().unwrap()).unwrap();
         assert!(nested.exists());
-        assert!(MailLog::open("/proc/nonexistent/dir/mail.log").is_err());
+        // A directory that cannot be created: the error names the file.
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let under_file = file.join("dir/mail.log");
+        let err = MailLog::open(under_file.to_str().unwrap()).err().unwrap();
+        assert!(err.contains("a-file/dir/mail.log"), "{err}");
     }
 }

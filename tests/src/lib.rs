@@ -10,7 +10,9 @@
 
 pub mod certs;
 pub mod courier;
+pub mod differential;
 pub mod dovecot;
+pub mod dropin;
 pub mod fakedns;
 pub mod smtp_peer;
 
@@ -408,6 +410,35 @@ pub struct Server {
 }
 
 impl Server {
+    /// Run `cmd` (tambod, possibly behind a wrapper such as `setpriv`,
+    /// which must exec it) with stdout and stderr appended to `log_path`;
+    /// `smtp_port` is where [`wait_serving`](Self::wait_serving) probes.
+    /// Stopped (SIGTERM, then SIGKILL) on drop, like every Server.
+    pub fn spawn_command(mut cmd: Command, log_path: PathBuf, smtp_port: u16) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        Server {
+            child: Some(child),
+            log_path,
+            smtp_port,
+        }
+    }
+
+    /// Wait (20 s at most) until the SMTP port greets; panics with the
+    /// log if tambod exits first or never serves.
+    pub fn wait_serving(&mut self) {
+        self.wait_ready(b"")
+    }
+
     fn wait_ready(&mut self, preamble: &[u8]) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -561,6 +592,12 @@ pub struct RawClient {
 impl RawClient {
     /// Connect and read the greeting.
     pub fn connect(port: u16) -> RawClient {
+        RawClient::connect_with_greeting(port).0
+    }
+
+    /// Connect and read the greeting, which must be a 220; the client
+    /// and the greeting.
+    pub fn connect_with_greeting(port: u16) -> (RawClient, String) {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
         let mut c = RawClient {
@@ -569,7 +606,7 @@ impl RawClient {
         };
         let greeting = c.reply();
         assert!(greeting.starts_with("220"), "greeting: {greeting}");
-        c
+        (c, greeting)
     }
 
     /// Send raw bytes.

@@ -49,10 +49,11 @@ fn config(ctx: &Ctx) -> Result<Config, Fatal> {
     load_config(&ctx.config_dir, None).map_err(|e| Fatal(format!("Error loading config: {e}")))
 }
 
-/// The control socket: `--socket` (tambo addition), else from run_dir.
-fn socket(ctx: &Ctx) -> Result<PathBuf, Fatal> {
+/// Where the control socket may be: `--socket` (tambo addition), else
+/// the configuration's run-time directory candidates.
+fn sockets(ctx: &Ctx) -> Result<Vec<PathBuf>, Fatal> {
     let explicit = ctx.args.get("--socket").filter(|s| !s.is_empty()).map(PathBuf::from);
-    queue::socket_path(&ctx.config_dir, explicit).map_err(|e| Fatal(format!("Error loading config: {e:#}")))
+    queue::socket_paths(&ctx.config_dir, explicit).map_err(|e| Fatal(format!("Error loading config: {e:#}")))
 }
 
 /// One resolved recipient as chasquid-util prints it: its type and text.
@@ -75,13 +76,11 @@ fn chasquid_recipient(done: &str, verbose: bool) -> (&'static str, String) {
 /// `(forward)  ADDR` lines, sorted by type; `-v` adds tambo's route.
 pub fn aliases_resolve(ctx: &Ctx) -> CmdResult {
     config(ctx)?;
-    let socket = socket(ctx)?;
+    let sockets = sockets(ctx)?;
     let req = AdminRequest::ResolveAddress {
         address: ctx.args.pos(2).to_string(),
     };
-    let replies = queue::connect(&socket)
-        .and_then(|s| queue::request_on(s, &socket, &req))
-        .map_err(|e| Fatal(format!("Error resolving: {e:#}")))?;
+    let replies = queue::request(&sockets, &req).map_err(|e| Fatal(format!("Error resolving: {e:#}")))?;
     let mut lines: Vec<(&str, String)> = replies
         .iter()
         .filter_map(|r| match r {
@@ -101,11 +100,11 @@ pub fn aliases_resolve(ctx: &Ctx) -> CmdResult {
 /// running server (a tambo addition) the file itself is removed.
 pub fn domaininfo_remove(ctx: &Ctx) -> CmdResult {
     let conf = config(ctx)?;
-    let socket = socket(ctx)?;
+    let sockets = sockets(ctx)?;
     let fail = |e: String| Fatal(format!("Error removing domaininfo entry: {e}"));
     let domain = ctx.args.pos(2);
-    match std::os::unix::net::UnixStream::connect(&socket) {
-        Ok(stream) => {
+    match tambo_common::unixsock::connect_first(&sockets) {
+        Ok((stream, socket)) => {
             let req = AdminRequest::DomainInfoRemove {
                 domain: domain.to_string(),
             };
@@ -118,7 +117,7 @@ pub fn domaininfo_remove(ctx: &Ctx) -> CmdResult {
             }
             Ok(())
         }
-        Err(e)
+        Err((_, e))
             if matches!(
                 e.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
@@ -136,7 +135,7 @@ pub fn domaininfo_remove(ctx: &Ctx) -> CmdResult {
         }
         Err(_) => {
             // Not allowed on the socket, or another problem: name it.
-            let e = queue::connect(&socket).err().map(|e| format!("{e:#}"));
+            let e = queue::connect(&sockets).err().map(|e| format!("{e:#}"));
             Err(fail(e.unwrap_or_else(|| "cannot connect".into())))
         }
     }
