@@ -55,7 +55,9 @@ pub struct Report {
     pub pending: usize,
     /// Items imported before a crash, whose original was only moved now.
     pub already: usize,
-    /// Copies of items imported at an earlier start: not imported again.
+    /// Items named like one imported and finished at an earlier start
+    /// (also counted as imported): imported again, as chasquid would
+    /// deliver them again.
     pub duplicates: usize,
     /// Items without recipients (nothing to deliver, as for chasquid).
     pub empty: usize,
@@ -191,23 +193,27 @@ pub async fn import(
     let mut moves: Vec<String> = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let cid = chasquid_queue::item_id_from_file_name(name).unwrap_or_default();
-        if done_dir.join(name).exists() {
-            let again = format!("{name}.again-{}", conv.now);
-            tracing::warn!(
-                "queue/{name}: already imported at an earlier start ({IMPORTED_DIR}/{name} exists): \
-                 not imported again, moved to {IMPORTED_DIR}/{again}"
-            );
-            if let Err(e) = std::fs::rename(dir.join(name), done_dir.join(&again)) {
-                tracing::error!("queue/{name}: cannot move: {e}");
-            }
-            report.duplicates += 1;
-            continue;
-        }
         let Some(id) = queue_id(cid) else {
             store.move_file_aside(name, &format!("queue/{name}: chasquid ID longer than 30 bytes"));
             report.corrupt += 1;
             continue;
         };
+        if !recovered.contains(&id) && done_dir.join(name).exists() {
+            // An item named like one imported and finished before (put
+            // back, or an ID chasquid used again): chasquid would deliver
+            // it, so it is imported again; the earlier original is kept.
+            let earlier = format!("{name}.earlier-{}", conv.now);
+            tracing::warn!(
+                "queue/{name}: an item of this name was imported and delivered before \
+                 ({IMPORTED_DIR}/{name}, now {IMPORTED_DIR}/{earlier}): imported again, as chasquid would deliver it"
+            );
+            if let Err(e) = std::fs::rename(done_dir.join(name), done_dir.join(&earlier)) {
+                tracing::error!("{IMPORTED_DIR}/{name}: cannot move: {e}; queue/{name} left for the next start");
+                report.left += 1;
+                continue;
+            }
+            report.duplicates += 1;
+        }
         if recovered.contains(&id) {
             tracing::info!(id, "queue/{name}: imported before a restart; moving the original");
             moves.push(name.clone());
@@ -285,7 +291,7 @@ pub async fn import(
     }
     tracing::info!(
         "chasquid queue import: {} item(s) imported with {} recipient(s) to deliver, {} imported before a restart, \
-         {} already imported earlier, {} without recipients, {} corrupt (moved to queue/corrupt/), \
+         {} named like one imported earlier, {} without recipients, {} corrupt (moved to queue/corrupt/), \
          {} left for the next start; originals in {}; {} ms",
         report.imported,
         report.pending,

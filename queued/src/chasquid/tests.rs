@@ -255,18 +255,46 @@ async fn import_moves_originals_and_counts() {
     assert_eq!(data, crlf(&item("m:9WFFweXg3tQ").data));
     drop(store);
     // Durable: a restart finds them as its own entries; nothing is
-    // imported twice, and a copy of an imported item put back is not.
+    // imported twice: a copy of an item put back while its entry is still
+    // queued is only moved.
     std::fs::write(q.join("m:9WFFweXg3tQ"), FIXTURES[0].1).unwrap();
     let (_, recovered, result) = run(&q, &mut |_| ControlFlow::Continue(())).await;
     let (again, report) = result.unwrap();
     assert!(again.is_empty());
-    assert_eq!(report.duplicates, 1);
+    assert_eq!((report.already, report.duplicates), (1, 0));
     let mut ids: Vec<_> = recovered.iter().map(|e| e.id.clone()).collect();
     ids.sort();
     let mut want: Vec<_> = entries.iter().map(|e| e.id.clone()).collect();
     want.sort();
     assert_eq!(ids, want);
     assert_eq!(recovered.iter().find(|r| r.id == e.id).unwrap(), e);
+}
+
+/// Once the entry of an imported item is delivered and gone, an item of
+/// the same name is a new one (put back, or an ID chasquid used again, as
+/// its own test suite does): imported again, as chasquid would deliver it.
+#[tokio::test]
+async fn an_item_named_like_a_delivered_one_is_imported_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = tmp.path().join("queue");
+    std::fs::create_dir_all(&q).unwrap();
+    let (name, bytes) = FIXTURES[0];
+    std::fs::write(q.join(name), bytes).unwrap();
+    let (store, _, result) = run(&q, &mut |_| ControlFlow::Continue(())).await;
+    let (entries, _) = result.unwrap();
+    assert_eq!(entries.len(), 1);
+    store.remove(&entries[0].id).await.unwrap();
+    drop(store);
+    std::fs::write(q.join(name), bytes).unwrap();
+    let (_, recovered, result) = run(&q, &mut |_| ControlFlow::Continue(())).await;
+    assert!(recovered.is_empty());
+    let (again, report) = result.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, entries[0].id);
+    assert_eq!((report.imported, report.duplicates), (1, 1));
+    assert!(q.join(IMPORTED_DIR).join(name).exists());
+    let kept = leftovers(&q.join(IMPORTED_DIR));
+    assert_eq!(kept.len(), 2, "the earlier original is kept: {kept:?}");
 }
 
 /// A crash at every point of the import, then a start that finishes
