@@ -64,6 +64,7 @@ strip --strip-debug "$pkg/usr/sbin/tambod" "$pkg/usr/bin/tambo" "$pkg"/usr/lib/t
 install -D -m 0644 packaging/chasquid.conf.example "$pkg/etc/tambo/chasquid.conf"
 install -d -m 0755 "$pkg/etc/tambo/domains" "$pkg/etc/tambo/certs"
 install -D -m 0644 packaging/logrotate "$pkg/etc/logrotate.d/tambo"
+install -D -m 0644 packaging/fail2ban/tambo.conf "$pkg/etc/fail2ban/filter.d/tambo.conf"
 for u in packaging/systemd/*.service packaging/systemd/*.socket; do
     install -D -m 0644 "$u" "$pkg/lib/systemd/system/$(basename "$u")"
 done
@@ -74,7 +75,8 @@ install -d -m 0755 "$pkg/DEBIAN"
 size=$(du -sk --exclude=DEBIAN "$pkg" | cut -f1)
 sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" \
     packaging/debian/control.in >"$pkg/DEBIAN/control"
-printf '%s\n' /etc/tambo/chasquid.conf /etc/logrotate.d/tambo >"$pkg/DEBIAN/conffiles"
+printf '%s\n' /etc/tambo/chasquid.conf /etc/logrotate.d/tambo /etc/fail2ban/filter.d/tambo.conf \
+    >"$pkg/DEBIAN/conffiles"
 for s in postinst prerm postrm; do
     install -m 0755 "packaging/debian/$s" "$pkg/DEBIAN/$s"
 done

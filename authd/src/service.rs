@@ -181,17 +181,23 @@ impl AuthService {
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
                 let res = tokio::task::spawn_blocking(move || keys.sign(&domain, &headers, &body_hash, now)).await;
-                match res {
-                    Ok(Ok(sigs)) => AuthReply::DkimSignatures(sigs),
+                let (reply, result) = match res {
+                    Ok(Ok(sigs)) if sigs.is_empty() => (AuthReply::DkimSignatures(sigs), None),
+                    Ok(Ok(sigs)) => (AuthReply::DkimSignatures(sigs), Some("signed")),
                     // The message cannot be signed as it stands: it goes
                     // out unsigned rather than never.
                     Ok(Err(e @ (SignError::From | SignError::TooLarge))) => {
                         tracing::warn!("not DKIM-signing a message: {e}");
-                        AuthReply::DkimSignatures(Vec::new())
+                        (AuthReply::DkimSignatures(Vec::new()), Some("unsigned"))
                     }
-                    Ok(Err(e)) => AuthReply::Error(format!("DKIM: {e}")),
-                    Err(e) => AuthReply::Error(format!("DKIM: {e}")),
+                    Ok(Err(e)) => (AuthReply::Error(format!("DKIM: {e}")), Some("error")),
+                    Err(e) => (AuthReply::Error(format!("DKIM: {e}")), Some("error")),
+                };
+                // No key for the domain is no signing, not an outcome.
+                if let Some(result) = result {
+                    metrics::inc(Metric::DkimSignings, &[("result", result)]);
                 }
+                reply
             }
             AuthRequest::ArcSeal {
                 domain,

@@ -67,11 +67,36 @@ pub enum Metric {
     MtaSts,
     /// ARC chain verifications of incoming mail, by result.
     ArcResults,
+    /// SMTP replies sent, by code (`250`, `550`…).
+    SmtpReplyCodes,
+    /// Message transfers (DATA or BDAT) started, by `transport` (`tls`,
+    /// `plain`).
+    SmtpTransfers,
+    /// Messages refused for too many Received headers (a mail loop).
+    LoopsDetected,
+    /// Connections closed for speaking another protocol (`GET`, `POST`,
+    /// `CONNECT`…), by command.
+    WrongProtocol,
+    /// Incoming messages by what DKIM verification found: `unsigned`,
+    /// `invalid` (signatures, none valid), `valid` (at least one valid),
+    /// `unverified` (not checked: too large, no resolver).
+    DkimMessages,
+    /// DKIM signing of outgoing mail, by result (`signed`, `unsigned`:
+    /// not signable as it stands, `error`).
+    DkimSignings,
+    /// Security level checks (chasquid's domaininfo), by `direction`
+    /// (`incoming`, `outgoing`) and result (`pass`, `fail`).
+    SecurityLevelChecks,
+    /// Outgoing SMTP connections, by TLS outcome (`secure`, `insecure`,
+    /// `plain`, `failed`: the handshake failed and plain text was tried).
+    RemoteTls,
+    /// MTA-STS policies in force on remote deliveries, by mode.
+    MtaStsModes,
 }
 
 impl Metric {
     /// Every family, in exposition order.
-    pub const ALL: [Metric; 17] = [
+    pub const ALL: [Metric; 26] = [
         Metric::SmtpConnections,
         Metric::SmtpConnectionsRefused,
         Metric::SmtpCommands,
@@ -89,6 +114,15 @@ impl Metric {
         Metric::HookRuns,
         Metric::MtaSts,
         Metric::ArcResults,
+        Metric::SmtpReplyCodes,
+        Metric::SmtpTransfers,
+        Metric::LoopsDetected,
+        Metric::WrongProtocol,
+        Metric::DkimMessages,
+        Metric::DkimSignings,
+        Metric::SecurityLevelChecks,
+        Metric::RemoteTls,
+        Metric::MtaStsModes,
     ];
 
     /// The exposed name (counters get `_total` appended on exposition).
@@ -111,6 +145,15 @@ impl Metric {
             Metric::HookRuns => "tambo_hook_runs",
             Metric::MtaSts => "tambo_mta_sts_decisions",
             Metric::ArcResults => "tambo_arc_results",
+            Metric::SmtpReplyCodes => "tambo_smtp_reply_codes",
+            Metric::SmtpTransfers => "tambo_smtp_transfers",
+            Metric::LoopsDetected => "tambo_smtp_loops_detected",
+            Metric::WrongProtocol => "tambo_smtp_wrong_protocol",
+            Metric::DkimMessages => "tambo_dkim_verified_messages",
+            Metric::DkimSignings => "tambo_dkim_signings",
+            Metric::SecurityLevelChecks => "tambo_security_level_checks",
+            Metric::RemoteTls => "tambo_remote_tls_connections",
+            Metric::MtaStsModes => "tambo_mta_sts_modes",
         }
     }
 
@@ -134,6 +177,15 @@ impl Metric {
             Metric::HookRuns => "Hook runs, by hook and outcome.",
             Metric::MtaSts => "MTA-STS decisions of remote delivery, by decision.",
             Metric::ArcResults => "ARC chain verifications of incoming mail, by result.",
+            Metric::SmtpReplyCodes => "SMTP replies sent, by code.",
+            Metric::SmtpTransfers => "Message transfers started, by transport (tls, plain).",
+            Metric::LoopsDetected => "Messages refused for too many Received headers.",
+            Metric::WrongProtocol => "Connections closed for speaking another protocol, by command.",
+            Metric::DkimMessages => "Incoming messages by DKIM verification outcome.",
+            Metric::DkimSignings => "DKIM signing of outgoing mail, by result.",
+            Metric::SecurityLevelChecks => "Security level checks, by direction and result.",
+            Metric::RemoteTls => "Outgoing SMTP connections, by TLS outcome.",
+            Metric::MtaStsModes => "MTA-STS policies in force on remote deliveries, by mode.",
         }
     }
 
@@ -155,7 +207,16 @@ impl Metric {
             | Metric::DmarcResults
             | Metric::HookRuns
             | Metric::MtaSts
-            | Metric::ArcResults => MetricKind::Counter,
+            | Metric::ArcResults
+            | Metric::SmtpReplyCodes
+            | Metric::SmtpTransfers
+            | Metric::LoopsDetected
+            | Metric::WrongProtocol
+            | Metric::DkimMessages
+            | Metric::DkimSignings
+            | Metric::SecurityLevelChecks
+            | Metric::RemoteTls
+            | Metric::MtaStsModes => MetricKind::Counter,
         }
     }
 }
@@ -244,6 +305,12 @@ pub fn reply_class(line: &str) -> Option<&'static str> {
     }
 }
 
+/// The code of an SMTP reply line (`250`), if it starts with three digits.
+pub fn reply_code(line: &str) -> Option<&str> {
+    let code = line.get(..3)?;
+    code.bytes().all(|b| b.is_ascii_digit()).then_some(code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +341,9 @@ mod tests {
         assert!(r.snapshot().len() <= MAX_SERIES + 1);
         assert_eq!(reply_class("250 ok"), Some("2xx"));
         assert_eq!(reply_class("x"), None);
+        assert_eq!(reply_code("250 ok"), Some("250"));
+        assert_eq!(reply_code("25"), None);
+        assert_eq!(reply_code("2x0 no"), None);
     }
 
     #[test]

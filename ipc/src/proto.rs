@@ -314,6 +314,17 @@ pub enum MailLogEvent {
         /// The reply given.
         reason: String,
     },
+    /// smtpd answered a command that is no SMTP (another protocol, an
+    /// unknown verb) or closed a session for too many errors: what
+    /// fail2ban's filter (`packaging/fail2ban/tambo.conf`) looks for.
+    ProtocolError {
+        /// The client's IP address.
+        ip: String,
+        /// The command (a known verb, or `other`).
+        command: String,
+        /// The reply given.
+        reply: String,
+    },
     /// A message was accepted into the queue.
     Queued {
         /// Queue ID.
@@ -417,6 +428,9 @@ impl MailLogEvent {
                 }
                 s.push_str(&format!(" - {}", clean(reason)));
                 s
+            }
+            MailLogEvent::ProtocolError { ip, command, reply } => {
+                format!("{} protocol error on {} - {}", clean(ip), clean(command), clean(reply))
             }
             MailLogEvent::Queued { id, from, to, ip } => format!(
                 "{} from={} queued ip={} to={}",

@@ -237,6 +237,9 @@ pub enum PostData {
     /// Accept; these header lines (CRLF endings, possibly empty) go on top
     /// of the message.
     Accept(String),
+    /// Accept without adding anything: the hook succeeded but its output
+    /// is not header lines (chasquid ignores it too).
+    BadOutput,
     /// Refuse with this reply.
     Refuse(SmtpReply),
 }
@@ -359,7 +362,7 @@ pub async fn post_data(
             Some(h) => PostData::Accept(h),
             None => {
                 tracing::warn!("post-data hook: its output is not header lines; ignored");
-                PostData::Accept(String::new())
+                PostData::BadOutput
             }
         },
         code => {
@@ -536,10 +539,7 @@ pub(crate) mod tests {
                     .into()
             )
         );
-        assert_eq!(
-            run_post_data("echo 'not a header'", t).await,
-            PostData::Accept(String::new())
-        );
+        assert_eq!(run_post_data("echo 'not a header'", t).await, PostData::BadOutput);
         assert_eq!(
             run_post_data("echo first; echo 'Spam detected'; exit 20", t).await,
             PostData::Refuse(SmtpReply {

@@ -385,6 +385,11 @@ impl Queue {
             }
             QueueRequest::IncomingLevel { domain, level } => {
                 let (recorded, allowed) = self.domaininfo.check_incoming(&domain, level);
+                let check = if allowed { "pass" } else { "fail" };
+                metrics::inc(
+                    Metric::SecurityLevelChecks,
+                    &[("direction", "incoming"), ("result", check)],
+                );
                 if !allowed {
                     tracing::info!(
                         domain,
@@ -613,6 +618,9 @@ impl Queue {
                     metrics::inc(Metric::HookRuns, &[("hook", "post-data"), ("outcome", "accept")]);
                     header_prefix.insert_str(0, &headers)
                 }
+                PostData::BadOutput => {
+                    metrics::inc(Metric::HookRuns, &[("hook", "post-data"), ("outcome", "bad_output")]);
+                }
                 PostData::Refuse(r) => {
                     let outcome = if r.code >= 500 { "permanent" } else { "temporary" };
                     metrics::inc(Metric::HookRuns, &[("hook", "post-data"), ("outcome", outcome)]);
@@ -626,6 +634,8 @@ impl Queue {
                     return Err(QueueReply::Refused(r));
                 }
             }
+        } else {
+            metrics::inc(Metric::HookRuns, &[("hook", "post-data"), ("outcome", "absent")]);
         }
         if env.auth_user.is_none()
             && let Some(domain) = &forwarder

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tambo_common::aliases::{AliasTarget, parse_rhs, remove_drop_characters, remove_drops_and_suffix};
 use tambo_common::names::{normalize_address, normalize_user, split_address};
+use tambo_ipc::metrics::{self, Metric};
 use tambo_ipc::proto::{AuthReply, AuthRequest, RcptRoute};
 use tambo_ipc::worker::PeerSlot;
 
@@ -320,9 +321,24 @@ impl ResolverContext<'_> {
     /// right-hand side.
     async fn run_hook(&self, w: &Walk, address: &str, domain: &str) -> Result<Vec<AliasTarget>, ResolveError> {
         let Some(hook) = &w.hook else {
+            count_alias_hook("absent");
             return Ok(Vec::new());
         };
         let temp = |why: String| ResolveError::Temporary(address.to_string(), why);
+        let ran = self.run_alias_hook(hook, address).await;
+        let outcome = match &ran {
+            Ok(Ok(_)) => "success",
+            Ok(Err(_)) => "bad_output",
+            Err(_) => "failure",
+        };
+        count_alias_hook(outcome);
+        let text = ran.map_err(temp)?.map_err(temp)?;
+        parse_rhs(&text, domain).map_err(|e| temp(format!("{}: bad output: {e}", hook.display())))
+    }
+
+    /// Run the `alias-resolve` hook: its output, or why it has none
+    /// (inner error: the output is not UTF-8).
+    async fn run_alias_hook(&self, hook: &Path, address: &str) -> Result<Result<String, String>, String> {
         let out = run_hook(
             hook,
             &[address.to_string()],
@@ -332,18 +348,16 @@ impl ResolverContext<'_> {
             ALIAS_HOOK_TIMEOUT,
         )
         .await
-        .map_err(|e| temp(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
         if out.code != Some(0) {
             let code = out.code.map(|c| c.to_string()).unwrap_or_else(|| "a signal".into());
-            return Err(temp(format!(
+            return Err(format!(
                 "{} exited with {code}: {}",
                 hook.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            ));
         }
-        let text =
-            String::from_utf8(out.stdout).map_err(|_| temp(format!("{}: output is not UTF-8", hook.display())))?;
-        parse_rhs(&text, domain).map_err(|e| temp(format!("{}: bad output: {e}", hook.display())))
+        Ok(String::from_utf8(out.stdout).map_err(|_| format!("{}: output is not UTF-8", hook.display())))
     }
 
     async fn user_exists(&self, user: &str, domain: &str) -> Result<bool, ResolveError> {
@@ -401,6 +415,11 @@ fn star(target: &str, original_user: &str) -> String {
         ("*", d) => format!("{original_user}@{d}"),
         _ => target.to_string(),
     }
+}
+
+/// Count one outcome of the `alias-resolve` hook.
+fn count_alias_hook(outcome: &str) {
+    metrics::inc(Metric::HookRuns, &[("hook", "alias-resolve"), ("outcome", outcome)]);
 }
 
 #[cfg(test)]

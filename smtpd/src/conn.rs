@@ -86,10 +86,14 @@ impl Conn {
     /// Queue a reply line (CRLF added).
     pub fn reply(&mut self, line: &str) {
         // Count each reply once: on its last (or only) line.
-        if line.as_bytes().get(3) != Some(&b'-')
-            && let Some(class) = tambo_ipc::metrics::reply_class(line)
-        {
-            tambo_ipc::metrics::inc(tambo_ipc::metrics::Metric::SmtpReplies, &[("class", class)]);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            use tambo_ipc::metrics::{self, Metric};
+            if let Some(class) = metrics::reply_class(line) {
+                metrics::inc(Metric::SmtpReplies, &[("class", class)]);
+            }
+            if let Some(code) = metrics::reply_code(line) {
+                metrics::inc(Metric::SmtpReplyCodes, &[("code", code)]);
+            }
         }
         self.out.extend_from_slice(line.as_bytes());
         self.out.extend_from_slice(b"\r\n");

@@ -131,6 +131,20 @@ fn result_words<'a>(part: &'a str, key: &str) -> Vec<&'static str> {
 }
 
 /// Result words of RFC 8601.
+/// What DKIM verification found in one message, as a metrics label.
+fn dkim_message_word(signed: bool, verified: bool, outputs: &[DkimOutput]) -> &'static str {
+    if !signed {
+        "unsigned"
+    } else if outputs.iter().any(|o| *o.result() == DkimResult::Pass) {
+        "valid"
+    } else if !verified {
+        "unverified"
+    } else {
+        "invalid"
+    }
+}
+
+/// The metrics label of an SPF result.
 pub fn spf_word(r: SpfResult) -> &'static str {
     match r {
         SpfResult::Pass => "pass",
@@ -296,9 +310,13 @@ impl EmailAuth {
         let mut reject = None;
         let mut arc = ArcChain::Unknown;
         match AuthenticatedMessage::parse(&raw) {
-            None => results.push_str(";\r\n\tdkim=none (no header section)"),
+            None => {
+                metrics::inc(Metric::DkimMessages, &[("result", "unverified")]);
+                results.push_str(";\r\n\tdkim=none (no header section)")
+            }
             Some(mut msg) => {
                 msg.dkim_headers.truncate(MAX_SIGNATURES);
+                let signed = !msg.dkim_headers.is_empty();
                 let dkim: Vec<DkimOutput> = match (&resolver, too_large) {
                     (_, true) => Vec::new(),
                     (None, false) => Vec::new(),
@@ -325,6 +343,11 @@ impl EmailAuth {
                 for word in result_words(&results[dkim_start..], "dkim=") {
                     metrics::inc(Metric::DkimResults, &[("result", word)]);
                 }
+                let verified = !too_large && resolver.is_some() && (dkim.len() == msg.dkim_headers.len());
+                metrics::inc(
+                    Metric::DkimMessages,
+                    &[("result", dkim_message_word(signed, verified, &dkim))],
+                );
                 let mail_from_domain = if spf.mail_from.is_empty() {
                     spf.helo.clone()
                 } else {

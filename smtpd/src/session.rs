@@ -175,10 +175,15 @@ impl Session {
                 }
                 // Another protocol talking to us (cross-protocol attacks).
                 "GET" | "POST" | "PUT" | "HEAD" | "CONNECT" | "OPTIONS" | "DELETE" | "USER" | "PASS" => {
+                    metrics::inc(Metric::WrongProtocol, &[("command", command_label(&verb))]);
+                    self.protocol_error(&verb, "502 5.7.0 This is an SMTP server");
                     self.conn.reply("502 5.7.0 This is an SMTP server");
                     Next::Close
                 }
-                _ => self.fail("500 5.5.1 Unknown command"),
+                _ => {
+                    self.protocol_error(&verb, "500 5.5.1 Unknown command");
+                    self.fail("500 5.5.1 Unknown command")
+                }
             };
             if let Next::Close = next {
                 return Ok(());
@@ -190,6 +195,7 @@ impl Session {
     fn error(&mut self, reply: &str) -> bool {
         self.errors += 1;
         if self.errors >= MAX_ERRORS {
+            self.protocol_error("", "421 4.7.0 Too many errors, bye");
             self.conn.reply("421 4.7.0 Too many errors, bye");
             return true;
         }
@@ -389,6 +395,7 @@ impl Session {
             }
         };
         self.conn.reply("354 Go ahead, end with <CRLF>.<CRLF>");
+        self.count_transfer();
         let mut file = std::fs::File::from(fd);
         let mut decoder = DataDecoder::new(self.settings.max_data_size);
         let mut out = Vec::with_capacity(WRITE_CHUNK);
@@ -442,6 +449,7 @@ impl Session {
             return Ok(Next::Continue);
         }
         if decoder.stored().looping(self.settings.max_received_headers) {
+            metrics::inc(Metric::LoopsDetected, &[]);
             self.backend.abort(&id).await;
             self.rejected(self.rcpts.clone(), "554 5.4.6 Too many Received headers: mail loop?");
             self.reset();
@@ -497,6 +505,28 @@ impl Session {
     }
 
     /// Write a rejection to the mail log.
+    /// Count a message transfer (DATA, or a transaction's first BDAT) by
+    /// whether it comes over TLS.
+    fn count_transfer(&self) {
+        let transport = if self.tls.is_some() { "tls" } else { "plain" };
+        metrics::inc(Metric::SmtpTransfers, &[("transport", transport)]);
+    }
+
+    /// Log a command that is no SMTP, or a session closed for errors
+    /// (`verb` empty), for fail2ban.
+    fn protocol_error(&self, verb: &str, reply: &str) {
+        let command = if verb.is_empty() {
+            "session"
+        } else {
+            command_label(verb)
+        };
+        mail_log(MailLogEvent::ProtocolError {
+            ip: self.peer.ip.to_string(),
+            command: command.to_string(),
+            reply: reply.to_string(),
+        });
+    }
+
     fn rejected(&self, to: Vec<String>, reason: &str) {
         mail_log(MailLogEvent::Rejected {
             ip: self.peer.ip.to_string(),
@@ -772,9 +802,9 @@ impl Session {
 /// The metrics label of a command verb: known verbs as they are, anything
 /// else `other` (so clients cannot create series at will).
 fn command_label(verb: &str) -> &'static str {
-    const KNOWN: [&str; 17] = [
+    const KNOWN: [&str; 24] = [
         "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "HELP", "VRFY", "EXPN", "QUIT", "STARTTLS",
-        "AUTH", "LHLO", "GET", "POST",
+        "AUTH", "LHLO", "GET", "POST", "PUT", "HEAD", "CONNECT", "OPTIONS", "DELETE", "USER", "PASS",
     ];
     KNOWN.iter().find(|k| **k == verb).copied().unwrap_or("other")
 }

@@ -3,6 +3,7 @@
 //! them. See DESIGN.md §1.
 
 mod args;
+mod chasquid_metrics;
 mod control;
 mod dev;
 mod listeners;

@@ -313,6 +313,19 @@ impl Collector for WorkerSamples {
                 }
             }
         }
+        // chasquid's names too, untyped as chasquid's are.
+        for f in crate::chasquid_metrics::families(&self.0) {
+            let mut family = encoder.encode_descriptor(f.name, f.help, None, MetricType::Unknown)?;
+            for (key, value) in &f.values {
+                match f.label {
+                    None => ConstGauge::new(*value).encode(family.encode_family(&Vec::<(String, String)>::new())?)?,
+                    Some(label) => {
+                        let labels = vec![(label.to_string(), key.clone())];
+                        ConstGauge::new(*value).encode(family.encode_family(&labels)?)?
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -354,6 +367,8 @@ mod tests {
         );
         assert!(text.contains("tambo_worker_up{worker=\"smtpd\"} 1"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("# TYPE chasquid_queue_putCount unknown"), "{text}");
+        assert!(text.contains("\nchasquid_queue_putCount 0"), "{text}");
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn deb_has_the_expected_layout() {
         "./etc/tambo/domains/",
         "./etc/tambo/certs/",
         "./etc/logrotate.d/tambo",
+        "./etc/fail2ban/filter.d/tambo.conf",
         "./lib/systemd/system/tambo.service",
         "./lib/systemd/system/tambo-smtp.socket",
         "./lib/systemd/system/tambo-submission.socket",
@@ -95,6 +96,7 @@ fn deb_has_the_expected_layout() {
     let (ok, conffiles) = run(Command::new("dpkg-deb").arg("-I").arg(&deb).arg("conffiles"));
     assert!(ok, "{conffiles}");
     assert!(conffiles.contains("/etc/tambo/chasquid.conf") && conffiles.contains("/etc/logrotate.d/tambo"));
+    assert!(conffiles.contains("/etc/fail2ban/filter.d/tambo.conf"), "{conffiles}");
     for script in ["postinst", "prerm", "postrm"] {
         assert!(info.contains(script), "{script} missing:\n{info}");
     }

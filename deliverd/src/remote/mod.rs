@@ -27,6 +27,7 @@ use std::time::Duration;
 use tambo_common::config::Config;
 use tambo_common::domaininfo::SecLevel;
 use tambo_common::names::{domain_to_ascii, split_address};
+use tambo_ipc::metrics::{self, Metric};
 use tambo_ipc::proto::{AuthReply, AuthRequest, DeliveryJob, DeliveryOutcome, DeliveryReport, JobRcpt, RcptRoute};
 use tambo_ipc::worker::PeerSlot;
 
@@ -483,6 +484,11 @@ impl Courier {
             return Ok(HostOutcome::Next(format!("{host}: {}", errors.join("; "))));
         };
         let who = format!("{host}[{}]", session.addr.ip());
+        let check = if session.level < recorded { "fail" } else { "pass" };
+        metrics::inc(
+            Metric::SecurityLevelChecks,
+            &[("direction", "outgoing"), ("result", check)],
+        );
         if session.level < recorded {
             let level = session.level;
             let problem = session
@@ -654,8 +660,17 @@ impl Courier {
     ) -> Result<Session, String> {
         let s = &self.settings;
         match Session::connect_with(addr, host, &s.hostname, Some(&self.tls), policy, &s.session).await {
-            Ok(sess) => Ok(sess),
+            Ok(sess) => {
+                let tls = match sess.level {
+                    SecLevel::Plain => "plain",
+                    SecLevel::TlsClient | SecLevel::TlsInsecure => "insecure",
+                    SecLevel::TlsSecure => "secure",
+                };
+                metrics::inc(Metric::RemoteTls, &[("result", tls)]);
+                Ok(sess)
+            }
             Err(SmtpError::Tls(e)) if recorded == SecLevel::Plain => {
+                metrics::inc(Metric::RemoteTls, &[("result", "failed")]);
                 tracing::info!(host, %addr, "TLS handshake failed ({e}); retrying without TLS");
                 Session::connect(addr, host, &s.hostname, None, &s.session)
                     .await

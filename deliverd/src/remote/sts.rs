@@ -621,6 +621,9 @@ impl Sts {
     pub async fn decide(&self, domain: &str) -> StsDecision {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let c = self.policy(&domain).await;
+        if let Some(c) = &c {
+            metrics::inc(Metric::MtaStsModes, &[("mode", c.policy.mode.name())]);
+        }
         StsDecision {
             policy: c.filter(|c| c.policy.mode != Mode::None),
             domain,

@@ -106,6 +106,7 @@ impl Session {
             return Ok(self.fail(reply));
         }
         if self.bdat.is_none() {
+            self.count_transfer();
             let slot = self.backend.new_message().await;
             self.bdat = Some(Box::new(Bdat::new(
                 self.backend.clone(),
@@ -173,6 +174,7 @@ impl Session {
         let reply = if bdat.decoder.stored().overflow() {
             "552 5.3.4 Message too big".to_string()
         } else if bdat.decoder.stored().looping(self.settings.max_received_headers) {
+            tambo_ipc::metrics::inc(tambo_ipc::metrics::Metric::LoopsDetected, &[]);
             "554 5.4.6 Too many Received headers: mail loop?".to_string()
         } else if let Some(e) = &bdat.write_error {
             tracing::error!("writing the data file: {e}");
