@@ -242,7 +242,28 @@ pub enum ControlMsg {
         openmetrics: String,
         /// Workers that are not running now (by name), for `/healthz`.
         down: Vec<String>,
+        /// chasquid's debug pages, rendered with the same collection.
+        debug: DebugPages,
     },
+}
+
+/// chasquid's pages on the monitoring endpoint besides `/metrics`,
+/// rendered by the supervisor and served by smtpd as they are. They hold
+/// nothing smtpd may not see: no envelope of queued mail, no secret.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct DebugPages {
+    /// `/`: the server, its workers, and the list of pages (text).
+    pub index: String,
+    /// `/debug/vars`: chasquid's expvars (`chasquid/queue/putCount`…)
+    /// as JSON, as Go's expvar serves them.
+    pub vars: String,
+    /// `/debug/flags`: tambod's flags, one `name=value` per line.
+    pub flags: String,
+    /// `/debug/config`: the configuration in force (text format).
+    pub config: String,
+    /// `/debug/queue`: how many messages are queued and the oldest's age
+    /// (the envelopes stay in queued; `tambo queue` lists them).
+    pub queue: String,
 }
 
 /// Worker → supervisor, on the control channel.

@@ -107,7 +107,8 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 answers,
                 openmetrics,
                 down,
-            } => metrics.deliver(answers, openmetrics, down),
+                debug,
+            } => metrics.deliver(answers, openmetrics, down, debug),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The monitoring endpoint (`monitoring_address`): a tiny HTTP/1.x server
 //! serving `/metrics` (OpenMetrics, or the classic Prometheus text format
-//! for scrapers that do not ask for OpenMetrics) and `/healthz`.
+//! for scrapers that do not ask for OpenMetrics), `/healthz`, and
+//! chasquid's pages `/`, `/debug/vars`, `/debug/flags`, `/debug/config`
+//! and `/debug/queue` (rendered by the supervisor with the metrics).
 //!
 //! It runs here, in the unprivileged, chrooted front end, not in the root
 //! supervisor: the supervisor binds the socket and hands it over
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tambo_ipc::async_chan::FrameSender;
-use tambo_ipc::proto::WorkerMsg;
+use tambo_ipc::proto::{DebugPages, WorkerMsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 
@@ -36,6 +38,7 @@ const PAGE_TIMEOUT: Duration = Duration::from_secs(6);
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json; charset=utf-8";
 
 /// One metrics page from the supervisor.
 #[derive(Debug)]
@@ -43,6 +46,7 @@ pub struct Page {
     answers: u64,
     openmetrics: String,
     down: Vec<String>,
+    debug: DebugPages,
 }
 
 /// Asks the supervisor for pages and hands them to the waiting clients.
@@ -63,11 +67,12 @@ impl MetricsHub {
     }
 
     /// A page arrived from the supervisor.
-    pub fn deliver(&self, answers: u64, openmetrics: String, down: Vec<String>) {
+    pub fn deliver(&self, answers: u64, openmetrics: String, down: Vec<String>, debug: DebugPages) {
         self.page.send_replace(Some(Arc::new(Page {
             answers,
             openmetrics,
             down,
+            debug,
         })));
     }
 
@@ -159,7 +164,19 @@ async fn serve_one(mut stream: tokio::net::TcpStream, hub: &MetricsHub) {
             ),
             None => unavailable(head),
         },
-        Request::Index { head } => response("200 OK", TEXT, "tambo monitoring: /metrics /healthz\n", head),
+        Request::Debug { head, page } => match hub.fetch().await {
+            Some(p) => {
+                let (content_type, body) = match page {
+                    DebugPage::Index => (TEXT, &p.debug.index),
+                    DebugPage::Vars => (JSON, &p.debug.vars),
+                    DebugPage::Flags => (TEXT, &p.debug.flags),
+                    DebugPage::Config => (TEXT, &p.debug.config),
+                    DebugPage::Queue => (TEXT, &p.debug.queue),
+                };
+                response("200 OK", content_type, body, head)
+            }
+            None => unavailable(head),
+        },
         Request::Error(status) => response(status, TEXT, &format!("{status}\n"), false),
     };
     if stream.write_all(&out).await.is_ok() {
@@ -190,8 +207,18 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 enum Request {
     Metrics { head: bool, openmetrics: bool },
     Health { head: bool },
-    Index { head: bool },
+    Debug { head: bool, page: DebugPage },
     Error(&'static str),
+}
+
+/// chasquid's pages besides the metrics.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum DebugPage {
+    Index,
+    Vars,
+    Flags,
+    Config,
+    Queue,
 }
 
 fn parse_request(head_bytes: &[u8]) -> Request {
@@ -221,7 +248,26 @@ fn parse_request(head_bytes: &[u8]) -> Request {
     match path {
         "/metrics" => Request::Metrics { head, openmetrics },
         "/healthz" => Request::Health { head },
-        "/" => Request::Index { head },
+        "/" => Request::Debug {
+            head,
+            page: DebugPage::Index,
+        },
+        "/debug/vars" => Request::Debug {
+            head,
+            page: DebugPage::Vars,
+        },
+        "/debug/flags" => Request::Debug {
+            head,
+            page: DebugPage::Flags,
+        },
+        "/debug/config" => Request::Debug {
+            head,
+            page: DebugPage::Config,
+        },
+        "/debug/queue" => Request::Debug {
+            head,
+            page: DebugPage::Queue,
+        },
         _ => Request::Error("404 Not Found"),
     }
 }
@@ -242,6 +288,10 @@ fn prometheus_text(openmetrics: &str) -> String {
         let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
             let rest = line.strip_prefix(prefix)?;
             let (name, tail) = rest.split_once(' ')?;
+            if *prefix == "# TYPE " && tail == "unknown" {
+                // OpenMetrics' unknown is the classic format's untyped.
+                return Some(format!("# TYPE {name} untyped"));
+            }
             counters.contains(&name).then(|| format!("{prefix}{name}_total {tail}"))
         });
         match renamed {
@@ -302,6 +352,17 @@ mod tests {
             Request::Error("400 Bad Request")
         );
         assert_eq!(parse_request(b"\xff\xfe\r\n\r\n"), Request::Error("400 Bad Request"));
+        assert_eq!(
+            parse_request(b"GET /debug/vars HTTP/1.1\r\n\r\n"),
+            Request::Debug {
+                head: false,
+                page: DebugPage::Vars
+            }
+        );
+        assert_eq!(
+            parse_request(b"GET /exit HTTP/1.1\r\n\r\n"),
+            Request::Error("404 Not Found")
+        );
         assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
         assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
     }
@@ -314,6 +375,9 @@ mod tests {
                   # HELP tambo_queue_messages Messages in the queue.\n\
                   # TYPE tambo_queue_messages gauge\n\
                   tambo_queue_messages 2\n\
+                  # HELP chasquid_queue_putCount count of envelopes\n\
+                  # TYPE chasquid_queue_putCount unknown\n\
+                  chasquid_queue_putCount 1\n\
                   # EOF\n";
         let classic = prometheus_text(om);
         assert!(
@@ -329,6 +393,10 @@ mod tests {
             "{classic}"
         );
         assert!(classic.contains("# TYPE tambo_queue_messages gauge\n"), "{classic}");
+        assert!(
+            classic.contains("# TYPE chasquid_queue_putCount untyped\nchasquid_queue_putCount 1\n"),
+            "{classic}"
+        );
         assert!(!classic.contains("# EOF"), "{classic}");
     }
 }

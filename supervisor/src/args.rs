@@ -63,6 +63,42 @@ impl Testing {
     }
 }
 
+impl Args {
+    /// Every flag with its value, one `name=value` per line, as chasquid's
+    /// `/debug/flags` lists them.
+    pub fn flags_page(&self) -> String {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+        let path = |v: &Option<PathBuf>| v.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let t = &self.testing;
+        [
+            ("config_dir", self.config_dir.display().to_string()),
+            ("config_overrides", opt(&self.config_overrides)),
+            ("dev", path(&self.dev)),
+            ("help", self.help.to_string()),
+            ("logfile", path(&self.logfile)),
+            ("testing__dns_addr", opt(&t.dns_addr)),
+            (
+                "testing__max_received_headers",
+                t.max_received_headers.map(|n| n.to_string()).unwrap_or_default(),
+            ),
+            (
+                "testing__outgoing_smtp_port",
+                t.outgoing_smtp_port.map(|n| n.to_string()).unwrap_or_default(),
+            ),
+            (
+                "testing__reload_every",
+                t.reload_every.map(|d| format!("{d:?}")).unwrap_or_default(),
+            ),
+            ("v", self.verbosity.to_string()),
+            ("version", self.version.to_string()),
+            ("workers_dir", path(&self.workers_dir)),
+        ]
+        .iter()
+        .map(|(name, value)| format!("{name}={value}\n"))
+        .collect()
+    }
+}
+
 /// Help text.
 pub const USAGE: &str = "\
 usage: tambod [flags]

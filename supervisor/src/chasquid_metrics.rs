@@ -22,21 +22,49 @@ pub type Merged = BTreeMap<Metric, BTreeMap<Labels, f64>>;
 /// One chasquid family, ready to encode.
 #[derive(Debug, PartialEq)]
 pub struct Family {
-    /// chasquid's exposed name.
-    pub name: &'static str,
+    /// chasquid's expvar name (`chasquid/queue/putCount`), as on
+    /// `/debug/vars`.
+    pub var: &'static str,
     /// chasquid's description.
     pub help: &'static str,
     /// The label of a map; `None` for a single value (then `values` holds
     /// one entry with an empty key).
     pub label: Option<&'static str>,
-    /// Value by chasquid's map key.
-    pub values: BTreeMap<String, f64>,
+    /// Value by chasquid's map key (counts: whole numbers, as chasquid's).
+    pub values: BTreeMap<String, i64>,
+}
+
+impl Family {
+    /// The OpenMetrics name, as chasquid's `expvarom` makes it: every
+    /// character but ASCII letters, digits and `_` becomes `_`.
+    pub fn name(&self) -> String {
+        self.var
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+            .collect()
+    }
+}
+
+/// chasquid's families as Go's expvar serves them on `/debug/vars`: one
+/// JSON object, a number per single value and an object per map.
+pub fn expvars_json(families: &[Family], cmdline: &[String]) -> String {
+    let mut vars = serde_json::Map::new();
+    vars.insert("cmdline".to_string(), serde_json::json!(cmdline));
+    for f in families {
+        let value = match f.label {
+            None => serde_json::json!(f.values.get("").copied().unwrap_or(0)),
+            Some(_) => serde_json::json!(f.values),
+        };
+        vars.insert(f.var.to_string(), value);
+    }
+    serde_json::to_string_pretty(&serde_json::Value::Object(vars)).unwrap_or_else(|_| "{}".to_string())
 }
 
 /// How one chasquid family is computed: the sum, by chasquid key, of the
 /// series of `metric` that `key` maps to a key (`None` skips a series).
 struct Spec {
-    name: &'static str,
+    /// chasquid's expvar name (`chasquid/queue/putCount`).
+    var: &'static str,
     help: &'static str,
     label: Option<&'static str>,
     metric: Metric,
@@ -71,7 +99,7 @@ const OTHER_PROTOCOLS: [&str; 9] = [
 
 const SPECS: &[Spec] = &[
     Spec {
-        name: "chasquid_smtpIn_commandCount",
+        var: "chasquid/smtpIn/commandCount",
         help: "count of SMTP commands received, by command",
         label: Some("command"),
         metric: Metric::SmtpCommands,
@@ -85,42 +113,42 @@ const SPECS: &[Spec] = &[
         },
     },
     Spec {
-        name: "chasquid_smtpIn_responseCodeCount",
+        var: "chasquid/smtpIn/responseCodeCount",
         help: "response codes returned to SMTP commands",
         label: Some("code"),
         metric: Metric::SmtpReplyCodes,
         key: |l| label_as_is(l, "code"),
     },
     Spec {
-        name: "chasquid_smtpIn_spfResultCount",
+        var: "chasquid/smtpIn/spfResultCount",
         help: "SPF result count",
         label: Some("result"),
         metric: Metric::SpfResults,
         key: |l| label_as_is(l, "result"),
     },
     Spec {
-        name: "chasquid_smtpIn_loopsDetected",
+        var: "chasquid/smtpIn/loopsDetected",
         help: "count of loops detected",
         label: None,
         metric: Metric::LoopsDetected,
         key: |_| Some(String::new()),
     },
     Spec {
-        name: "chasquid_smtpIn_tlsCount",
+        var: "chasquid/smtpIn/tlsCount",
         help: "count of TLS usage in incoming connections",
         label: Some("status"),
         metric: Metric::SmtpTransfers,
         key: |l| label_as_is(l, "transport"),
     },
     Spec {
-        name: "chasquid_smtpIn_securityLevelChecks",
+        var: "chasquid/smtpIn/securityLevelChecks",
         help: "incoming security level check results",
         label: Some("result"),
         metric: Metric::SecurityLevelChecks,
         key: |l| when(l, "direction", &["incoming"]).and_then(|_| label_as_is(l, "result")),
     },
     Spec {
-        name: "chasquid_smtpIn_hookResults",
+        var: "chasquid/smtpIn/hookResults",
         help: "count of hook invocations, by result",
         label: Some("result"),
         metric: Metric::HookRuns,
@@ -140,77 +168,77 @@ const SPECS: &[Spec] = &[
         },
     },
     Spec {
-        name: "chasquid_smtpIn_wrongProtoCount",
+        var: "chasquid/smtpIn/wrongProtoCount",
         help: "count of commands for other protocols",
         label: Some("command"),
         metric: Metric::WrongProtocol,
         key: |l| label_as_is(l, "command"),
     },
     Spec {
-        name: "chasquid_smtpIn_dkimSigned",
+        var: "chasquid/smtpIn/dkimSigned",
         help: "count of successful DKIM signs",
         label: None,
         metric: Metric::DkimSignings,
         key: |l| when(l, "result", &["signed"]),
     },
     Spec {
-        name: "chasquid_smtpIn_dkimSignErrors",
+        var: "chasquid/smtpIn/dkimSignErrors",
         help: "count of DKIM sign errors",
         label: None,
         metric: Metric::DkimSignings,
         key: |l| when(l, "result", &["error"]),
     },
     Spec {
-        name: "chasquid_smtpIn_dkimVerifyFound",
+        var: "chasquid/smtpIn/dkimVerifyFound",
         help: "count of messages with at least one DKIM signature",
         label: None,
         metric: Metric::DkimMessages,
         key: |l| when(l, "result", &["valid", "invalid", "unverified"]),
     },
     Spec {
-        name: "chasquid_smtpIn_dkimVerifyNotFound",
+        var: "chasquid/smtpIn/dkimVerifyNotFound",
         help: "count of messages with no DKIM signatures",
         label: None,
         metric: Metric::DkimMessages,
         key: |l| when(l, "result", &["unsigned"]),
     },
     Spec {
-        name: "chasquid_smtpIn_dkimVerifyValid",
+        var: "chasquid/smtpIn/dkimVerifyValid",
         help: "count of messages with at least one valid DKIM signature",
         label: None,
         metric: Metric::DkimMessages,
         key: |l| when(l, "result", &["valid"]),
     },
     Spec {
-        name: "chasquid_smtpIn_dkimVerifyErrors",
+        var: "chasquid/smtpIn/dkimVerifyErrors",
         help: "count of DKIM verification errors",
         label: None,
         metric: Metric::DkimMessages,
         key: |l| when(l, "result", &["unverified"]),
     },
     Spec {
-        name: "chasquid_queue_putCount",
+        var: "chasquid/queue/putCount",
         help: "count of envelopes attempted to be put in the queue",
         label: None,
         metric: Metric::QueueAccepted,
         key: |_| Some(String::new()),
     },
     Spec {
-        name: "chasquid_queue_itemsWritten",
+        var: "chasquid/queue/itemsWritten",
         help: "count of items the queue wrote to disk",
         label: None,
         metric: Metric::QueueAccepted,
         key: |_| Some(String::new()),
     },
     Spec {
-        name: "chasquid_queue_dsnQueued",
+        var: "chasquid/queue/dsnQueued",
         help: "count of DSNs that we generated (queued)",
         label: None,
         metric: Metric::DsnsSent,
         key: |_| Some(String::new()),
     },
     Spec {
-        name: "chasquid_queue_deliverAttempts",
+        var: "chasquid/queue/deliverAttempts",
         help: "attempts to deliver mail, by recipient type",
         label: Some("recipient_type"),
         metric: Metric::Deliveries,
@@ -223,7 +251,7 @@ const SPECS: &[Spec] = &[
         },
     },
     Spec {
-        name: "chasquid_aliases_hookResults",
+        var: "chasquid/aliases/hookResults",
         help: "count of aliases hook results, by hook and result",
         label: Some("result"),
         metric: Metric::HookRuns,
@@ -242,7 +270,7 @@ const SPECS: &[Spec] = &[
         },
     },
     Spec {
-        name: "chasquid_smtpOut_tlsCount",
+        var: "chasquid/smtpOut/tlsCount",
         help: "count of TLS status on outgoing connections",
         label: Some("result"),
         metric: Metric::RemoteTls,
@@ -260,28 +288,28 @@ const SPECS: &[Spec] = &[
         },
     },
     Spec {
-        name: "chasquid_smtpOut_securityLevelChecks",
+        var: "chasquid/smtpOut/securityLevelChecks",
         help: "count of security level checks on outgoing connections",
         label: Some("result"),
         metric: Metric::SecurityLevelChecks,
         key: |l| when(l, "direction", &["outgoing"]).and_then(|_| label_as_is(l, "result")),
     },
     Spec {
-        name: "chasquid_smtpOut_sts_mode",
+        var: "chasquid/smtpOut/sts/mode",
         help: "count of STS checks on outgoing connections",
         label: Some("mode"),
         metric: Metric::MtaStsModes,
         key: |l| label_as_is(l, "mode"),
     },
     Spec {
-        name: "chasquid_sts_cache_fetches",
+        var: "chasquid/sts/cache/fetches",
         help: "count of fetches",
         label: None,
         metric: Metric::MtaSts,
         key: |l| when(l, "decision", &["policy_fetched", "fetch_failed"]),
     },
     Spec {
-        name: "chasquid_sts_cache_failedFetch",
+        var: "chasquid/sts/cache/failedFetch",
         help: "failed fetch count",
         label: None,
         metric: Metric::MtaSts,
@@ -298,15 +326,15 @@ pub fn families(merged: &Merged) -> Vec<Family> {
         .map(|spec| {
             let mut values = BTreeMap::new();
             if spec.label.is_none() {
-                values.insert(String::new(), 0.0);
+                values.insert(String::new(), 0);
             }
             for (labels, value) in merged.get(&spec.metric).into_iter().flatten() {
                 if let Some(key) = (spec.key)(labels) {
-                    *values.entry(key).or_insert(0.0) += value;
+                    *values.entry(key).or_insert(0) += value.round() as i64;
                 }
             }
             Family {
-                name: spec.name,
+                var: spec.var,
                 help: spec.help,
                 label: spec.label,
                 values,
@@ -324,7 +352,9 @@ mod tests {
     }
 
     fn family<'a>(f: &'a [Family], name: &str) -> &'a Family {
-        f.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no {name}"))
+        f.iter()
+            .find(|f| f.name() == name)
+            .unwrap_or_else(|| panic!("no {name}"))
     }
 
     #[test]
@@ -346,25 +376,25 @@ mod tests {
         ]);
         m.entry(Metric::QueueAccepted).or_default().insert(vec![], 7.0);
         let f = families(&m);
-        let names: Vec<&str> = f.iter().map(|f| f.name).collect();
+        let names: Vec<String> = f.iter().map(|f| f.name()).collect();
         let mut dedup = names.clone();
         dedup.sort();
         dedup.dedup();
         assert_eq!(dedup.len(), names.len(), "names are unique");
         let cmds = family(&f, "chasquid_smtpIn_commandCount");
-        assert_eq!(cmds.values, BTreeMap::from([("EHLO".to_string(), 2.0)]));
+        assert_eq!(cmds.values, BTreeMap::from([("EHLO".to_string(), 2)]));
         let hooks = family(&f, "chasquid_smtpIn_hookResults");
-        assert_eq!(hooks.values, BTreeMap::from([("post-data:fail".to_string(), 3.0)]));
+        assert_eq!(hooks.values, BTreeMap::from([("post-data:fail".to_string(), 3)]));
         let aliases = family(&f, "chasquid_aliases_hookResults");
-        assert_eq!(aliases.values, BTreeMap::from([("resolve:success".to_string(), 4.0)]));
+        assert_eq!(aliases.values, BTreeMap::from([("resolve:success".to_string(), 4)]));
         let single = |name| family(&f, name).values.get("").copied();
-        assert_eq!(single("chasquid_smtpIn_dkimVerifyFound"), Some(4.0));
-        assert_eq!(single("chasquid_smtpIn_dkimVerifyNotFound"), Some(5.0));
-        assert_eq!(single("chasquid_smtpIn_dkimVerifyValid"), Some(3.0));
-        assert_eq!(single("chasquid_queue_putCount"), Some(7.0));
+        assert_eq!(single("chasquid_smtpIn_dkimVerifyFound"), Some(4));
+        assert_eq!(single("chasquid_smtpIn_dkimVerifyNotFound"), Some(5));
+        assert_eq!(single("chasquid_smtpIn_dkimVerifyValid"), Some(3));
+        assert_eq!(single("chasquid_queue_putCount"), Some(7));
         assert_eq!(
             single("chasquid_smtpIn_loopsDetected"),
-            Some(0.0),
+            Some(0),
             "a single value is always there"
         );
         assert!(

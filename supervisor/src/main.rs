@@ -141,6 +141,12 @@ fn run(mut args: args::Args) -> Result<i32, String> {
     let mut systemd = listeners::SystemdFds::take();
     let listeners = listeners::bind_all(&config, &mut systemd)?;
     let mut ops = Ops::open(&config)?;
+    ops.set_server_info(monitor::ServerInfo {
+        cmdline: std::env::args().collect(),
+        flags: args.flags_page(),
+        config: tambo_common::config::print_config(&config),
+        hostname: config.hostname.clone(),
+    });
     for l in &listeners {
         let local = l.socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!("listening on {} ({:?}, {local})", l.addr, l.kind);

@@ -11,7 +11,7 @@
 //! while a collection runs are answered by the next one, so a scraper
 //! always sees values gathered after it asked.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
@@ -24,12 +24,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 use tambo_ipc::metrics::{Metric, MetricKind, MetricSample};
-use tambo_ipc::proto::WorkerKind;
+use tambo_ipc::proto::{DebugPages, WorkerKind};
 
 /// How long a collection waits for the workers' snapshots.
 pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-type Labels = Vec<(String, String)>;
+use crate::chasquid_metrics::{Labels, Merged};
 
 struct Collect {
     seq: u64,
@@ -57,6 +57,22 @@ pub struct Page {
     pub openmetrics: String,
     /// Workers not running, by name.
     pub down: Vec<String>,
+    /// chasquid's debug pages.
+    pub debug: DebugPages,
+}
+
+/// What the debug pages tell besides the metrics: set at start, the
+/// configuration again on each reload.
+#[derive(Debug, Clone, Default)]
+pub struct ServerInfo {
+    /// tambod's command line.
+    pub cmdline: Vec<String>,
+    /// `/debug/flags`.
+    pub flags: String,
+    /// `/debug/config`.
+    pub config: String,
+    /// The configured host name.
+    pub hostname: String,
 }
 
 /// The metrics collector behind the monitoring endpoint.
@@ -73,6 +89,8 @@ pub struct Monitor {
     seq: u64,
     up: HashMap<WorkerKind, bool>,
     page: Option<Page>,
+    info: ServerInfo,
+    started: Instant,
 }
 
 /// Bind `host:port` (`:port` for every address).
@@ -111,6 +129,8 @@ impl Monitor {
             seq: 0,
             up: HashMap::new(),
             page: None,
+            info: ServerInfo::default(),
+            started: Instant::now(),
         })
     }
 
@@ -155,6 +175,16 @@ impl Monitor {
         if let Some(c) = &mut self.collect {
             c.waiting.retain(|k| *k != kind);
         }
+    }
+
+    /// What the debug pages show of the server.
+    pub fn set_info(&mut self, info: ServerInfo) {
+        self.info = info;
+    }
+
+    /// The configuration in force changed (SIGHUP).
+    pub fn set_config(&mut self, config: String) {
+        self.info.config = config;
     }
 
     /// Lines the mail log could not write, for the metrics.
@@ -232,7 +262,7 @@ impl Monitor {
             return;
         };
         self.own.scrapes.inc();
-        let down = WorkerKind::ALL
+        let down: Vec<String> = WorkerKind::ALL
             .iter()
             .filter(|k| !self.up.get(k).copied().unwrap_or(false))
             .map(|k| k.name().to_string())
@@ -240,8 +270,69 @@ impl Monitor {
         self.page = Some(Page {
             answers: c.answers,
             openmetrics: self.render(),
+            debug: self.debug_pages(&down),
             down,
         });
+    }
+
+    /// Every worker's samples, summed by family and labels.
+    fn merged(&self) -> Merged {
+        let mut merged = Merged::new();
+        for samples in self.latest.values() {
+            for s in samples {
+                *merged
+                    .entry(s.metric)
+                    .or_default()
+                    .entry(s.labels.clone())
+                    .or_insert(0.0) += s.value;
+            }
+        }
+        merged
+    }
+
+    /// chasquid's debug pages from the same collection.
+    fn debug_pages(&self, down: &[String]) -> DebugPages {
+        let merged = self.merged();
+        let gauge = |m: Metric| merged.get(&m).and_then(|s| s.values().next()).copied().unwrap_or(0.0);
+        let mut index = format!(
+            "tambo {} on {}\nup for {} s\n\nworkers:\n",
+            env!("CARGO_PKG_VERSION"),
+            self.info.hostname,
+            self.started.elapsed().as_secs()
+        );
+        for k in WorkerKind::ALL {
+            let state = if down.iter().any(|d| d == k.name()) {
+                "down"
+            } else {
+                "up"
+            };
+            index.push_str(&format!("  {}: {state}\n", k.name()));
+        }
+        index.push_str("\npages:\n");
+        for page in [
+            "/metrics",
+            "/healthz",
+            "/debug/vars",
+            "/debug/flags",
+            "/debug/config",
+            "/debug/queue",
+        ] {
+            index.push_str(&format!("  {page}\n"));
+        }
+        DebugPages {
+            index,
+            vars: crate::chasquid_metrics::expvars_json(
+                &crate::chasquid_metrics::families(&merged),
+                &self.info.cmdline,
+            ),
+            flags: self.info.flags.clone(),
+            config: self.info.config.clone(),
+            queue: format!(
+                "messages: {}\noldest: {} s\n(the envelopes stay in queued: `tambo queue` lists them)\n",
+                gauge(Metric::QueueMessages),
+                gauge(Metric::QueueOldestAge)
+            ),
+        }
     }
 
     /// The exposition text.
@@ -267,17 +358,7 @@ impl Monitor {
             "Metrics collections answered",
             self.own.scrapes.clone(),
         );
-        let mut merged: BTreeMap<Metric, BTreeMap<Labels, f64>> = BTreeMap::new();
-        for samples in self.latest.values() {
-            for s in samples {
-                *merged
-                    .entry(s.metric)
-                    .or_default()
-                    .entry(s.labels.clone())
-                    .or_insert(0.0) += s.value;
-            }
-        }
-        reg.register_collector(Box::new(WorkerSamples(merged)));
+        reg.register_collector(Box::new(WorkerSamples(self.merged())));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
             tracing::error!("metrics: encoding failed: {e}");
@@ -292,7 +373,7 @@ fn worker_labels(kind: WorkerKind) -> Labels {
 
 /// The workers' samples, merged, as a prometheus-client collector.
 #[derive(Debug)]
-struct WorkerSamples(BTreeMap<Metric, BTreeMap<Labels, f64>>);
+struct WorkerSamples(Merged);
 
 impl Collector for WorkerSamples {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -315,15 +396,11 @@ impl Collector for WorkerSamples {
         }
         // chasquid's names too, untyped as chasquid's are.
         for f in crate::chasquid_metrics::families(&self.0) {
-            let mut family = encoder.encode_descriptor(f.name, f.help, None, MetricType::Unknown)?;
+            let name = f.name();
+            let mut family = encoder.encode_descriptor(&name, f.help, None, MetricType::Unknown)?;
             for (key, value) in &f.values {
-                match f.label {
-                    None => ConstGauge::new(*value).encode(family.encode_family(&Vec::<(String, String)>::new())?)?,
-                    Some(label) => {
-                        let labels = vec![(label.to_string(), key.clone())];
-                        ConstGauge::new(*value).encode(family.encode_family(&labels)?)?
-                    }
-                }
+                let labels: Labels = f.label.map(|l| vec![(l.to_string(), key.clone())]).unwrap_or_default();
+                ConstGauge::new(*value).encode(family.encode_family(&labels)?)?;
             }
         }
         Ok(())
@@ -368,7 +445,10 @@ mod tests {
         assert!(text.contains("tambo_worker_up{worker=\"smtpd\"} 1"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(text.contains("# TYPE chasquid_queue_putCount unknown"), "{text}");
-        assert!(text.contains("\nchasquid_queue_putCount 0"), "{text}");
+        assert!(
+            text.contains("\nchasquid_queue_putCount 0\n"),
+            "an integer, as chasquid's: {text}"
+        );
     }
 
     #[test]

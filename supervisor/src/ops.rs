@@ -10,7 +10,7 @@ use tambo_ipc::metrics::MetricSample;
 use tambo_ipc::proto::{MailLogEvent, WorkerKind};
 
 use crate::maillog::MailLog;
-use crate::monitor::{Monitor, Page};
+use crate::monitor::{Monitor, Page, ServerInfo};
 
 /// The mail log and the optional monitoring server.
 pub struct Ops {
@@ -58,6 +58,16 @@ impl Ops {
     /// SIGHUP: reopen the mail log (log rotation) with the current path.
     pub fn reload(&mut self, config: &Config) {
         self.mail_log.reopen(&config.mail_log_path);
+        if let Some(m) = &mut self.monitor {
+            m.set_config(tambo_common::config::print_config(config));
+        }
+    }
+
+    /// What the monitoring endpoint's debug pages show of the server.
+    pub fn set_server_info(&mut self, info: ServerInfo) {
+        if let Some(m) = &mut self.monitor {
+            m.set_info(info);
+        }
     }
 
     /// A worker was started.

@@ -605,6 +605,7 @@ impl<R: Reloader> Supervisor<R> {
                 answers: page.answers,
                 openmetrics: page.openmetrics,
                 down: page.down,
+                debug: page.debug,
             };
             if let Err(e) = s.control.send(&msg, &[]) {
                 tracing::warn!("smtpd: cannot send the metrics page: {e}");

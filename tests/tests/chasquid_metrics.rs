@@ -97,8 +97,56 @@ fn chasquid_metric_names_with_chasquid_meanings() {
         Some(1.0),
         "{text}"
     );
+    // Whole numbers, as chasquid prints them (its t-09 greps for them).
+    assert!(text.lines().any(|l| l == "chasquid_queue_itemsWritten 1"), "{text}");
 
+    debug_pages(mon);
     prometheus_scrapes_them(mon);
+}
+
+fn get(mon: u16, path: &str) -> (String, String) {
+    let (ok, out) = run(Command::new("curl").args([
+        "-sS",
+        "-i",
+        "--max-time",
+        "10",
+        &format!("http://127.0.0.1:{mon}{path}"),
+    ]));
+    assert!(ok, "{path}: {out}");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{path}: {out}"));
+    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
+}
+
+/// chasquid's pages besides `/metrics`: Go's expvar JSON on `/debug/vars`
+/// with chasquid's variable names, and the status, flags, configuration
+/// and queue pages (the queue as a count: smtpd never sees envelopes).
+fn debug_pages(mon: u16) {
+    let (status, vars) = get(mon, "/debug/vars");
+    assert!(status.contains(" 200 "), "{status}");
+    let vars: serde_json::Value = serde_json::from_str(&vars).unwrap_or_else(|e| panic!("{e}: {vars}"));
+    assert_eq!(vars["chasquid/queue/putCount"], 1, "{vars}");
+    assert_eq!(vars["chasquid/smtpIn/commandCount"]["EHLO"], 1, "{vars}");
+    assert_eq!(vars["chasquid/smtpIn/loopsDetected"], 0, "{vars}");
+    assert!(
+        vars["cmdline"][0].as_str().is_some_and(|c| c.ends_with("tambod")),
+        "{vars}"
+    );
+    let (_, index) = get(mon, "/");
+    assert!(
+        index.contains("smtpd: up") && index.contains("/debug/vars") && index.lines().count() > 10,
+        "{index}"
+    );
+    let (_, flags) = get(mon, "/debug/flags");
+    assert!(flags.lines().any(|l| l.starts_with("config_dir=/")), "{flags}");
+    let (_, config) = get(mon, "/debug/config");
+    assert!(config.contains("hostname: \"mx.example.com\""), "{config}");
+    let (_, queue) = get(mon, "/debug/queue");
+    assert!(queue.starts_with("messages: 0\n"), "{queue}");
+    let (status, _) = get(mon, "/exit");
+    assert!(
+        status.contains(" 404 "),
+        "nothing on the endpoint stops the server: {status}"
+    );
 }
 
 /// A real Prometheus scrapes the endpoint and answers a PromQL query on a
