@@ -351,11 +351,12 @@ impl ResolverContext<'_> {
         .map_err(|e| e.to_string())?;
         if out.code != Some(0) {
             let code = out.code.map(|c| c.to_string()).unwrap_or_else(|| "a signal".into());
-            return Err(format!(
-                "{} exited with {code}: {}",
-                hook.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let why = match stderr.trim() {
+                "" => String::new(),
+                s => format!(": {s}"),
+            };
+            return Err(format!("{} exited with {code}{why}", hook.display()));
         }
         Ok(String::from_utf8(out.stdout).map_err(|_| format!("{}: output is not UTF-8", hook.display())))
     }

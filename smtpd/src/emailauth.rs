@@ -131,6 +131,18 @@ fn result_words<'a>(part: &'a str, key: &str) -> Vec<&'static str> {
 }
 
 /// Result words of RFC 8601.
+/// `user@domain` with a single-label domain (`srv-a`, as in test set-ups
+/// and private networks) written absolute (`user@srv-a.`): mail-auth
+/// evaluates SPF only for names with a dot, and chasquid evaluates these.
+fn absolute_single_label(mail_from: &str) -> String {
+    match mail_from.rsplit_once('@') {
+        Some((user, domain)) if !domain.is_empty() && !domain.contains('.') && !domain.starts_with('[') => {
+            format!("{user}@{domain}.")
+        }
+        _ => mail_from.to_string(),
+    }
+}
+
 /// What DKIM verification found in one message, as a metrics label.
 fn dkim_message_word(signed: bool, verified: bool, outputs: &[DkimOutput]) -> &'static str {
     if !signed {
@@ -260,10 +272,11 @@ impl EmailAuth {
                 SpfOutput::new(domain).with_result(SpfResult::None)
             }
             Some(r) => {
+                let sender = absolute_single_label(mail_from);
                 let params = if mail_from.is_empty() {
                     SpfParameters::verify_ehlo(ip, helo, hostname)
                 } else {
-                    SpfParameters::verify_mail_from(ip, helo, hostname, mail_from)
+                    SpfParameters::verify_mail_from(ip, helo, hostname, &sender)
                 };
                 match tokio::time::timeout(CHECK_TIMEOUT, r.verify_spf(params)).await {
                     Ok(o) => o,
@@ -610,6 +623,14 @@ mod tests {
     fn mapped_ips() {
         let ip: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         assert_eq!(canonical_ip(ip), "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn single_label_senders_are_written_absolute() {
+        assert_eq!(absolute_single_label("usera@srv-a"), "usera@srv-a.");
+        assert_eq!(absolute_single_label("a@example.com"), "a@example.com");
+        assert_eq!(absolute_single_label("a@[192.0.2.1]"), "a@[192.0.2.1]");
+        assert_eq!(absolute_single_label(""), "");
     }
 }
 

@@ -221,6 +221,20 @@ enum DebugPage {
     Queue,
 }
 
+impl DebugPage {
+    /// The page at `path`, if it is one.
+    fn at(path: &str) -> Option<DebugPage> {
+        Some(match path {
+            "/" => DebugPage::Index,
+            "/debug/vars" => DebugPage::Vars,
+            "/debug/flags" => DebugPage::Flags,
+            "/debug/config" => DebugPage::Config,
+            "/debug/queue" => DebugPage::Queue,
+            _ => return None,
+        })
+    }
+}
+
 fn parse_request(head_bytes: &[u8]) -> Request {
     let line_end = head_bytes.iter().position(|b| *b == b'\n').unwrap_or(head_bytes.len());
     let Ok(line) = std::str::from_utf8(&head_bytes[..line_end]) else {
@@ -245,29 +259,12 @@ fn parse_request(head_bytes: &[u8]) -> Request {
             name.trim().eq_ignore_ascii_case("accept") && value.contains("application/openmetrics-text")
         })
     });
+    if let Some(page) = DebugPage::at(path) {
+        return Request::Debug { head, page };
+    }
     match path {
         "/metrics" => Request::Metrics { head, openmetrics },
         "/healthz" => Request::Health { head },
-        "/" => Request::Debug {
-            head,
-            page: DebugPage::Index,
-        },
-        "/debug/vars" => Request::Debug {
-            head,
-            page: DebugPage::Vars,
-        },
-        "/debug/flags" => Request::Debug {
-            head,
-            page: DebugPage::Flags,
-        },
-        "/debug/config" => Request::Debug {
-            head,
-            page: DebugPage::Config,
-        },
-        "/debug/queue" => Request::Debug {
-            head,
-            page: DebugPage::Queue,
-        },
         _ => Request::Error("404 Not Found"),
     }
 }

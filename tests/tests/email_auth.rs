@@ -233,6 +233,8 @@ fn base_records() -> Vec<(String, String)> {
         r("fail.test", "v=spf1 -all exp=exp.fail.test"),
         r("exp.fail.test", "Mail from this domain never comes from %{i}"),
         r("softfail.test", "v=spf1 ~all"),
+        // A single-label domain, as in chasquid's t-16 (and private nets).
+        r("srv-a", "v=spf1 -all"),
         r("temperror.test", "v=spf1 include:sub.temperror.test -all"),
         r("helo.test", "v=spf1 ip4:127.0.0.1 -all"),
         // Signs with DKIM but its SPF does not authorise us.
@@ -280,6 +282,10 @@ fn spf_results_through_smtp() {
         mail.contains("Mail from this domain never comes from 127.0.0.1"),
         "{mail}"
     );
+
+    // A single-label domain is evaluated too, as chasquid does.
+    let (mail, _) = transact(port, "client.test", "usera@srv-a", "alice@example.com", "");
+    assert!(mail.starts_with("550 5.7.23 "), "{mail}");
 
     // softfail, and temperror (the DNS fails): accepted and recorded,
     // never refused.

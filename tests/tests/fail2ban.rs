@@ -39,29 +39,42 @@ fn swaks(args: &[&str]) -> (bool, String) {
     run(Command::new("swaks").args(["--timeout", "20"]).args(args))
 }
 
-/// A legitimate client from 127.0.0.2: a submission with the right
-/// password, and a message the post-data hook refuses for now.
-fn legitimate(env: &TestEnv) {
+/// A submission with AUTH PLAIN as alice over STARTTLS; `extra` swaks
+/// arguments.
+fn submission(env: &TestEnv, password: &str, extra: &[&str]) -> (bool, String) {
     let sub = format!("127.0.0.1:{}", env.submission_port);
-    let (ok, out) = swaks(&[
+    let mut args = vec![
         "--server",
         &sub,
-        "--local-interface",
-        "127.0.0.2",
         "--tls",
         "--auth",
         "PLAIN",
         "--auth-user",
         USER,
         "--auth-password",
+        password,
+    ];
+    args.extend_from_slice(extra);
+    swaks(&args)
+}
+
+/// A legitimate client from 127.0.0.2: a submission with the right
+/// password, and a message the post-data hook refuses for now.
+fn legitimate(env: &TestEnv) {
+    let (ok, out) = submission(
+        env,
         PASSWORD,
-        "--from",
-        USER,
-        "--to",
-        "bob@example.com",
-        "--body",
-        "legit",
-    ]);
+        &[
+            "--local-interface",
+            "127.0.0.2",
+            "--from",
+            USER,
+            "--to",
+            "bob@example.com",
+            "--body",
+            "legit",
+        ],
+    );
     assert!(ok, "{out}");
     let smtp = format!("127.0.0.1:{}", env.smtp_port);
     let (ok, out) = swaks(&[
@@ -82,20 +95,7 @@ fn legitimate(env: &TestEnv) {
 /// An abusive client from 127.0.0.1: a wrong password, relaying, an
 /// unknown user, an unknown command, HTTP, and a session of errors.
 fn abusive(env: &TestEnv) {
-    let sub = format!("127.0.0.1:{}", env.submission_port);
-    let (ok, out) = swaks(&[
-        "--server",
-        &sub,
-        "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        USER,
-        "--auth-password",
-        "wrong",
-        "--quit-after",
-        "AUTH",
-    ]);
+    let (ok, out) = submission(env, "wrong", &["--quit-after", "AUTH"]);
     assert!(!ok && out.contains("535"), "{out}");
     let mut c = RawClient::connect(env.smtp_port);
     assert!(c.cmd("EHLO spammer.test").starts_with("250"));
