@@ -292,6 +292,52 @@ async fn tls_levels_and_refused_downgrade() {
     assert_eq!(r.levels_seen, vec![("plain.test".to_string(), SecLevel::Plain)]);
 }
 
+/// A CA certificate (`CA:TRUE`) for `name` serving as the server's own,
+/// as chasquid's `generate_cert -ca` makes them; its PEM and the server.
+fn ca_as_server_cert(name: &str) -> (String, Arc<rustls::ServerConfig>) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).expect("certificate");
+    let server = tambo_tests::certs::server_config(vec![cert.der().clone()], key.serialize_der());
+    (cert.pem(), server)
+}
+
+/// A trusted root presented as the server's certificate is secure for the
+/// names it holds, as in Go's TLS (chasquid's t-14 relies on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_root_as_the_server_certificate() {
+    let dns = FakeDns::start();
+    for d in ["ca.test", "other.test"] {
+        dns.mx(d, 10, &format!("mx.{d}"));
+        dns.addr(&format!("mx.{d}"), LOCALHOST);
+    }
+    let (pem, server) = ca_as_server_cert("mx.ca.test");
+    let ca_file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(ca_file.path(), pem).expect("write ca");
+    let peer = Peer::start(Script {
+        tls: Some(server),
+        ..Script::default()
+    })
+    .await;
+    let mut s = settings(&dns, peer.port);
+    s.tls_extra_ca_file = ca_file.path().display().to_string();
+    s.idle_timeout = Duration::ZERO;
+    let trusted = Courier::new(s).expect("courier");
+    let r = send(&trusted, &job("s@o.test", &["a@ca.test"], &[]), MSG).await;
+    assert_eq!(outcome(&r, 0), DeliveryOutcome::Delivered);
+    assert_eq!(r.levels_seen, vec![("ca.test".to_string(), SecLevel::TlsSecure)]);
+    // Not for another name.
+    let r = send(&trusted, &job("s@o.test", &["a@other.test"], &[]), MSG).await;
+    assert_eq!(r.levels_seen, vec![("other.test".to_string(), SecLevel::TlsInsecure)]);
+    // Nor when it is not trusted.
+    let mut s = settings(&dns, peer.port);
+    s.idle_timeout = Duration::ZERO;
+    let untrusted = Courier::new(s).expect("courier");
+    let r = send(&untrusted, &job("s@o.test", &["b@ca.test"], &[]), MSG).await;
+    assert_eq!(r.levels_seen, vec![("ca.test".to_string(), SecLevel::TlsInsecure)]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_reused_and_commands_pipelined() {
     let dns = FakeDns::start();

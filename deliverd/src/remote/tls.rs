@@ -3,7 +3,14 @@
 //! every MTA does), and the chain is then checked separately against the
 //! system roots plus `tls_extra_ca_file` for the MX host name: the result
 //! decides between [`SecLevel::TlsInsecure`] and [`SecLevel::TlsSecure`].
+//!
+//! A server whose certificate is itself one of the trusted roots (a CA
+//! certificate used as the server's, as chasquid's test certificates are)
+//! is secure too when the certificate is valid for the name, as Go's TLS
+//! (and so chasquid) judges it: webpki refuses a CA certificate as an end
+//! entity, but trusting a root already trusts anything it would sign.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
@@ -32,8 +39,21 @@ pub struct TlsClient {
     connector: TlsConnector,
     verifier: Option<Arc<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
+    /// The trusted roots as they are (DER), to recognise a server that
+    /// presents one of them.
+    anchors: HashSet<Vec<u8>>,
     /// Number of trusted roots (system + extra), for the log.
     pub roots: usize,
+}
+
+/// Whether webpki refused a certificate for being a CA certificate.
+fn ca_used_as_end_entity(e: &rustls::Error) -> bool {
+    match e {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            other.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity)
+        }
+        _ => false,
+    }
 }
 
 /// Verifier used during the handshake: checks the handshake signatures
@@ -83,7 +103,9 @@ impl TlsClient {
     pub fn new(extra_ca_file: &str) -> Result<TlsClient, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
+        let mut anchors = HashSet::new();
         let native = rustls_native_certs::load_native_certs();
+        anchors.extend(native.certs.iter().map(|c| c.to_vec()));
         let (added, _ignored) = roots.add_parsable_certificates(native.certs);
         if !native.errors.is_empty() {
             tracing::debug!(
@@ -103,6 +125,7 @@ impl TlsClient {
                     "no PEM certificate in the file".into(),
                 ));
             }
+            anchors.extend(certs.iter().map(|c| c.to_vec()));
             let (ok, bad) = roots.add_parsable_certificates(certs);
             if bad > 0 {
                 return Err(TlsSetupError::ExtraCa(
@@ -132,6 +155,7 @@ impl TlsClient {
             connector: TlsConnector::from(Arc::new(config)),
             verifier,
             provider,
+            anchors,
             roots: total,
         })
     }
@@ -154,10 +178,17 @@ impl TlsClient {
         let stream = self.connector.connect(name.clone(), tcp).await?;
         let (_, conn) = stream.get_ref();
         let verdict = match (conn.peer_certificates(), &self.verifier) {
-            (Some([ee, rest @ ..]), Some(v)) => v
-                .verify_server_cert(ee, rest, &name, &[], UnixTime::now())
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            (Some([ee, rest @ ..]), Some(v)) => match v.verify_server_cert(ee, rest, &name, &[], UnixTime::now()) {
+                Ok(_) => Ok(()),
+                Err(e) if ca_used_as_end_entity(&e) && self.anchors.contains(ee.as_ref()) => {
+                    // webpki checks the validity period before the basic
+                    // constraints: only the name is left to check.
+                    webpki::EndEntityCert::try_from(ee)
+                        .and_then(|c| c.verify_is_valid_for_subject_name(&name))
+                        .map_err(|e| format!("trusted root used as the server certificate: {e}"))
+                }
+                Err(e) => Err(e.to_string()),
+            },
             (Some(_), None) => Err("no trusted root certificates configured".into()),
             (_, _) => Err("the server sent no certificate".into()),
         };
