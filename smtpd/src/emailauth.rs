@@ -93,7 +93,8 @@ impl SpfCheck {
         };
         let mut text = format!(
             "SPF check failed: {} does not allow {} to send mail for {who}",
-            self.output.domain(),
+            // A single-label domain was asked about as an absolute name.
+            self.output.domain().trim_end_matches('.'),
             self.ip
         );
         if let Some(exp) = self.output.explanation() {
