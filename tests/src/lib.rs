@@ -667,6 +667,26 @@ pub fn crlf_lines(message: &str) -> String {
     body
 }
 
+/// Send one message on `port` without AUTH (EHLO, MAIL, each RCPT, DATA,
+/// dot-stuffed `text` with CRLF lines); panics unless MAIL, every RCPT and
+/// DATA are accepted, and returns the reply to the final dot.
+pub fn send_message(port: u16, from: &str, to: &[&str], text: &str) -> String {
+    let mut c = RawClient::connect(port);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    let r = c.cmd(&format!("MAIL FROM:<{from}>"));
+    assert!(r.starts_with("250"), "MAIL FROM: {r}");
+    for t in to {
+        let r = c.cmd(&format!("RCPT TO:<{t}>"));
+        assert!(r.starts_with("250"), "RCPT TO:<{t}>: {r}");
+    }
+    assert!(c.cmd("DATA").starts_with("354"));
+    let body = format!("\r\n{}", crlf_lines(text)).replace("\r\n.", "\r\n..");
+    c.send(&body.as_bytes()[2..]);
+    let r = c.cmd(".");
+    c.cmd("QUIT");
+    r
+}
+
 /// Run a command, returning (success, stdout+stderr).
 pub fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));

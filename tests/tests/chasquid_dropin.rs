@@ -15,24 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tambo_tests::dropin::{self, Tls, base_conf, need_tool, write_script};
-use tambo_tests::{PASSWORD, RawClient, Server, TestEnv, USER, bin, crlf_lines, is_root, run, wait_for};
-
-/// Send one message on `port` without AUTH; the reply to the final dot.
-fn send(port: u16, from: &str, to: &[&str], text: &str) -> String {
-    let mut c = RawClient::connect(port);
-    assert!(c.cmd("EHLO client.test").starts_with("250"));
-    let r = c.cmd(&format!("MAIL FROM:<{from}>"));
-    assert!(r.starts_with("250"), "MAIL FROM: {r}");
-    for t in to {
-        let r = c.cmd(&format!("RCPT TO:<{t}>"));
-        assert!(r.starts_with("250"), "RCPT TO:<{t}>: {r}");
-    }
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(crlf_lines(text).as_bytes());
-    let r = c.cmd(".");
-    c.cmd("QUIT");
-    r
-}
+use tambo_tests::{PASSWORD, RawClient, Server, TestEnv, USER, bin, is_root, run, send_message, wait_for};
 
 /// A message whose Subject is `tag`.
 fn message(tag: &str) -> String {
@@ -195,7 +178,7 @@ fn non_root_start_with_chasquid_relative_paths() {
         log()
     );
 
-    let r = send(env.smtp_port, "sender@remote.test", &[USER], &message("relative-paths"));
+    let r = send_message(env.smtp_port, "sender@remote.test", &[USER], &message("relative-paths"));
     assert!(r.starts_with("250"), "{r}");
     let config = env.config_dir.display().to_string();
     // The MDA keeps failing temporarily: the message waits in the queue,
@@ -295,7 +278,7 @@ fn delivery_agent_and_pipes_get_tambods_environment() {
             ("HOME", home_s.as_str()),
         ],
     );
-    let r = send(
+    let r = send_message(
         env.smtp_port,
         "sender@remote.test",
         &[USER, "piped@example.com"],
@@ -379,7 +362,7 @@ fn zero_values_mean_the_defaults() {
     let ehlo = c.cmd("EHLO client.test");
     assert!(ehlo.contains("250-SIZE 52428800\n"), "{ehlo}");
     c.cmd("QUIT");
-    let r = send(env.smtp_port, "sender@remote.test", &[USER], &message("zero-values"));
+    let r = send_message(env.smtp_port, "sender@remote.test", &[USER], &message("zero-values"));
     assert!(r.starts_with("250"), "max_queue_items: 0 must not refuse mail: {r}");
     let mut argv = String::new();
     wait_for(Duration::from_secs(20), "maildrop's arguments", || {
@@ -492,7 +475,7 @@ fn auth_and_receive(env: &TestEnv, user: &str, password: &str, tag: &str) -> boo
     if !d.0 || !d.1.lines().last().unwrap_or("").starts_with("235") {
         return false;
     }
-    let r = send(env.smtp_port, "sender@remote.test", &[user], &message(tag));
+    let r = send_message(env.smtp_port, "sender@remote.test", &[user], &message(tag));
     r.starts_with("250") && {
         env.wait_delivered(user, &format!("body of {tag}"));
         true

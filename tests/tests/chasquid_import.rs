@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tambo_common::chasquid_queue::{self, Item, RcptStatus};
 use tambo_tests::smtp_peer::{Peer, Script};
-use tambo_tests::{PASSWORD, RawClient, TestEnv, bin, wait_for};
+use tambo_tests::{PASSWORD, TestEnv, bin, wait_for};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -138,22 +138,8 @@ impl Drop for Chasquid {
 
 /// Send one message over SMTP; panics unless it is accepted.
 fn send(port: u16, from: &str, to: &[&str], text: &str) {
-    let mut c = RawClient::connect(port);
-    assert!(c.cmd("EHLO client.test").starts_with("250"));
-    let r = c.cmd(&format!("MAIL FROM:<{from}>"));
-    assert!(r.starts_with("250"), "MAIL FROM: {r}");
-    for t in to {
-        let r = c.cmd(&format!("RCPT TO:<{t}>"));
-        assert!(r.starts_with("250"), "RCPT TO:<{t}>: {r}");
-    }
-    assert!(c.cmd("DATA").starts_with("354"));
-    let mut body = tambo_tests::crlf_lines(text);
-    // Dot-stuffing, as any client does.
-    body = body.replace("\r\n.", "\r\n..");
-    c.send(body.as_bytes());
-    let r = c.cmd(".");
+    let r = tambo_tests::send_message(port, from, to, text);
     assert!(r.starts_with("250"), "end of data: {r}");
-    c.cmd("QUIT");
 }
 
 /// The text of message `tag`, as sent.
