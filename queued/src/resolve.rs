@@ -324,21 +324,20 @@ impl ResolverContext<'_> {
             count_alias_hook("absent");
             return Ok(Vec::new());
         };
-        let temp = |why: String| ResolveError::Temporary(address.to_string(), why);
-        let ran = self.run_alias_hook(hook, address).await;
-        let outcome = match &ran {
-            Ok(Ok(_)) => "success",
-            Ok(Err(_)) => "bad_output",
-            Err(_) => "failure",
-        };
-        count_alias_hook(outcome);
-        let text = ran.map_err(temp)?.map_err(temp)?;
-        parse_rhs(&text, domain).map_err(|e| temp(format!("{}: bad output: {e}", hook.display())))
+        let answer = self.run_alias_hook(hook, address, domain).await;
+        count_alias_hook(match &answer {
+            Ok(_) => "success",
+            Err(HookFailure::Failed(_)) => "failure",
+            Err(HookFailure::BadOutput(_)) => "bad_output",
+        });
+        answer.map_err(|f| {
+            let (HookFailure::Failed(why) | HookFailure::BadOutput(why)) = f;
+            ResolveError::Temporary(address.to_string(), why)
+        })
     }
 
-    /// Run the `alias-resolve` hook: its output, or why it has none
-    /// (inner error: the output is not UTF-8).
-    async fn run_alias_hook(&self, hook: &Path, address: &str) -> Result<Result<String, String>, String> {
+    /// Run the `alias-resolve` hook and parse its answer.
+    async fn run_alias_hook(&self, hook: &Path, address: &str, domain: &str) -> Result<Vec<AliasTarget>, HookFailure> {
         let out = run_hook(
             hook,
             &[address.to_string()],
@@ -348,7 +347,7 @@ impl ResolverContext<'_> {
             ALIAS_HOOK_TIMEOUT,
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| HookFailure::Failed(e.to_string()))?;
         if out.code != Some(0) {
             let code = out.code.map(|c| c.to_string()).unwrap_or_else(|| "a signal".into());
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -356,9 +355,14 @@ impl ResolverContext<'_> {
                 "" => String::new(),
                 s => format!(": {s}"),
             };
-            return Err(format!("{} exited with {code}{why}", hook.display()));
+            return Err(HookFailure::Failed(format!(
+                "{} exited with {code}{why}",
+                hook.display()
+            )));
         }
-        Ok(String::from_utf8(out.stdout).map_err(|_| format!("{}: output is not UTF-8", hook.display())))
+        let bad = |why: String| HookFailure::BadOutput(format!("{}: {why}", hook.display()));
+        let text = String::from_utf8(out.stdout).map_err(|_| bad("output is not UTF-8".into()))?;
+        parse_rhs(&text, domain).map_err(|e| bad(format!("bad output: {e}")))
     }
 
     async fn user_exists(&self, user: &str, domain: &str) -> Result<bool, ResolveError> {
@@ -416,6 +420,14 @@ fn star(target: &str, original_user: &str) -> String {
         ("*", d) => format!("{original_user}@{d}"),
         _ => target.to_string(),
     }
+}
+
+/// Why the `alias-resolve` hook gave no answer (both are temporary).
+enum HookFailure {
+    /// It could not run, timed out or exited non-zero.
+    Failed(String),
+    /// Its output is not an aliases right-hand side.
+    BadOutput(String),
 }
 
 /// Count one outcome of the `alias-resolve` hook.
@@ -705,6 +717,17 @@ mod tests {
             v(&[("pipehook@d.org", "pipe /bin/cat -n")])
         );
         assert!(matches!(f.resolve("bad@d.org").await, Err(ResolveError::Temporary(..))));
+        // Counted as bad output (chasquid's resolve:parse_err), not success.
+        let bad_output: Vec<(String, String)> = [("hook", "alias-resolve"), ("outcome", "bad_output")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert!(
+            metrics::global()
+                .snapshot()
+                .iter()
+                .any(|m| m.metric == Metric::HookRuns && m.labels == bad_output && m.value >= 1.0)
+        );
         assert_eq!(f.resolve("alice@d.org").await.unwrap(), v(&[("alice@d.org", "local")]));
         assert!(matches!(
             f.resolve("fail@d.org").await,
