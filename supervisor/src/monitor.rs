@@ -29,7 +29,7 @@ use tambo_ipc::proto::{DebugPages, WorkerKind};
 /// How long a collection waits for the workers' snapshots.
 pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-use crate::chasquid_metrics::{Labels, Merged};
+use crate::chasquid_metrics::{self, Labels, Merged, expvars_json, families};
 
 struct Collect {
     seq: u64,
@@ -267,10 +267,12 @@ impl Monitor {
             .filter(|k| !self.up.get(k).copied().unwrap_or(false))
             .map(|k| k.name().to_string())
             .collect();
+        let merged = self.merged();
+        let chasquid = families(&merged);
         self.page = Some(Page {
             answers: c.answers,
-            openmetrics: self.render(),
-            debug: self.debug_pages(&down),
+            debug: self.debug_pages(&down, &merged, &chasquid),
+            openmetrics: self.render_samples(merged, chasquid),
             down,
         });
     }
@@ -291,8 +293,7 @@ impl Monitor {
     }
 
     /// chasquid's debug pages from the same collection.
-    fn debug_pages(&self, down: &[String]) -> DebugPages {
-        let merged = self.merged();
+    fn debug_pages(&self, down: &[String], merged: &Merged, chasquid: &[chasquid_metrics::Family]) -> DebugPages {
         let gauge = |m: Metric| merged.get(&m).and_then(|s| s.values().next()).copied().unwrap_or(0.0);
         let mut index = format!(
             "tambo {} on {}\nup for {} s\n\nworkers:\n",
@@ -321,10 +322,7 @@ impl Monitor {
         }
         DebugPages {
             index,
-            vars: crate::chasquid_metrics::expvars_json(
-                &crate::chasquid_metrics::families(&merged),
-                &self.info.cmdline,
-            ),
+            vars: expvars_json(chasquid, &self.info.cmdline),
             flags: self.info.flags.clone(),
             config: self.info.config.clone(),
             queue: format!(
@@ -335,8 +333,17 @@ impl Monitor {
         }
     }
 
-    /// The exposition text.
-    pub fn render(&self) -> String {
+    /// The exposition text of the samples as they are now.
+    #[cfg(test)]
+    fn render(&self) -> String {
+        let merged = self.merged();
+        let chasquid = families(&merged);
+        self.render_samples(merged, chasquid)
+    }
+
+    /// The exposition text: the supervisor's own metrics, the workers'
+    /// `merged` samples and chasquid's families computed from them.
+    fn render_samples(&self, merged: Merged, chasquid: Vec<chasquid_metrics::Family>) -> String {
         let mut reg = Registry::default();
         reg.register(
             "tambo_worker_restarts",
@@ -358,7 +365,7 @@ impl Monitor {
             "Metrics collections answered",
             self.own.scrapes.clone(),
         );
-        reg.register_collector(Box::new(WorkerSamples(self.merged())));
+        reg.register_collector(Box::new(WorkerSamples { merged, chasquid }));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
             tracing::error!("metrics: encoding failed: {e}");
@@ -371,14 +378,18 @@ fn worker_labels(kind: WorkerKind) -> Labels {
     vec![("worker".to_string(), kind.name().to_string())]
 }
 
-/// The workers' samples, merged, as a prometheus-client collector.
+/// The workers' samples, merged, and chasquid's families, as a
+/// prometheus-client collector.
 #[derive(Debug)]
-struct WorkerSamples(Merged);
+struct WorkerSamples {
+    merged: Merged,
+    chasquid: Vec<chasquid_metrics::Family>,
+}
 
 impl Collector for WorkerSamples {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for metric in Metric::ALL {
-            let Some(series) = self.0.get(&metric) else {
+            let Some(series) = self.merged.get(&metric) else {
                 continue;
             };
             let ty = match metric.kind() {
@@ -395,7 +406,7 @@ impl Collector for WorkerSamples {
             }
         }
         // chasquid's names too, untyped as chasquid's are.
-        for f in crate::chasquid_metrics::families(&self.0) {
+        for f in &self.chasquid {
             let name = f.name();
             let mut family = encoder.encode_descriptor(&name, f.help, None, MetricType::Unknown)?;
             for (key, value) in &f.values {
