@@ -221,7 +221,7 @@ impl Courier {
         let dns = Dns::new(&settings.dns_servers, settings.dns_timeout)?;
         let dane = DaneResolver::new(&settings.dns_servers, settings.dns_timeout)?;
         let tls = TlsClient::new(&settings.tls_extra_ca_file)?;
-        tracing::debug!(roots = tls.roots, "remote delivery ready");
+        tracing::debug!(roots = tls.root_count(), "remote delivery ready");
         let sts = Sts::new(dns.clone(), &tls, settings.sts.clone()).map_err(CourierError::Sts)?;
         let pool = Pool::new(settings.idle_timeout, 8, 256);
         let weak = Arc::downgrade(&pool);

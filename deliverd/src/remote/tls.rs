@@ -10,7 +10,6 @@
 //! (and so chasquid) judges it: webpki refuses a CA certificate as an end
 //! entity, but trusting a root already trusts anything it would sign.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
@@ -39,11 +38,9 @@ pub struct TlsClient {
     connector: TlsConnector,
     verifier: Option<Arc<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
-    /// The trusted roots as they are (DER), to recognise a server that
+    /// The trusted roots (system + extra), also to recognise a server that
     /// presents one of them.
-    anchors: HashSet<Vec<u8>>,
-    /// Number of trusted roots (system + extra), for the log.
-    pub roots: usize,
+    roots: Arc<RootCertStore>,
 }
 
 /// Whether webpki refused a certificate for being a CA certificate.
@@ -103,17 +100,14 @@ impl TlsClient {
     pub fn new(extra_ca_file: &str) -> Result<TlsClient, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
-        let mut anchors = HashSet::new();
         let native = rustls_native_certs::load_native_certs();
-        anchors.extend(native.certs.iter().map(|c| c.to_vec()));
-        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+        roots.add_parsable_certificates(native.certs);
         if !native.errors.is_empty() {
             tracing::debug!(
                 "some system certificates could not be read: {:?}",
                 native.errors.first()
             );
         }
-        let mut total = added;
         if !extra_ca_file.is_empty() {
             let bytes = std::fs::read(extra_ca_file)
                 .map_err(|e| TlsSetupError::ExtraCa(extra_ca_file.into(), e.to_string()))?;
@@ -125,22 +119,21 @@ impl TlsClient {
                     "no PEM certificate in the file".into(),
                 ));
             }
-            anchors.extend(certs.iter().map(|c| c.to_vec()));
-            let (ok, bad) = roots.add_parsable_certificates(certs);
+            let (_, bad) = roots.add_parsable_certificates(certs);
             if bad > 0 {
                 return Err(TlsSetupError::ExtraCa(
                     extra_ca_file.into(),
                     format!("{bad} certificate(s) could not be used as trust anchors"),
                 ));
             }
-            total += ok;
         }
+        let roots = Arc::new(roots);
         let verifier = if roots.is_empty() {
             tracing::warn!("no trusted root certificate: every outgoing TLS connection will count as insecure");
             None
         } else {
             Some(
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
                     .build()
                     .map_err(|e| TlsSetupError::Rustls(e.to_string()))?,
             )
@@ -155,8 +148,7 @@ impl TlsClient {
             connector: TlsConnector::from(Arc::new(config)),
             verifier,
             provider,
-            anchors,
-            roots: total,
+            roots,
         })
     }
 
@@ -180,7 +172,7 @@ impl TlsClient {
         let verdict = match (conn.peer_certificates(), &self.verifier) {
             (Some([ee, rest @ ..]), Some(v)) => match v.verify_server_cert(ee, rest, &name, &[], UnixTime::now()) {
                 Ok(_) => Ok(()),
-                Err(e) if ca_used_as_end_entity(&e) && self.anchors.contains(ee.as_ref()) => {
+                Err(e) if ca_used_as_end_entity(&e) && self.is_trusted_root(ee) => {
                     // webpki checks the validity period before the basic
                     // constraints: only the name is left to check.
                     webpki::EndEntityCert::try_from(ee)
@@ -196,6 +188,21 @@ impl TlsClient {
             Ok(()) => (stream, SecLevel::TlsSecure, None),
             Err(e) => (stream, SecLevel::TlsInsecure, Some(e)),
         })
+    }
+
+    /// Whether `cert` is one of the trusted roots (same subject and key).
+    fn is_trusted_root(&self, cert: &CertificateDer<'_>) -> bool {
+        webpki::anchor_from_trusted_cert(cert).is_ok_and(|a| {
+            self.roots
+                .roots
+                .iter()
+                .any(|r| r.subject == a.subject && r.subject_public_key_info == a.subject_public_key_info)
+        })
+    }
+
+    /// Number of trusted roots, for the log.
+    pub fn root_count(&self) -> usize {
+        self.roots.len()
     }
 
     /// The crypto provider (ring) of every outgoing TLS connection.
