@@ -91,7 +91,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             }
             ControlMsg::Shutdown { .. } => return Ok(()),
             // Answered by ControlLink::recv.
-            ControlMsg::CollectMetrics { .. } => {}
+            ControlMsg::CollectMetrics { .. } | ControlMsg::SandboxProbe(_) => {}
             ControlMsg::MonitorListener { .. } | ControlMsg::MetricsPage { .. } => {
                 tracing::warn!("authd: unexpected monitoring message ignored")
             }

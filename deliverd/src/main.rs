@@ -244,7 +244,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             }
             ControlMsg::Shutdown { .. } => return Ok(()),
             // Answered by ControlLink::recv.
-            ControlMsg::CollectMetrics { .. } => {}
+            ControlMsg::CollectMetrics { .. } | ControlMsg::SandboxProbe(_) => {}
             ControlMsg::MonitorListener { .. } | ControlMsg::MetricsPage { .. } => {
                 tracing::warn!("deliverd: unexpected monitoring message ignored")
             }

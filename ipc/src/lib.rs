@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod privdrop;
 pub mod proto;
 pub mod rpc;
+pub mod sandbox;
 pub mod secrets;
 pub mod sync_chan;
 pub mod worker;

@@ -245,6 +245,35 @@ pub enum ControlMsg {
         /// chasquid's debug pages, rendered with the same collection.
         debug: DebugPages,
     },
+    /// Tests only: attempt something the worker's sandbox must refuse, and
+    /// log the outcome (see [`crate::sandbox::probe`]; acted on only in
+    /// builds with the `sandbox-probe` feature).
+    SandboxProbe(SandboxProbe),
+}
+
+/// What a [`ControlMsg::SandboxProbe`] attempts.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum SandboxProbe {
+    /// Open this path for reading.
+    Open(String),
+    /// Connect over TCP to this `ip:port`.
+    Connect(String),
+    /// Run this program with `-c true`.
+    Exec(String),
+}
+
+impl SandboxProbe {
+    /// Parse `open:PATH`, `connect:IP:PORT` or `exec:PATH`.
+    pub fn parse(text: &str) -> Option<SandboxProbe> {
+        let (what, arg) = text.split_once(':')?;
+        let arg = arg.to_string();
+        match what {
+            "open" => Some(SandboxProbe::Open(arg)),
+            "connect" => Some(SandboxProbe::Connect(arg)),
+            "exec" => Some(SandboxProbe::Exec(arg)),
+            _ => None,
+        }
+    }
 }
 
 /// chasquid's pages on the monitoring endpoint besides `/metrics`,

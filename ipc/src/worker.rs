@@ -38,6 +38,9 @@ pub enum BootError {
     /// The supervisor sent something else than Start first.
     #[error("control channel: expected Start, got {0}")]
     Protocol(String),
+    /// The sandbox could not be installed.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     /// The secret files did not come as described.
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretError),
@@ -102,6 +105,8 @@ pub fn bootstrap(kind: WorkerKind) -> Result<(UnixStream, Option<DropPlan>), Boo
     let stream = UnixStream::from(owned);
     let plan = privdrop::drop_from_env()?;
     init_logging(kind);
+    let sandbox = crate::sandbox::install(kind)?;
+    tracing::info!("{}: {sandbox}", kind.name());
     Ok((stream, plan))
 }
 
@@ -187,13 +192,18 @@ impl ControlLink {
     }
 
     /// Next message from the supervisor, with its fds. Metrics requests
-    /// are answered here (from [`crate::metrics::global`]) and not returned.
+    /// are answered here (from [`crate::metrics::global`]) and sandbox
+    /// probes made here; neither is returned.
     pub async fn recv(&mut self) -> Result<(ControlMsg, Vec<OwnedFd>), IpcError> {
         loop {
             let (msg, fds) = self.rx.recv().await?;
             if let ControlMsg::CollectMetrics { seq } = msg {
                 let samples = crate::metrics::global().snapshot();
                 self.send(WorkerMsg::Metrics { seq, samples }).await?;
+                continue;
+            }
+            if let ControlMsg::SandboxProbe(probe) = &msg {
+                tracing::warn!("{}", crate::sandbox::probe::attempt(probe));
                 continue;
             }
             return Ok((msg, fds));

@@ -91,7 +91,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             }
             ControlMsg::AdminClient { .. } => tracing::warn!("smtpd: unexpected AdminClient ignored"),
             // Answered by ControlLink::recv.
-            ControlMsg::CollectMetrics { .. } => {}
+            ControlMsg::CollectMetrics { .. } | ControlMsg::SandboxProbe(_) => {}
             ControlMsg::MonitorListener { addr } => {
                 let mut fds = fds.into_iter();
                 match (fds.next(), fds.next()) {

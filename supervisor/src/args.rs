@@ -43,6 +43,11 @@ pub struct Testing {
     /// `--testing__reload_every=DURATION`: how often the users and aliases
     /// files are checked for changes (30s by default).
     pub reload_every: Option<std::time::Duration>,
+    /// `--testing__sandbox_probe=WORKER:open:PATH` (or `connect:IP:PORT`,
+    /// `exec:PATH`), repeatable: tambo's own tests make that worker attempt
+    /// it once started, to see its sandbox refuse. Builds without the
+    /// `sandbox-probe` feature only log that they have no probes.
+    pub sandbox_probes: Vec<(tambo_ipc::proto::WorkerKind, tambo_ipc::proto::SandboxProbe)>,
 }
 
 impl Testing {
@@ -186,6 +191,17 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Args, String> {
                     return Err(format!("-{name}={v}: must be more than 0"));
                 }
                 args.testing.reload_every = Some(d);
+            }
+            "testing__sandbox_probe" => {
+                let v = value("WORKER:WHAT:ARG")?;
+                let probe = v
+                    .split_once(':')
+                    .and_then(|(w, rest)| Some((tambo_ipc::proto::WorkerKind::from_name(w)?, rest)))
+                    .and_then(|(w, rest)| Some((w, tambo_ipc::proto::SandboxProbe::parse(rest)?)))
+                    .ok_or_else(|| {
+                        format!("-{name}={v}: expected WORKER:open:PATH, WORKER:connect:IP:PORT or WORKER:exec:PATH")
+                    })?;
+                args.testing.sandbox_probes.push(probe);
             }
             // chasquid's logging flags, which may appear in an existing
             // service file; tambod's log always has the time and goes to

@@ -10,6 +10,7 @@ mod listeners;
 mod maillog;
 mod monitor;
 mod ops;
+mod sandbox_plan;
 mod setup;
 mod spawn;
 mod supervise;
@@ -194,6 +195,7 @@ fn run(mut args: args::Args) -> Result<i32, String> {
     };
     let socket = control::ControlSocket::bind(Path::new(&start.config.run_dir), access, privileged)?;
     let mut supervisor = Supervisor::new(plan, start, listeners, reloader, ops).with_control_socket(socket);
+    supervisor = supervisor.with_sandbox_probes(args.testing.sandbox_probes.clone());
     if let Some(every) = args.testing.reload_every {
         supervisor = supervisor.with_users_check_every(every);
     }

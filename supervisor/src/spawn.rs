@@ -1,5 +1,6 @@
-//! Starting one worker: fork+exec its binary with exactly one inherited fd
-//! (the control socket, as fd 3) and the ids it must switch to.
+//! Starting one worker: fork+exec its binary with exactly two inherited fds
+//! (the control socket as fd 3, the write end of its last-words pipe as
+//! fd 4), the ids it must switch to and its sandbox plan.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use tambo_ipc::privdrop::{ENV_CHROOT, ENV_GID, ENV_UID};
 use tambo_ipc::proto::WorkerKind;
+use tambo_ipc::sandbox::{ENV_FS, ENV_LAST_WORDS_FD, FsPlan};
 use tambo_ipc::sync_chan::SyncChannel;
 use tambo_ipc::worker::{ENV_CONTROL_FD, ENV_LOG};
 
@@ -84,17 +86,50 @@ pub struct Started {
     pub child: Child,
     /// The control channel, handshake done.
     pub control: SyncChannel,
+    /// The read end of its last-words pipe (non-blocking): what its
+    /// seccomp reporter wrote before it died.
+    pub last_words: std::fs::File,
+}
+
+impl Started {
+    /// The system call the worker's seccomp filter refused, if that is
+    /// what killed it.
+    pub fn refused_call(&mut self) -> Option<u32> {
+        use std::io::Read;
+        let mut buf = [0u8; 16];
+        let n = self.last_words.read(&mut buf).ok()?;
+        tambo_ipc::sandbox::refused_call(&buf[..n])
+    }
+}
+
+/// `fd` moved to a number above 4, so that placing the two inherited fds
+/// at 3 and 4 in the child cannot overwrite one with the other.
+fn above_four(fd: OwnedFd) -> Result<OwnedFd, String> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_DUPFD_CLOEXEC on an fd we own returns a new fd or -1.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 5) };
+    if new < 0 {
+        return Err(format!("fcntl(F_DUPFD): {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `new` is a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// fork+exec one worker and complete the control handshake.
-pub fn spawn(kind: WorkerKind, plan: &SpawnPlan) -> Result<Started, String> {
+pub fn spawn(kind: WorkerKind, plan: &SpawnPlan, fs: &FsPlan) -> Result<Started, String> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let theirs = above_four(OwnedFd::from(theirs))?;
+    let (words_read, words_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+        .map_err(|e| format!("pipe: {e}"))?;
+    let words_write = above_four(words_write)?;
     let path = plan.workers_dir.join(binary_name(kind));
     let mut cmd = Command::new(&path);
     cmd.arg0(format!("tambo: {}", kind.name()));
     cmd.env_clear();
     cmd.env(ENV_CONTROL_FD, "3");
     cmd.env(ENV_LOG, &plan.log_filter);
+    cmd.env(ENV_FS, fs.encode().map_err(|e| format!("{}: {e}", kind.name()))?);
+    cmd.env(ENV_LAST_WORDS_FD, "4");
     cmd.env(
         "PATH",
         std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
@@ -119,20 +154,18 @@ pub fn spawn(kind: WorkerKind, plan: &SpawnPlan) -> Result<Started, String> {
     }
     cmd.stdin(Stdio::null());
     let child_fd = theirs.as_raw_fd();
+    let words_fd = words_write.as_raw_fd();
     let nice = if kind == WorkerKind::Deliverd {
         plan.delivery_nice
     } else {
         0
     };
-    // SAFETY: only async-signal-safe calls (dup2, fcntl, sigprocmask,
-    // nice) run between fork and exec.
+    // SAFETY: only async-signal-safe calls (dup2, sigprocmask, nice) run
+    // between fork and exec. Both fds are above 4 (above_four), so the
+    // dup2 calls neither collide nor find them already in place.
     unsafe {
         cmd.pre_exec(move || {
-            if child_fd == 3 {
-                if libc::fcntl(3, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(child_fd, 3) < 0 {
+            if libc::dup2(child_fd, 3) < 0 || libc::dup2(words_fd, 4) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             let mut set: libc::sigset_t = std::mem::zeroed();
@@ -152,6 +185,7 @@ pub fn spawn(kind: WorkerKind, plan: &SpawnPlan) -> Result<Started, String> {
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
     drop(theirs);
+    drop(words_write);
     ours.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| format!("control socket: {e}"))?;
     let mut control = SyncChannel::new(ours);
@@ -161,7 +195,11 @@ pub fn spawn(kind: WorkerKind, plan: &SpawnPlan) -> Result<Started, String> {
         let _ = child.wait();
         return Err(format!("{}: control handshake failed: {e}", kind.name()));
     }
-    Ok(Started { child, control })
+    Ok(Started {
+        child,
+        control,
+        last_words: std::fs::File::from(words_read),
+    })
 }
 
 /// A fresh socket pair for a peer channel: (client end, server end).

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use tambo_ipc::proto::{ControlMsg, PeerChannel, WorkerKind, WorkerMsg, WorkerStart};
+use tambo_ipc::proto::{ControlMsg, PeerChannel, SandboxProbe, WorkerKind, WorkerMsg, WorkerStart};
 use tambo_ipc::secrets::{self, SecretFile, SecretFrame, Stamp};
 
 use crate::control::{Accepted, ControlSocket};
@@ -60,6 +60,9 @@ pub struct Supervisor<R: Reloader> {
     control_socket: Option<ControlSocket>,
     ops: Ops,
     users_check: UsersCheck,
+    /// `--testing__sandbox_probe`: sent to each worker after its first
+    /// start only.
+    probes: Vec<(WorkerKind, SandboxProbe)>,
 }
 
 /// The periodic check of the users files: chasquid reloads them every 30
@@ -110,6 +113,7 @@ impl<R: Reloader> Supervisor<R> {
                 next: now + USERS_CHECK_EVERY,
                 stamps: Vec::new(),
             },
+            probes: Vec::new(),
         }
     }
 
@@ -117,6 +121,12 @@ impl<R: Reloader> Supervisor<R> {
     pub fn with_users_check_every(mut self, every: Duration) -> Self {
         self.users_check.every = every;
         self.users_check.next = Instant::now() + every;
+        self
+    }
+
+    /// Make workers attempt what their sandbox refuses (tests only).
+    pub fn with_sandbox_probes(mut self, probes: Vec<(WorkerKind, SandboxProbe)>) -> Self {
+        self.probes = probes;
         self
     }
 
@@ -301,12 +311,14 @@ impl<R: Reloader> Supervisor<R> {
     /// Start one worker, give it its configuration (authd: its secret
     /// files first), its peer channels and (smtpd) its listeners.
     fn start_worker(&mut self, kind: WorkerKind) -> Result<(), String> {
+        let secrets = self.all_secrets()?;
+        let fs = crate::sandbox_plan::fs_plan(kind, &self.start, &secrets);
         let frames = if kind == WorkerKind::Authd {
-            self.authd_secret_frames(self.all_secrets()?)?
+            self.authd_secret_frames(secrets)?
         } else {
             Vec::new()
         };
-        let mut started = spawn::spawn(kind, &self.plan)?;
+        let mut started = spawn::spawn(kind, &self.plan, &fs)?;
         let sent = Self::send_secrets(&mut started.control, frames)
             .and_then(|()| {
                 started
@@ -337,7 +349,8 @@ impl<R: Reloader> Supervisor<R> {
                         .map_err(|e| e.to_string())?;
                 }
                 Ok(())
-            });
+            })
+            .and_then(|()| self.send_probes(kind, &mut started.control));
         if let Err(e) = sent {
             let _ = started.child.kill();
             let _ = started.child.wait();
@@ -433,6 +446,20 @@ impl<R: Reloader> Supervisor<R> {
         start
     }
 
+    /// Send `kind` its sandbox probes, once.
+    fn send_probes(&mut self, kind: WorkerKind, control: &mut tambo_ipc::sync_chan::SyncChannel) -> Result<(), String> {
+        let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.probes)
+            .into_iter()
+            .partition(|(k, _)| *k == kind);
+        self.probes = others;
+        for (_, probe) in mine {
+            control
+                .send(&ControlMsg::SandboxProbe(probe), &[])
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Give `kind` and each running peer a fresh socket pair.
     fn connect_peers(&mut self, kind: WorkerKind) {
         for ch in PeerChannel::ALL {
@@ -511,13 +538,29 @@ impl<R: Reloader> Supervisor<R> {
         for kind in WorkerKind::ALL {
             let exited = match &mut self.slots.get_mut(&kind).expect("slot").state {
                 SlotState::Running(s, _) => match s.child.try_wait() {
-                    Ok(Some(status)) => Some(status),
+                    Ok(Some(status)) => Some((status, s.refused_call())),
                     _ => None,
                 },
                 _ => None,
             };
-            if let Some(status) = exited {
-                tracing::warn!("{} exited: {status}", kind.name());
+            if let Some((status, refused)) = exited {
+                match refused {
+                    Some(nr) => tracing::error!(
+                        "{} killed by its seccomp filter ({status}): it made system call {nr} ({}), which its sandbox refuses",
+                        kind.name(),
+                        tambo_ipc::sandbox::syscalls::name(i64::from(nr))
+                    ),
+                    None if std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGSYS) => {
+                        // Trapped with every signal blocked (as while
+                        // forking): the kernel killed it before its
+                        // reporter could run.
+                        tracing::error!(
+                            "{} killed by its seccomp filter ({status}): it made a system call its sandbox refuses, with signals blocked, so it could not say which",
+                            kind.name()
+                        )
+                    }
+                    None => tracing::warn!("{} exited: {status}", kind.name()),
+                }
                 self.record_death(kind);
             }
         }
