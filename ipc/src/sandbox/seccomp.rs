@@ -108,7 +108,6 @@ const BASE: &[&str] = &[
     "getrandom",
     "epoll_create1",
     "epoll_ctl",
-    "epoll_wait",
     "epoll_pwait",
     "epoll_pwait2",
     "eventfd2",
