@@ -68,7 +68,12 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                     }
                 });
             }
-            ControlMsg::Peer(ch @ (PeerChannel::SmtpdQueued | PeerChannel::QueuedDeliverd)) => {
+            ControlMsg::Peer(
+                ch @ (PeerChannel::SmtpdQueued
+                | PeerChannel::QueuedDeliverd
+                | PeerChannel::QueuedHookd
+                | PeerChannel::DeliverdHookd),
+            ) => {
                 tracing::warn!("authd was handed {}, which is not its channel", ch.name());
             }
             ControlMsg::Secrets(files) => pending.extend(files, fds)?,

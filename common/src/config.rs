@@ -292,6 +292,8 @@ config_fields! {
     queued_user: String = "tambo-queue".to_string();
     /// tambo addition: user the deliverd worker runs as.
     deliverd_user: String = "tambo-deliver".to_string();
+    /// tambo addition: user the hooks and pipe aliases run as (hookd).
+    hookd_user: String = "tambo-hook".to_string();
     /// tambo addition: group allowed to use the control socket.
     admin_group: String = "tambo".to_string();
     /// tambo addition: LMTP server for local delivery ("" = use the MDA;

@@ -3,6 +3,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tambo_common::config::Config;
 use tambo_common::lineend::LineEndings;
@@ -10,7 +11,7 @@ use tambo_deliverd::remote::{Courier, RelayCredentialSource, Settings};
 use tambo_deliverd::{lmtp, mda};
 use tambo_ipc::proto::{
     AuthReply, AuthRequest, ControlMsg, DeliverReply, DeliverRequest, DeliveryJob, DeliveryOutcome, DeliveryReport,
-    JobRcpt, PeerChannel, RcptRoute, WorkerKind, WorkerMsg,
+    HookReply, HookRequest, JobRcpt, PeerChannel, RcptRoute, WorkerKind, WorkerMsg,
 };
 use tambo_ipc::worker::{ControlLink, PeerSlot, single_stream};
 
@@ -22,12 +23,17 @@ fn main() {
 /// on reload.
 struct Deliverer {
     config: RwLock<Arc<Config>>,
-    /// tambod's environment, for the delivery agent and pipe aliases.
+    /// tambod's environment, for the delivery agent.
     agent_env: Vec<(String, String)>,
     courier: RwLock<Result<Arc<Courier>, String>>,
     /// The channel to authd, for the smarthost credentials only.
     authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
+    /// The channel to hookd, which runs pipe aliases.
+    hookd: Arc<PeerSlot<HookRequest, HookReply>>,
 }
+
+/// How long to wait for hookd when it is restarting.
+const HOOKD_WAIT: Duration = Duration::from_secs(5);
 
 fn make_courier(config: &Config, authd: &Arc<PeerSlot<AuthRequest, AuthReply>>) -> Result<Arc<Courier>, String> {
     let credentials: Arc<dyn RelayCredentialSource> = authd.clone();
@@ -146,20 +152,7 @@ impl Deliverer {
                     };
                     mda::run_command(&cmd, &job.header_prefix, data.clone()).await
                 }
-                // As in chasquid, any failure of a pipe alias (exit 75 and
-                // the 30 s timeout included) is permanent, and the command
-                // reads the message with LF line endings.
-                RcptRoute::Pipe { argv } => {
-                    let cmd = mda::Command {
-                        argv,
-                        env: &self.agent_env,
-                        endings: LineEndings::Lf,
-                    };
-                    match mda::run_command(&cmd, &job.header_prefix, data.clone()).await {
-                        DeliveryOutcome::TempFail(e) => DeliveryOutcome::PermFail(e),
-                        other => other,
-                    }
-                }
+                RcptRoute::Pipe { argv } => self.pipe(argv, &job.header_prefix, &data).await,
                 // Done above, all recipients of a domain together.
                 RcptRoute::Remote { .. } => continue,
             };
@@ -170,6 +163,45 @@ impl Deliverer {
             DeliverReply::Results(results)
         } else {
             DeliverReply::Report(DeliveryReport { results, levels_seen })
+        }
+    }
+}
+
+impl Deliverer {
+    /// Have hookd run a pipe alias. As in chasquid, any failure of the
+    /// command (exit 75 and the 30 s timeout included) is permanent, and it
+    /// reads the message with LF line endings (hookd converts). hookd being
+    /// unreachable is temporary: the command did not run.
+    async fn pipe(&self, argv: &[String], header_prefix: &[u8], data: &OwnedFd) -> DeliveryOutcome {
+        let Some(bin) = argv.first() else {
+            return DeliveryOutcome::PermFail("empty pipe command".into());
+        };
+        let fd = match data.try_clone() {
+            Ok(fd) => fd,
+            Err(e) => return DeliveryOutcome::TempFail(format!("data file: {e}")),
+        };
+        let req = HookRequest::Pipe {
+            argv: argv.to_vec(),
+            prefix: header_prefix.to_vec(),
+            timeout_ms: mda::COMMAND_TIMEOUT.as_millis() as u32,
+        };
+        let answer = tokio::time::timeout(
+            mda::COMMAND_TIMEOUT + HOOKD_WAIT + Duration::from_secs(10),
+            self.hookd.call(req, vec![fd], HOOKD_WAIT),
+        )
+        .await;
+        let result = match answer {
+            Ok(Ok((HookReply::Ran(run), _))) => Ok(run),
+            Ok(Ok((HookReply::Failed(e), _))) => Err(e),
+            Ok(Ok((HookReply::Absent, _))) => {
+                return DeliveryOutcome::TempFail("hookd: unexpected answer to a pipe".into());
+            }
+            Ok(Err(e)) => return DeliveryOutcome::TempFail(format!("hookd unreachable: {e}")),
+            Err(_) => return DeliveryOutcome::TempFail("hookd did not answer in time".into()),
+        };
+        match mda::outcome(bin, result) {
+            DeliveryOutcome::TempFail(e) => DeliveryOutcome::PermFail(e),
+            other => other,
         }
     }
 }
@@ -192,6 +224,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
         config: RwLock::new(Arc::new(start.config)),
         agent_env: start.agent_env,
         authd,
+        hookd: PeerSlot::new(PeerChannel::DeliverdHookd.name()),
     });
     link.send(WorkerMsg::Ready).await?;
     loop {
@@ -229,7 +262,24 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                     }
                 });
             }
-            ControlMsg::Peer(ch @ (PeerChannel::SmtpdAuthd | PeerChannel::SmtpdQueued | PeerChannel::QueuedAuthd)) => {
+            ControlMsg::Peer(PeerChannel::DeliverdHookd) => {
+                let Some(stream) = single_stream(fds) else {
+                    tracing::warn!("deliverd-hookd: expected one fd");
+                    continue;
+                };
+                let slot = deliverer.hookd.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = slot.install(stream).await {
+                        tracing::warn!("deliverd-hookd: {e}");
+                    }
+                });
+            }
+            ControlMsg::Peer(
+                ch @ (PeerChannel::SmtpdAuthd
+                | PeerChannel::SmtpdQueued
+                | PeerChannel::QueuedAuthd
+                | PeerChannel::QueuedHookd),
+            ) => {
                 tracing::warn!("deliverd was handed {}, which is not its channel", ch.name());
             }
             ControlMsg::Reload(start) => {

@@ -4,14 +4,14 @@
 //! reaches an argument.
 
 use std::os::fd::OwnedFd;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tambo_common::lineend::{self, LineEndings};
+use tambo_common::lineend::LineEndings;
 use tambo_common::names::{sanitize_for_argv, split_address};
-use tambo_ipc::proto::DeliveryOutcome;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tambo_hookd::runner::{self, Input, Program};
+use tambo_hookd::service::whole_env;
+use tambo_ipc::proto::{DeliveryOutcome, HookFailure, HookRun};
 
 /// How long a delivery command may run.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,99 +82,50 @@ pub struct Command<'a> {
 /// Run a command with the message on stdin and map the result to an
 /// outcome.
 pub async fn run_command(command: &Command<'_>, header_prefix: &[u8], data: Arc<OwnedFd>) -> DeliveryOutcome {
-    let Some((bin, args)) = command.argv.split_first() else {
+    if command.argv.is_empty() {
         return DeliveryOutcome::PermFail("empty delivery command".into());
-    };
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .env_clear()
-        .envs(command.env.iter().map(|(k, v)| (k, v)));
-    if !command.env.iter().any(|(k, _)| k == "PATH") {
-        cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin");
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return DeliveryOutcome::PermFail(format!("cannot run {bin}: {e}")),
+    let file = match data.try_clone() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => return DeliveryOutcome::TempFail(format!("data file: {e}")),
     };
-    let stdin = child.stdin.take();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let prefix = header_prefix.to_vec();
-    let mut convert = lineend::converter(command.endings);
-    let feed = async move {
-        let Some(mut stdin) = stdin else { return };
-        let mut converted = Vec::new();
-        // The bytes to write for `chunk` (converted when asked to).
-        let mut out = |chunk: &[u8], last: bool| -> Vec<u8> {
-            match &mut convert {
-                None => chunk.to_vec(),
-                Some(c) => {
-                    converted.clear();
-                    c.push(chunk, &mut converted);
-                    if last {
-                        c.finish(&mut converted);
-                    }
-                    converted.clone()
+    let env = whole_env(command.env);
+    let program = Program {
+        argv: command.argv,
+        env: &env,
+        cwd: None,
+        timeout: COMMAND_TIMEOUT,
+        stdout_limit: OUTPUT_LIMIT,
+        stderr_limit: OUTPUT_LIMIT,
+    };
+    let input = Input::Message {
+        prefix: header_prefix.to_vec(),
+        data: file,
+        endings: command.endings,
+    };
+    outcome(&command.argv[0], runner::run(&program, input).await)
+}
+
+/// The outcome of a delivery command that ran (or did not): exit 0 is
+/// delivered, 75 (EX_TEMPFAIL) and a timeout are temporary, any other exit
+/// and a program that cannot start are permanent.
+pub fn outcome(bin: &str, result: Result<HookRun, HookFailure>) -> DeliveryOutcome {
+    match result {
+        Ok(run) => {
+            let mut output = run.stdout;
+            output.extend_from_slice(&run.stderr);
+            let text = summarize(&output);
+            match run.code {
+                Some(0) => DeliveryOutcome::Delivered,
+                Some(EXIT_TEMPFAIL) => {
+                    DeliveryOutcome::TempFail(format!("{bin} exited with 75 (temporary failure): {text}"))
                 }
+                Some(code) => DeliveryOutcome::PermFail(format!("{bin} failed (exit status {code}): {text}")),
+                None => DeliveryOutcome::PermFail(format!("{bin} was killed by a signal: {text}")),
             }
-        };
-        if stdin.write_all(&out(&prefix, false)).await.is_err() {
-            return;
         }
-        let file = match data.try_clone() {
-            Ok(fd) => std::fs::File::from(fd),
-            Err(_) => return,
-        };
-        let mut pos = 0u64;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let (n, b) = match read_at(&file, buf, pos).await {
-                Ok(v) => v,
-                Err(_) => return,
-            };
-            buf = b;
-            if stdin.write_all(&out(&buf[..n], n == 0)).await.is_err() || n == 0 {
-                return;
-            }
-            pos += n as u64;
-        }
-    };
-    let collect = async move {
-        let mut out = Vec::new();
-        if let Some(mut s) = stdout {
-            let _ = (&mut s).take(OUTPUT_LIMIT as u64).read_to_end(&mut out).await;
-            let _ = tokio::io::copy(&mut s, &mut tokio::io::sink()).await;
-        }
-        let mut err = Vec::new();
-        if let Some(mut s) = stderr {
-            let _ = (&mut s).take(OUTPUT_LIMIT as u64).read_to_end(&mut err).await;
-            let _ = tokio::io::copy(&mut s, &mut tokio::io::sink()).await;
-        }
-        out.extend_from_slice(&err);
-        out
-    };
-    let run = async {
-        let (_, output, status) = tokio::join!(feed, collect, child.wait());
-        (output, status)
-    };
-    let (output, status) = match tokio::time::timeout(COMMAND_TIMEOUT, run).await {
-        Ok(v) => v,
-        Err(_) => {
-            return DeliveryOutcome::TempFail(format!("{bin} timed out after {}s", COMMAND_TIMEOUT.as_secs()));
-        }
-    };
-    let text = summarize(&output);
-    match status {
-        Ok(s) if s.success() => DeliveryOutcome::Delivered,
-        Ok(s) if s.code() == Some(EXIT_TEMPFAIL) => {
-            DeliveryOutcome::TempFail(format!("{bin} exited with 75 (temporary failure): {text}"))
-        }
-        Ok(s) => DeliveryOutcome::PermFail(format!("{bin} failed ({s}): {text}")),
-        Err(e) => DeliveryOutcome::TempFail(format!("waiting for {bin}: {e}")),
+        Err(e @ HookFailure::Spawn { .. }) => DeliveryOutcome::PermFail(e.to_string()),
+        Err(e @ (HookFailure::Timeout { .. } | HookFailure::Other(_))) => DeliveryOutcome::TempFail(e.to_string()),
     }
 }
 

@@ -8,6 +8,8 @@
 //! | `smtpd-queued` | smtpd → queued | [`QueueRequest`] | [`QueueReply`] |
 //! | `queued-deliverd` | queued → deliverd | [`DeliverRequest`] | [`DeliverReply`] |
 //! | `deliverd-authd` | deliverd → authd | [`AuthRequest`] (only [`AuthRequest::RelayAuth`]) | [`AuthReply`] |
+//! | `queued-hookd` | queued → hookd | [`HookRequest`] (the two hooks) | [`HookReply`] |
+//! | `deliverd-hookd` | deliverd → hookd | [`HookRequest`] (only [`HookRequest::Pipe`]) | [`HookReply`] |
 //!
 //! Message bodies never travel inside frames: queued hands smtpd a writable
 //! file descriptor ([`QueueReply::MessageSlot`]) and deliverd a read-only one
@@ -28,12 +30,15 @@ pub enum WorkerKind {
     Queued,
     /// The delivery agents.
     Deliverd,
+    /// The operator's hooks and pipe aliases, under their own user.
+    Hookd,
 }
 
 impl WorkerKind {
     /// Every worker kind, in start-up order.
-    pub const ALL: [WorkerKind; 4] = [
+    pub const ALL: [WorkerKind; 5] = [
         WorkerKind::Authd,
+        WorkerKind::Hookd,
         WorkerKind::Queued,
         WorkerKind::Deliverd,
         WorkerKind::Smtpd,
@@ -46,6 +51,7 @@ impl WorkerKind {
             WorkerKind::Authd => "authd",
             WorkerKind::Queued => "queued",
             WorkerKind::Deliverd => "deliverd",
+            WorkerKind::Hookd => "hookd",
         }
     }
 
@@ -69,16 +75,22 @@ pub enum PeerChannel {
     /// deliverd asks authd for the smarthost credentials (and nothing
     /// else: authd refuses every other request on this channel).
     DeliverdAuthd,
+    /// queued asks hookd to run the post-data and alias-resolve hooks.
+    QueuedHookd,
+    /// deliverd asks hookd to run pipe aliases (and nothing else).
+    DeliverdHookd,
 }
 
 impl PeerChannel {
     /// Every peer channel.
-    pub const ALL: [PeerChannel; 5] = [
+    pub const ALL: [PeerChannel; 7] = [
         PeerChannel::SmtpdAuthd,
         PeerChannel::SmtpdQueued,
         PeerChannel::QueuedDeliverd,
         PeerChannel::QueuedAuthd,
         PeerChannel::DeliverdAuthd,
+        PeerChannel::QueuedHookd,
+        PeerChannel::DeliverdHookd,
     ];
 
     /// The name used in the handshake.
@@ -89,6 +101,8 @@ impl PeerChannel {
             PeerChannel::QueuedDeliverd => "queued-deliverd",
             PeerChannel::QueuedAuthd => "queued-authd",
             PeerChannel::DeliverdAuthd => "deliverd-authd",
+            PeerChannel::QueuedHookd => "queued-hookd",
+            PeerChannel::DeliverdHookd => "deliverd-hookd",
         }
     }
 
@@ -100,6 +114,8 @@ impl PeerChannel {
             PeerChannel::QueuedDeliverd => (WorkerKind::Queued, WorkerKind::Deliverd),
             PeerChannel::QueuedAuthd => (WorkerKind::Queued, WorkerKind::Authd),
             PeerChannel::DeliverdAuthd => (WorkerKind::Deliverd, WorkerKind::Authd),
+            PeerChannel::QueuedHookd => (WorkerKind::Queued, WorkerKind::Hookd),
+            PeerChannel::DeliverdHookd => (WorkerKind::Deliverd, WorkerKind::Hookd),
         }
     }
 }
@@ -913,6 +929,91 @@ pub struct DeliveryReport {
     pub results: Vec<(u32, DeliveryOutcome)>,
     /// (domain, level reached) for each domain a connection was made for.
     pub levels_seen: Vec<(String, SecLevel)>,
+}
+
+/// queued or deliverd → hookd. hookd finds the hooks itself
+/// (`config_dir/hooks/NAME`): no request names a program but
+/// [`HookRequest::Pipe`], whose command comes from an aliases file.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum HookRequest {
+    /// Run `hooks/post-data` with the message on stdin (LF line endings):
+    /// `prefix`, then the data file (one read-only fd attached).
+    PostData {
+        /// The hook's own variables (`REMOTE_ADDR`, `MAIL_FROM`…); hookd
+        /// adds `USER`, `PWD`, `SHELL` and `PATH` of tambod's environment.
+        vars: Vec<(String, String)>,
+        /// Header lines written before the data file.
+        prefix: Vec<u8>,
+        /// Milliseconds it may run.
+        timeout_ms: u32,
+    },
+    /// Run `hooks/alias-resolve ADDRESS` with tambod's environment and
+    /// nothing on stdin.
+    AliasResolve {
+        /// The address asked about.
+        address: String,
+        /// Milliseconds it may run.
+        timeout_ms: u32,
+    },
+    /// Run a pipe alias's command (argv, no shell) with tambod's
+    /// environment and the message on stdin (LF line endings): `prefix`,
+    /// then the data file (one read-only fd attached).
+    Pipe {
+        /// The command and its arguments.
+        argv: Vec<String>,
+        /// Header lines written before the data file.
+        prefix: Vec<u8>,
+        /// Milliseconds it may run.
+        timeout_ms: u32,
+    },
+}
+
+/// hookd's answer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum HookReply {
+    /// The hook does not exist, or hookd's user cannot execute it.
+    Absent,
+    /// The program ran to its end.
+    Ran(HookRun),
+    /// The program did not run to its end: why (cannot start, timed out,
+    /// request refused), one line.
+    Failed(HookFailure),
+}
+
+/// What a program that ran produced.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HookRun {
+    /// Exit code; `None` when killed by a signal.
+    pub code: Option<i32>,
+    /// Its stdout (bounded).
+    pub stdout: Vec<u8>,
+    /// Its stderr (bounded).
+    pub stderr: Vec<u8>,
+}
+
+/// Why a program gave no result.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookFailure {
+    /// It could not be started.
+    #[error("cannot run {program}: {why}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The error.
+        why: String,
+    },
+    /// It ran too long; its whole process group was killed.
+    #[error("{program} timed out after {secs}s")]
+    Timeout {
+        /// The program.
+        program: String,
+        /// The limit.
+        secs: u32,
+    },
+    /// Anything else (waiting failed, the request was malformed or not
+    /// allowed on its channel, hookd unreachable).
+    #[error("{0}")]
+    Other(String),
 }
 
 /// Name of the control-socket protocol in the handshake. A client sends its

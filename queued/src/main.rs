@@ -77,7 +77,15 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                             }
                         });
                     }
-                    PeerChannel::SmtpdAuthd | PeerChannel::DeliverdAuthd => {
+                    PeerChannel::QueuedHookd => {
+                        let slot = queue.hookd.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = slot.install(stream).await {
+                                tracing::warn!("{}: {e}", ch.name());
+                            }
+                        });
+                    }
+                    PeerChannel::SmtpdAuthd | PeerChannel::DeliverdAuthd | PeerChannel::DeliverdHookd => {
                         tracing::warn!("queued was handed {}, not its channel", ch.name())
                     }
                 }

@@ -27,7 +27,7 @@ use crate::dkim_sign::SignFailure;
 use crate::domaininfo::DomainInfo;
 use crate::dsn;
 use crate::entry::{ENTRY_VERSION, QueueEntry, RcptEntry, RcptState};
-use crate::hooks::{POST_DATA_TIMEOUT, PostData, PostDataEnv, find_hook};
+use crate::hooks::{HookSlot, POST_DATA_TIMEOUT, PostData, PostDataEnv, hook_present};
 use crate::received::{received_header, rfc5322_date};
 use crate::resolve::{ResolveError, ResolverContext};
 use crate::srs::{Srs, day_number};
@@ -72,8 +72,6 @@ pub struct Settings {
     pub local_domains: Vec<String>,
     /// The configuration directory (hooks, aliases).
     pub config_dir: PathBuf,
-    /// tambod's environment, for the hooks.
-    pub agent_env: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -82,7 +80,6 @@ impl Settings {
             config: start.config.clone(),
             local_domains: start.local_domains.clone(),
             config_dir: PathBuf::from(&start.config_dir),
-            agent_env: start.agent_env.clone(),
         }
     }
 }
@@ -136,6 +133,8 @@ pub struct Queue {
     pub deliverd: Arc<PeerSlot<DeliverRequest, DeliverReply>>,
     /// Client of authd.
     pub authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
+    /// Client of hookd, which runs the hooks.
+    pub hookd: Arc<HookSlot>,
 }
 
 /// Each local domain's aliases file: `domains/<its directory>/aliases`.
@@ -186,6 +185,7 @@ impl Queue {
             users: crate::resolve::UserCache::default(),
             deliverd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedDeliverd.name()),
             authd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedAuthd.name()),
+            hookd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedHookd.name()),
         });
         // As chasquid: an aliases file that cannot be read or parsed stops
         // the start, naming file and line.
@@ -440,7 +440,7 @@ impl Queue {
             users: &self.users,
             aliases: &self.aliases,
             config_dir: &s.config_dir,
-            agent_env: &s.agent_env,
+            hookd: &self.hookd,
             srs: self.srs.as_ref(),
         }
     }
@@ -593,50 +593,8 @@ impl Queue {
             received_header(env, &s.config.hostname, id, now),
             env.auth_headers
         );
-        if let Some(hook) = find_hook(&s.config_dir, "post-data") {
-            let data = file.try_clone().map_err(|e| {
-                tracing::error!(id, "data file: {e}");
-                reply(451, "4.3.0", "Error reading the message, try again")
-            })?;
-            let (_, from_domain) = tambo_common::names::split_address(&env.mail_from);
-            let penv = PostDataEnv {
-                envelope: env,
-                from_local_domain: !from_domain.is_empty() && ctx.is_local(from_domain),
-                agent_env: &s.agent_env,
-            };
-            match crate::hooks::post_data(
-                &hook,
-                &s.config_dir,
-                &penv,
-                header_prefix.clone().into_bytes(),
-                data,
-                POST_DATA_TIMEOUT,
-            )
-            .await
-            {
-                PostData::Accept(headers) => {
-                    metrics::inc(Metric::HookRuns, &[("hook", "post-data"), ("outcome", "accept")]);
-                    header_prefix.insert_str(0, &headers)
-                }
-                PostData::BadOutput => {
-                    metrics::inc(Metric::HookRuns, &[("hook", "post-data"), ("outcome", "bad_output")]);
-                }
-                PostData::Refuse(r) => {
-                    let outcome = if r.code >= 500 { "permanent" } else { "temporary" };
-                    metrics::inc(Metric::HookRuns, &[("hook", "post-data"), ("outcome", outcome)]);
-                    tracing::info!(
-                        id,
-                        from = env.mail_from,
-                        "refused by the post-data hook: {} {}",
-                        r.code,
-                        r.text
-                    );
-                    return Err(QueueReply::Refused(r));
-                }
-            }
-        } else {
-            metrics::inc(Metric::HookRuns, &[("hook", "post-data"), ("outcome", "absent")]);
-        }
+        let hook_headers = self.post_data_hook(id, env, &ctx, &header_prefix, file).await?;
+        header_prefix.insert_str(0, &hook_headers);
         if env.auth_user.is_none()
             && let Some(domain) = &forwarder
         {
@@ -747,6 +705,66 @@ impl Queue {
     /// Forget what is known of `domain`'s security levels (control socket).
     pub(crate) fn domaininfo_remove(&self, domain: &str) -> Result<bool, String> {
         self.domaininfo.remove(domain).map_err(|e| e.to_string())
+    }
+
+    /// Run the post-data hook, when there is one, on the message with our
+    /// headers (`header_prefix`) on top; the header lines it adds, or the
+    /// refusal it decided.
+    async fn post_data_hook(
+        &self,
+        id: &str,
+        env: &IncomingEnvelope,
+        ctx: &ResolverContext<'_>,
+        header_prefix: &str,
+        file: &File,
+    ) -> Result<String, QueueReply> {
+        let count = |outcome| metrics::inc(Metric::HookRuns, &[("hook", "post-data"), ("outcome", outcome)]);
+        if !hook_present(ctx.config_dir, "post-data") {
+            count("absent");
+            return Ok(String::new());
+        }
+        let data = file.try_clone().map_err(|e| {
+            tracing::error!(id, "data file: {e}");
+            reply(451, "4.3.0", "Error reading the message, try again")
+        })?;
+        let (_, from_domain) = tambo_common::names::split_address(&env.mail_from);
+        let penv = PostDataEnv {
+            envelope: env,
+            from_local_domain: !from_domain.is_empty() && ctx.is_local(from_domain),
+        };
+        let verdict = crate::hooks::post_data(
+            &self.hookd,
+            &penv,
+            header_prefix.as_bytes().to_vec(),
+            data,
+            POST_DATA_TIMEOUT,
+        )
+        .await;
+        match verdict {
+            None => {
+                count("absent");
+                Ok(String::new())
+            }
+            Some(PostData::Accept(headers)) => {
+                count("accept");
+                Ok(headers)
+            }
+            Some(PostData::BadOutput) => {
+                count("bad_output");
+                Ok(String::new())
+            }
+            Some(PostData::Refuse(r)) => {
+                count(if r.code >= 500 { "permanent" } else { "temporary" });
+                tracing::info!(
+                    id,
+                    from = env.mail_from,
+                    "refused by the post-data hook: {} {}",
+                    r.code,
+                    r.text
+                );
+                Err(QueueReply::Refused(r))
+            }
+        }
     }
 
     /// DKIM-sign an authenticated submission with the keys of its user's

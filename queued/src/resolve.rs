@@ -12,18 +12,19 @@
 //! `alice: alice, bob` keeps a copy), and is an error otherwise.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tambo_common::aliases::{AliasTarget, parse_rhs, remove_drop_characters, remove_drops_and_suffix};
 use tambo_common::names::{normalize_address, normalize_user, split_address};
 use tambo_ipc::metrics::{self, Metric};
-use tambo_ipc::proto::{AuthReply, AuthRequest, RcptRoute};
+use tambo_ipc::proto::{AuthReply, AuthRequest, HookFailure as RunFailure, HookReply, HookRequest, RcptRoute};
 use tambo_ipc::worker::PeerSlot;
 
 use crate::aliases::AliasDb;
-use crate::hooks::{HookInput, alias_hook_env, find_hook, run_hook};
+use crate::hooks::{HookSlot, hook_present};
 use crate::srs::{Srs, day_number, is_srs};
 
 /// How many levels of aliases are followed.
@@ -88,8 +89,8 @@ pub struct ResolverContext<'a> {
     pub aliases: &'a AliasDb,
     /// The configuration directory (for the `alias-resolve` hook).
     pub config_dir: &'a Path,
-    /// tambod's environment, which the `alias-resolve` hook gets.
-    pub agent_env: &'a [(String, String)],
+    /// hookd, which runs the `alias-resolve` hook.
+    pub hookd: &'a Arc<HookSlot>,
     /// SRS, to resolve bounces to rewritten senders (`SRS0=…@local`).
     pub srs: Option<&'a Srs>,
 }
@@ -147,7 +148,8 @@ struct Walk {
     /// Addresses being expanded (cleaned), outermost first.
     chain: Vec<String>,
     out: Vec<Resolved>,
-    hook: Option<PathBuf>,
+    /// Whether there is an `alias-resolve` hook.
+    hook: bool,
 }
 
 impl Walk {
@@ -176,7 +178,7 @@ impl ResolverContext<'_> {
         let mut walk = Walk {
             chain: Vec::new(),
             out: Vec::new(),
-            hook: find_hook(self.config_dir, "alias-resolve"),
+            hook: hook_present(self.config_dir, "alias-resolve"),
         };
         self.walk(address, address, 0, &mut walk).await?;
         Ok(walk.out)
@@ -320,34 +322,41 @@ impl ResolverContext<'_> {
     /// The `alias-resolve` hook's answer for `address`, parsed like a
     /// right-hand side.
     async fn run_hook(&self, w: &Walk, address: &str, domain: &str) -> Result<Vec<AliasTarget>, ResolveError> {
-        let Some(hook) = &w.hook else {
-            count_alias_hook("absent");
-            return Ok(Vec::new());
+        let answer = if w.hook {
+            self.run_alias_hook(address, domain).await
+        } else {
+            Ok(None)
         };
-        let answer = self.run_alias_hook(hook, address, domain).await;
         count_alias_hook(match &answer {
-            Ok(_) => "success",
+            Ok(None) => "absent",
+            Ok(Some(_)) => "success",
             Err(HookFailure::Failed(_)) => "failure",
             Err(HookFailure::BadOutput(_)) => "bad_output",
         });
-        answer.map_err(|f| {
-            let (HookFailure::Failed(why) | HookFailure::BadOutput(why)) = f;
-            ResolveError::Temporary(address.to_string(), why)
-        })
+        match answer {
+            Ok(targets) => Ok(targets.unwrap_or_default()),
+            Err(HookFailure::Failed(why) | HookFailure::BadOutput(why)) => {
+                Err(ResolveError::Temporary(address.to_string(), why))
+            }
+        }
     }
 
-    /// Run the `alias-resolve` hook and parse its answer.
-    async fn run_alias_hook(&self, hook: &Path, address: &str, domain: &str) -> Result<Vec<AliasTarget>, HookFailure> {
-        let out = run_hook(
-            hook,
-            &[address.to_string()],
-            &alias_hook_env(self.agent_env),
-            self.config_dir,
-            HookInput::Nothing,
-            ALIAS_HOOK_TIMEOUT,
-        )
-        .await
-        .map_err(|e| HookFailure::Failed(e.to_string()))?;
+    /// Have hookd run the `alias-resolve` hook and parse its answer;
+    /// `None` when hookd finds no hook it can run.
+    async fn run_alias_hook(&self, address: &str, domain: &str) -> Result<Option<Vec<AliasTarget>>, HookFailure> {
+        let req = HookRequest::AliasResolve {
+            address: address.to_string(),
+            timeout_ms: ALIAS_HOOK_TIMEOUT.as_millis() as u32,
+        };
+        let hook = self.config_dir.join("hooks/alias-resolve");
+        let hook = hook.display();
+        let out = match crate::hooks::ask(self.hookd, req, Vec::new(), ALIAS_HOOK_TIMEOUT).await {
+            HookReply::Absent => return Ok(None),
+            HookReply::Ran(out) => out,
+            HookReply::Failed(e @ (RunFailure::Spawn { .. } | RunFailure::Timeout { .. } | RunFailure::Other(_))) => {
+                return Err(HookFailure::Failed(e.to_string()));
+            }
+        };
         if out.code != Some(0) {
             let code = out.code.map(|c| c.to_string()).unwrap_or_else(|| "a signal".into());
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -355,14 +364,13 @@ impl ResolverContext<'_> {
                 "" => String::new(),
                 s => format!(": {s}"),
             };
-            return Err(HookFailure::Failed(format!(
-                "{} exited with {code}{why}",
-                hook.display()
-            )));
+            return Err(HookFailure::Failed(format!("{hook} exited with {code}{why}")));
         }
-        let bad = |why: String| HookFailure::BadOutput(format!("{}: {why}", hook.display()));
+        let bad = |why: String| HookFailure::BadOutput(format!("{hook}: {why}"));
         let text = String::from_utf8(out.stdout).map_err(|_| bad("output is not UTF-8".into()))?;
-        parse_rhs(&text, domain).map_err(|e| bad(format!("bad output: {e}")))
+        parse_rhs(&text, domain)
+            .map(Some)
+            .map_err(|e| bad(format!("bad output: {e}")))
     }
 
     async fn user_exists(&self, user: &str, domain: &str) -> Result<bool, ResolveError> {
@@ -491,6 +499,7 @@ mod tests {
         db: AliasDb,
         domains: Vec<String>,
         srs: Srs,
+        hookd: Arc<HookSlot>,
     }
 
     impl Fixture {
@@ -504,8 +513,10 @@ mod tests {
                     .map(|d| (d.to_string(), dir.path().join("domains").join(d).join("aliases")))
                     .collect(),
             );
+            let hookd = crate::hooks::tests::local_hookd(dir.path(), Vec::new()).await;
             Fixture {
                 dir,
+                hookd,
                 authd: fake_authd().await,
                 users: UserCache::default(),
                 db,
@@ -529,7 +540,7 @@ mod tests {
                 users: &self.users,
                 aliases: &self.db,
                 config_dir: self.dir.path(),
-                agent_env: &[],
+                hookd: &self.hookd,
                 srs: Some(&self.srs),
             };
             ctx.resolve(a).await

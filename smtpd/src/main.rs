@@ -68,7 +68,11 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 });
             }
             ControlMsg::Peer(
-                ch @ (PeerChannel::QueuedDeliverd | PeerChannel::QueuedAuthd | PeerChannel::DeliverdAuthd),
+                ch @ (PeerChannel::QueuedDeliverd
+                | PeerChannel::QueuedAuthd
+                | PeerChannel::DeliverdAuthd
+                | PeerChannel::QueuedHookd
+                | PeerChannel::DeliverdHookd),
             ) => {
                 tracing::warn!("smtpd was handed {}, which is not its channel", ch.name());
             }

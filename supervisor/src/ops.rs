@@ -16,7 +16,7 @@ use crate::monitor::{Monitor, Page, ServerInfo};
 pub struct Ops {
     mail_log: MailLog,
     monitor: Option<Monitor>,
-    started: [bool; 4],
+    started: [bool; 5],
 }
 
 fn index(kind: WorkerKind) -> usize {
@@ -25,6 +25,7 @@ fn index(kind: WorkerKind) -> usize {
         WorkerKind::Queued => 1,
         WorkerKind::Deliverd => 2,
         WorkerKind::Smtpd => 3,
+        WorkerKind::Hookd => 4,
     }
 }
 
@@ -43,7 +44,7 @@ impl Ops {
         Ok(Ops {
             mail_log,
             monitor,
-            started: [false; 4],
+            started: [false; 5],
         })
     }
 

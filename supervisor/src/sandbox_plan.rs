@@ -44,5 +44,13 @@ pub fn fs_plan(kind: WorkerKind, start: &WorkerStart, secrets: &[SecretFile]) ->
                 all_but,
             }
         }
+        WorkerKind::Hookd => {
+            let mut all_but = hidden_secrets();
+            all_but.push(data_dir);
+            FsPlan {
+                allow: Vec::new(),
+                all_but,
+            }
+        }
     }
 }

@@ -116,6 +116,7 @@ pub fn keep_fixed_fields(old: &Config, mut new: Config) -> Config {
     new.authd_user = old.authd_user.clone();
     new.queued_user = old.queued_user.clone();
     new.deliverd_user = old.deliverd_user.clone();
+    new.hookd_user = old.hookd_user.clone();
     new
 }
 
@@ -125,6 +126,7 @@ fn user_field(config: &Config, kind: WorkerKind) -> &str {
         WorkerKind::Authd => &config.authd_user,
         WorkerKind::Queued => &config.queued_user,
         WorkerKind::Deliverd => &config.deliverd_user,
+        WorkerKind::Hookd => &config.hookd_user,
     }
 }
 

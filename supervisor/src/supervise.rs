@@ -436,11 +436,11 @@ impl<R: Reloader> Supervisor<R> {
     }
 
     /// The start message for `kind`: tambod's environment only goes to the
-    /// workers that run commands with it (queued: hooks; deliverd: the
-    /// delivery agent and pipe aliases).
+    /// workers that run commands with it (hookd: hooks and pipe aliases;
+    /// deliverd: the delivery agent).
     fn start_for(&self, kind: WorkerKind) -> WorkerStart {
         let mut start = self.start.clone();
-        if !matches!(kind, WorkerKind::Queued | WorkerKind::Deliverd) {
+        if !matches!(kind, WorkerKind::Hookd | WorkerKind::Deliverd) {
             start.agent_env.clear();
         }
         start
@@ -667,6 +667,7 @@ impl<R: Reloader> Supervisor<R> {
             WorkerKind::Smtpd,
             WorkerKind::Queued,
             WorkerKind::Deliverd,
+            WorkerKind::Hookd,
             WorkerKind::Authd,
         ] {
             if let SlotState::Running(s, _) = &mut self.slots.get_mut(&kind).expect("slot").state {

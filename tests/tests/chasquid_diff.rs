@@ -392,7 +392,7 @@ fn chasquid_and_tambo_answer_and_deliver_alike() {
     for server in ["chasquid", "tambo"] {
         let dir = env.out_dir.join(server);
         std::fs::create_dir_all(&dir).expect("mkdir");
-        // tambod's hook and MDA run as tambo-queue and tambo-deliver.
+        // tambod's hooks and pipes run as tambo-hook, its MDA as tambo-deliver.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
         let _ = std::fs::remove_file(root.join("current"));
         std::os::unix::fs::symlink(&dir, root.join("current")).expect("symlink");

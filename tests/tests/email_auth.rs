@@ -461,7 +461,7 @@ fn tambo_signatures_verified_by_python_dkim() {
                 .map(|g| g.name)
                 .unwrap_or_default();
             assert_eq!(group, "tambo-auth");
-            for user in ["tambo-smtpd", "tambo-queue", "tambo-deliver"] {
+            for user in ["tambo-smtpd", "tambo-queue", "tambo-deliver", "tambo-hook"] {
                 let (ok, _) = run(Command::new("runuser").args(["-u", user, "--", "cat"]).arg(&key));
                 assert!(!ok, "{user} can read {}", key.display());
             }

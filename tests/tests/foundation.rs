@@ -92,10 +92,16 @@ fn processes_privileges_and_sigterm() {
     let env = TestEnv::new("");
     let mut server = env.start();
     let names: Vec<String> = server.workers().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["authd", "deliverd", "queued", "smtpd"]);
+    assert_eq!(names, ["authd", "deliverd", "hookd", "queued", "smtpd"]);
     let (ok, ps) = run(Command::new("ps").args(["-o", "args=", "--ppid", &server.pid().to_string()]));
     assert!(ok);
-    for n in ["tambo: smtpd", "tambo: authd", "tambo: queued", "tambo: deliverd"] {
+    for n in [
+        "tambo: smtpd",
+        "tambo: authd",
+        "tambo: queued",
+        "tambo: deliverd",
+        "tambo: hookd",
+    ] {
         assert!(ps.contains(n), "ps shows {n}: {ps}");
     }
     let uid_of = |pid: u32| -> u32 {
@@ -120,6 +126,7 @@ fn processes_privileges_and_sigterm() {
             ("authd", "tambo-auth"),
             ("queued", "tambo-queue"),
             ("deliverd", "tambo-deliver"),
+            ("hookd", "tambo-hook"),
             ("smtpd", "tambo-smtpd"),
         ] {
             let want = nix::unistd::User::from_name(user)
@@ -314,7 +321,7 @@ fn a_worker_that_keeps_dying_is_given_up_on() {
     let names: Vec<String> = server.workers().into_iter().map(|(n, _)| n).collect();
     assert_eq!(
         names,
-        ["deliverd", "queued", "smtpd"],
+        ["deliverd", "hookd", "queued", "smtpd"],
         "authd stays down, the others run"
     );
     // Without authd, recipients cannot be checked: a temporary error, not a 5xx.

@@ -50,6 +50,7 @@ fn deb_has_the_expected_layout() {
         "./usr/lib/tambo/tambo-authd",
         "./usr/lib/tambo/tambo-queued",
         "./usr/lib/tambo/tambo-deliverd",
+        "./usr/lib/tambo/tambo-hookd",
         "./usr/lib/tambo/mailq",
         "./usr/lib/tambo/sendmail",
         "./usr/lib/tambo/chasquid-util",
@@ -277,7 +278,13 @@ fn deb_installs_runs_reloads_and_purges() {
     }
 
     // What postinst created.
-    for u in ["tambo-smtpd", "tambo-auth", "tambo-queue", "tambo-deliver"] {
+    for u in [
+        "tambo-smtpd",
+        "tambo-auth",
+        "tambo-queue",
+        "tambo-deliver",
+        "tambo-hook",
+    ] {
         assert!(uid_of(u).is_some(), "user {u} missing after install");
     }
     let queue = std::fs::metadata("/var/lib/tambo/queue").unwrap();
@@ -437,6 +444,7 @@ fn deb_installs_runs_reloads_and_purges() {
         ("authd", "tambo-auth"),
         ("queued", "tambo-queue"),
         ("deliverd", "tambo-deliver"),
+        ("hookd", "tambo-hook"),
     ] {
         let uid = workers.iter().find(|(n, _)| n == name).map(|(_, u)| *u);
         assert_eq!(uid, uid_of(user), "{name} must run as {user}: {workers:?}");
@@ -494,7 +502,13 @@ fn deb_installs_runs_reloads_and_purges() {
     ] {
         assert!(!Path::new(p).exists(), "{p} still there after purge");
     }
-    for u in ["tambo-smtpd", "tambo-auth", "tambo-queue", "tambo-deliver"] {
+    for u in [
+        "tambo-smtpd",
+        "tambo-auth",
+        "tambo-queue",
+        "tambo-deliver",
+        "tambo-hook",
+    ] {
         assert!(uid_of(u).is_none(), "user {u} still there after purge");
     }
     drop(restore);

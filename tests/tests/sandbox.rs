@@ -34,13 +34,13 @@ fn every_worker_has_seccomp_and_landlock() {
     let env = TestEnv::new("");
     let server = env.start();
     let workers = server.workers();
-    assert_eq!(workers.len(), 4, "{workers:?}");
+    assert_eq!(workers.len(), 5, "{workers:?}");
     for (name, pid) in &workers {
         assert_eq!(status_field(*pid, "Seccomp:"), "2", "{name} has no seccomp filter");
         assert_eq!(status_field(*pid, "NoNewPrivs:"), "1", "{name}");
     }
     let log = server.log();
-    for name in ["smtpd", "authd", "queued", "deliverd"] {
+    for name in ["smtpd", "authd", "queued", "deliverd", "hookd"] {
         let line = log
             .lines()
             .find(|l| l.contains(&format!("{name}: sandbox: ")))
@@ -117,7 +117,7 @@ fn trapped_calls_kill_the_worker_and_tambod_recovers() {
     assert!(!log.contains(PROBE_ALLOWED), "{log}");
     // Restarted, and serving again (authd: AUTH and TLS; smtpd: SMTP).
     wait_for(Duration::from_secs(10), "smtpd and authd running again", || {
-        server.workers().len() == 4
+        server.workers().len() == 5
     });
     still_delivers(&env, "after kills");
     if tambo_tests::require("swaks", "swaks") {
@@ -137,4 +137,98 @@ fn trapped_calls_kill_the_worker_and_tambod_recovers() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
         env.wait_delivered(USER, "authd back");
     }
+}
+
+/// The probe every hook and pipe alias below runs: one header line per
+/// path, saying whether it could be read (`yes`/`no`), then the seccomp
+/// mode and uid of the program itself.
+fn probe_script(env: &TestEnv) -> String {
+    let data = env.data_dir.display();
+    let config = env.config_dir.display();
+    format!(
+        "try() {{ if $1 \"$3\" >/dev/null 2>&1; then echo \"X-Read-$2: yes\"; else echo \"X-Read-$2: no\"; fi; }}\n\
+         try ls Queue '{data}/queue'\n\
+         try cat Srs '{data}/srs/secret'\n\
+         try cat Plain '{data}/plain'\n\
+         try cat Users '{config}/domains/example.com/users'\n\
+         try cat Key '{config}/certs/mx.example.com/privkey.pem'\n\
+         try cat Conf '{config}/chasquid.conf'\n\
+         echo \"X-Seccomp: $(grep '^Seccomp:' /proc/self/status | tr -dc 0-9)\"\n\
+         echo \"X-Uid: $(id -u)\"\n"
+    )
+}
+
+/// What the probe must report: nothing under `data_dir` (the queue, the
+/// SRS secret, even a world-readable file) and no secret file, but the
+/// configuration; a seccomp filter; hookd's user.
+fn assert_probe(report: &str, who: &str) {
+    for (path, want) in [
+        ("Queue", "no"),
+        ("Srs", "no"),
+        ("Plain", "no"),
+        ("Users", "no"),
+        ("Key", "no"),
+        ("Conf", "yes"),
+    ] {
+        let line = format!("X-Read-{path}: {want}");
+        assert!(report.contains(&line), "{who} should say {line}:\n{report}");
+    }
+    assert!(report.contains("X-Seccomp: 2"), "{who} runs without seccomp:\n{report}");
+    if tambo_tests::is_root() {
+        let hook_uid = nix::unistd::User::from_name("tambo-hook")
+            .expect("getpwnam")
+            .expect("user tambo-hook")
+            .uid;
+        assert!(
+            report.contains(&format!("X-Uid: {hook_uid}")),
+            "{who} does not run as tambo-hook:\n{report}"
+        );
+    }
+}
+
+/// The post-data hook and a pipe alias run under hookd's sandbox: they
+/// cannot read the queue, the SRS secret, anything else in `data_dir`, or
+/// the secret files, and the message is still delivered (with the hook's
+/// header lines on top).
+#[test]
+fn hooks_and_pipes_cannot_read_the_queue_or_the_secrets() {
+    let env = TestEnv::new("");
+    let probe = probe_script(&env);
+    let hooks = env.config_dir.join("hooks");
+    std::fs::create_dir_all(&hooks).expect("mkdir hooks");
+    let hook = hooks.join("post-data");
+    std::fs::write(&hook, format!("#!/bin/sh\ncat >/dev/null\n{probe}")).expect("write hook");
+    let pipe = env.tmp.path().join("pipe.sh");
+    let pipe_out = env.out_dir.join("pipe-report");
+    std::fs::write(
+        &pipe,
+        format!("#!/bin/sh\ncat >/dev/null\n{{\n{probe}}} > '{}'\n", pipe_out.display()),
+    )
+    .expect("write pipe");
+    for p in [&hook, &pipe] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+    env.set_aliases(&format!("piped: | {}\n", pipe.display()));
+    let _server = env.start();
+    // A file anyone may read, in data_dir: only the sandbox keeps it from
+    // the hooks (tambod makes data_dir's sub-directories private itself).
+    std::fs::write(env.data_dir.join("plain"), "plain\n").expect("write plain");
+    std::fs::set_permissions(
+        env.data_dir.join("plain"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod plain");
+    send_message(
+        env.smtp_port,
+        "someone@remote.test",
+        &[USER, "piped@example.com"],
+        "Subject: hooked\r\n\r\nbody\r\n",
+    );
+    let got = env.wait_delivered(USER, "hooked");
+    let (headers, _) = got.split_once("Received:").expect("our Received header");
+    assert_probe(headers, "the post-data hook");
+    wait_for(Duration::from_secs(20), "the pipe alias's report", || {
+        std::fs::read_to_string(&pipe_out).is_ok_and(|r| r.contains("X-Uid"))
+    });
+    assert_probe(&std::fs::read_to_string(&pipe_out).expect("report"), "the pipe alias");
 }

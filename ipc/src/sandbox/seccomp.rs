@@ -45,7 +45,7 @@ impl Profile {
         match kind {
             WorkerKind::Smtpd => Profile::Smtpd,
             WorkerKind::Authd => Profile::Authd,
-            WorkerKind::Queued | WorkerKind::Deliverd => Profile::Runner,
+            WorkerKind::Queued | WorkerKind::Deliverd | WorkerKind::Hookd => Profile::Runner,
         }
     }
 
