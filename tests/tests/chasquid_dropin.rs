@@ -353,7 +353,7 @@ fn zero_values_mean_the_defaults() {
         );
     }
     let path = format!("{}:/usr/bin:/bin", bin_dir.display());
-    let _server = start_with_env(&env, &[], &[("PATH", path.as_str())]);
+    let server = start_with_env(&env, &[], &[("PATH", path.as_str())]);
     let (mut c, greeting) = RawClient::connect_with_greeting(env.smtp_port);
     assert!(
         greeting.starts_with(&format!("220 {host} ")),
@@ -364,11 +364,12 @@ fn zero_values_mean_the_defaults() {
     c.cmd("QUIT");
     let r = send_message(env.smtp_port, "sender@remote.test", &[USER], &message("zero-values"));
     assert!(r.starts_with("250"), "max_queue_items: 0 must not refuse mail: {r}");
-    let mut argv = String::new();
-    wait_for(Duration::from_secs(20), "maildrop's arguments", || {
-        argv = std::fs::read_to_string(&argv_file).unwrap_or_default();
-        argv.ends_with('\n')
+    // The script writes its arguments, then the message: both are there
+    // once tambod logs the delivery.
+    wait_for(Duration::from_secs(20), "maildrop's delivery", || {
+        server.log().contains("to=alice@example.com sent")
     });
+    let argv = std::fs::read_to_string(&argv_file).unwrap_or_default();
     assert_eq!(
         argv, "-f\nsender@remote.test\n-d\nalice\n",
         "maildrop -f %from% -d %to_user%"
