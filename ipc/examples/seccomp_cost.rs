@@ -62,6 +62,7 @@ fn main() {
     for (name, kind) in [
         ("smtpd", WorkerKind::Smtpd),
         ("authd", WorkerKind::Authd),
+        ("queued", WorkerKind::Queued),
         ("runner", WorkerKind::Deliverd),
     ] {
         let with = best(Some(Profile::of(kind)));

@@ -4,13 +4,20 @@
 //!
 //! - smtpd and authd: nothing. smtpd opens no file after start-up; authd
 //!   gets its files as fds.
-//! - queued: the whole file system but the secret files (certificates and
-//!   their keys, users files, DKIM keys, relay credentials). It runs the
-//!   hooks, which inherit its ruleset and may need any program or path.
+//! - queued: `data_dir` (read-write: the queue, domaininfo, the SRS
+//!   secret, chasquid's files to import) and `config_dir/domains`
+//!   read-only (the aliases files; the real directory of a domain that is
+//!   a symbolic link too). Nothing else: it runs no program. Landlock
+//!   cannot hide the users files and DKIM keys beside the aliases files
+//!   without breaking on the next edit of an aliases file (editors replace
+//!   the file, and a rule on a file holds its inode), so as root their
+//!   permissions keep them from `tambo-queue`.
 //! - deliverd: the whole file system but `data_dir` and the secret files,
 //!   plus `data_dir/sts-cache` (its MTA-STS policy cache). The delivery
-//!   agent and pipe aliases inherit it: they can reach anything their user
-//!   can, except the queue.
+//!   agent inherits it: it can reach anything its user can, except the
+//!   queue.
+//! - hookd: the whole file system but `data_dir` and the secret files.
+//!   The hooks and pipe aliases inherit it.
 //!
 //! Secret files are listed when the worker starts; one added later is
 //! hidden from it from its next restart on (file permissions keep it from
@@ -32,10 +39,22 @@ pub fn fs_plan(kind: WorkerKind, start: &WorkerStart, secrets: &[SecretFile]) ->
     let data_dir = PathBuf::from(&start.config.data_dir);
     match kind {
         WorkerKind::Smtpd | WorkerKind::Authd => FsPlan::default(),
-        WorkerKind::Queued => FsPlan {
-            allow: Vec::new(),
-            all_but: hidden_secrets(),
-        },
+        WorkerKind::Queued => {
+            let domains = Path::new(&start.config_dir).join("domains");
+            let domains_real = std::fs::canonicalize(&domains).unwrap_or_else(|_| domains.clone());
+            let mut allow = vec![(PathAccess::Full, data_dir), (PathAccess::Read, domains)];
+            for d in &start.local_domains {
+                if let Ok(real) = std::fs::canonicalize(start.domain_dir(d))
+                    && !real.starts_with(&domains_real)
+                {
+                    allow.push((PathAccess::Read, real));
+                }
+            }
+            FsPlan {
+                allow,
+                all_but: Vec::new(),
+            }
+        }
         WorkerKind::Deliverd => {
             let mut all_but = hidden_secrets();
             all_but.push(data_dir.clone());

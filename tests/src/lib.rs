@@ -345,24 +345,10 @@ impl TestEnv {
             .tmp
             .path()
             .join(format!("tambod-{}.log", Instant::now().elapsed().as_nanos()));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("log file");
-        let child = Command::new(bin("tambod"))
-            .arg(format!("--config_dir={}", self.config_dir.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn tambod");
-        Server {
-            child: Some(child),
-            log_path,
-            smtp_port: self.smtp_port,
-        }
+        let mut cmd = Command::new(bin("tambod"));
+        cmd.arg(format!("--config_dir={}", self.config_dir.display()))
+            .args(args);
+        Server::spawn_command(cmd, log_path, self.smtp_port)
     }
 
     /// Paths of messages delivered to `addr` by the test MDA.
@@ -407,6 +393,8 @@ pub struct Server {
     /// Its log (stderr of tambod and every worker).
     pub log_path: PathBuf,
     smtp_port: u16,
+    /// Started with sandbox probes, which may kill workers on purpose.
+    probes: bool,
 }
 
 impl Server {
@@ -415,6 +403,9 @@ impl Server {
     /// `smtp_port` is where [`wait_serving`](Self::wait_serving) probes.
     /// Stopped (SIGTERM, then SIGKILL) on drop, like every Server.
     pub fn spawn_command(mut cmd: Command, log_path: PathBuf, smtp_port: u16) -> Server {
+        let probes = cmd
+            .get_args()
+            .any(|a| a.to_string_lossy().starts_with("--testing__sandbox_probe"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -430,6 +421,7 @@ impl Server {
             child: Some(child),
             log_path,
             smtp_port,
+            probes,
         }
     }
 
@@ -565,6 +557,24 @@ impl Drop for Server {
                 eprintln!("{line}");
             }
         }
+        // A worker that its own seccomp filter killed is a defect even when
+        // the restarted worker let the test pass: fail the test with the
+        // line that names the call.
+        let killed = self
+            .log()
+            .lines()
+            .find(|l| l.contains("killed by its seccomp filter"))
+            .map(str::to_string);
+        if let (Some(line), false, false) = (killed, self.probes, std::thread::panicking()) {
+            self.stop_quietly();
+            panic!("a worker was killed by its sandbox: {line}");
+        }
+        self.stop_quietly();
+    }
+}
+
+impl Server {
+    fn stop_quietly(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),

@@ -336,6 +336,37 @@ fn malformed_aliases_file_stops_tambod() {
     assert!(text.contains(&expected), "{text}");
 }
 
+/// A slow post-data hook holds up its own message only: while it waits
+/// (for a gate the test opens only after the second message is
+/// delivered), another message goes through hookd's hooks and is
+/// delivered.
+#[test]
+fn a_slow_hook_delays_only_its_own_message() {
+    let env = TestEnv::new("");
+    let gate = env.out_dir.join("gate");
+    write_script(
+        &env.config_dir.join("hooks/post-data"),
+        &format!(
+            "case \"$(cat)\" in *SLOW*) i=0; while [ ! -e '{}' ] && [ $i -lt 500 ]; do sleep 0.1; i=$((i+1)); done ;; esac\n\
+             echo \"X-Hooked: yes\"",
+            gate.display()
+        ),
+    );
+    env.fix_permissions();
+    let _server = env.start();
+    let port = env.smtp_port;
+    let slow = std::thread::spawn(move || send(port, "a@remote.example", &[USER], "slow one", "SLOW"));
+    // The slow hook is running (its message is being checked).
+    std::thread::sleep(Duration::from_millis(300));
+    send(port, "b@remote.example", &[USER], "quick one", "quick").expect("quick accepted");
+    let quick = env.wait_delivered(USER, "quick one");
+    assert!(quick.starts_with("X-Hooked: yes"), "{quick}");
+    assert!(!slow.is_finished(), "the slow message was not held by its hook");
+    std::fs::write(&gate, "").expect("open the gate");
+    slow.join().expect("thread").expect("slow accepted");
+    env.wait_delivered(USER, "slow one");
+}
+
 #[test]
 fn post_data_hook_outcomes() {
     let env = TestEnv::new("");

@@ -64,7 +64,9 @@ fn refused_attempts_leave_the_worker_serving() {
         format!("deliverd:open:{}", queue.display()),
         format!("deliverd:open:{}", users.display()),
         format!("queued:open:{}", key.display()),
-        format!("queued:open:{}", users.display()),
+        "queued:open:/etc/passwd".to_string(),
+        format!("hookd:open:{}", users.display()),
+        format!("hookd:open:{}", queue.display()),
     ];
     let args: Vec<String> = probes.iter().map(|p| format!("--testing__sandbox_probe={p}")).collect();
     let server = env.start_with_args(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -77,6 +79,9 @@ fn refused_attempts_leave_the_worker_serving() {
         format!("open {}: {denied}", queue.display()),
         format!("open {}: {denied}", users.display()),
         format!("open {}: {denied}", key.display()),
+        format!("queued: sandbox probe: open /etc/passwd: {denied}"),
+        format!("hookd: sandbox probe: open {}: {denied}", users.display()),
+        format!("hookd: sandbox probe: open {}: {denied}", queue.display()),
     ];
     wait_for(Duration::from_secs(10), "every probe's outcome in the log", || {
         let log = server.log();
@@ -96,10 +101,14 @@ fn trapped_calls_kill_the_worker_and_tambod_recovers() {
     let server = env.start_with_args(&[
         "--testing__sandbox_probe=smtpd:exec:/bin/sh",
         "--testing__sandbox_probe=authd:connect:127.0.0.1:1",
+        "--testing__sandbox_probe=queued:exec:/bin/sh",
+        "--testing__sandbox_probe=queued:connect:127.0.0.1:1",
     ]);
-    wait_for(Duration::from_secs(10), "both workers killed by their filters", || {
+    wait_for(Duration::from_secs(10), "the workers killed by their filters", || {
         let log = server.log();
-        log.contains("smtpd killed by its seccomp filter") && log.contains("authd killed by its seccomp filter")
+        ["smtpd", "authd", "queued"]
+            .iter()
+            .all(|w| log.contains(&format!("{w} killed by its seccomp filter")))
     });
     let log = server.log();
     // smtpd may not even fork (clone without CLONE_THREAD), let alone

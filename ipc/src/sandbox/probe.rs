@@ -34,9 +34,10 @@ pub fn attempt(probe: &SandboxProbe) -> String {
                 .map(drop),
         ),
     };
+    let worker = super::seccomp::worker_name();
     match result {
-        Ok(()) => format!("sandbox probe: {what}: {ALLOWED}"),
-        Err(e) => format!("sandbox probe: {what}: refused: {e}"),
+        Ok(()) => format!("{worker}: sandbox probe: {what}: {ALLOWED}"),
+        Err(e) => format!("{worker}: sandbox probe: {what}: refused: {e}"),
     }
 }
 
