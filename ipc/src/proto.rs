@@ -233,6 +233,10 @@ pub enum ControlMsg {
     AdminClient {
         /// The client's uid, for the log.
         uid: u32,
+        /// Its user name, as the supervisor found it in the password
+        /// database (queued, sandboxed, cannot read it); `None` when the
+        /// uid has no name.
+        user: Option<String>,
     },
     /// Send a [`WorkerMsg::Metrics`] snapshot back, tagged with `seq`.
     /// Answered inside [`crate::worker::ControlLink::recv`]; workers never

@@ -47,7 +47,7 @@ impl AdminGate {
 }
 
 /// Serve one control-socket connection to the end.
-pub async fn serve(queue: Arc<Queue>, gate: &AdminGate, stream: UnixStream, uid: u32) {
+pub async fn serve(queue: Arc<Queue>, gate: &AdminGate, stream: UnixStream, uid: u32, user: Option<String>) {
     let permit = gate.0.clone().try_acquire_owned();
     let req = if permit.is_ok() {
         match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&stream)).await {
@@ -80,7 +80,7 @@ pub async fn serve(queue: Arc<Queue>, gate: &AdminGate, stream: UnixStream, uid:
     };
     if let AdminRequest::Submit { from, rcpts } = req {
         tracing::info!(uid, from, ?rcpts, "control: local submission");
-        let reply = match crate::submit::submit(&queue, &mut rx, uid, from, rcpts).await {
+        let reply = match crate::submit::submit(&queue, &mut rx, uid, user, from, rcpts).await {
             Ok(id) => send(&tx, AdminReply::Done(format!("queued as {id}")))
                 .await
                 .and(send(&tx, AdminReply::End).await),

@@ -97,14 +97,14 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 };
                 link.send(WorkerMsg::Reloaded { ok, message }).await?;
             }
-            ControlMsg::AdminClient { uid } => {
+            ControlMsg::AdminClient { uid, user } => {
                 let Some(stream) = single_stream(fds) else {
                     tracing::warn!("control client: expected one fd");
                     continue;
                 };
                 let q = queue.clone();
                 let gate = admin_gate.clone();
-                tokio::spawn(async move { admin::serve(q, &gate, stream, uid).await });
+                tokio::spawn(async move { admin::serve(q, &gate, stream, uid, user).await });
             }
             ControlMsg::Shutdown { .. } => return Ok(()),
             // Answered by ControlLink::recv.

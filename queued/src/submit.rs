@@ -22,20 +22,14 @@ fn text(r: &SmtpReply) -> String {
     r.line()
 }
 
-/// The user name of `uid`, if the password database knows it.
-fn user_name(uid: u32) -> Option<String> {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-}
-
 /// Receive and queue one message; its queue ID, or an error starting with
-/// an SMTP reply code.
+/// an SMTP reply code. `user` is the submitter's name (of `uid`), as the
+/// supervisor found it.
 pub async fn submit(
     queue: &Arc<Queue>,
     rx: &mut FrameReceiver,
     uid: u32,
+    user: Option<String>,
     from: String,
     rcpts: Vec<String>,
 ) -> Result<String, String> {
@@ -86,7 +80,7 @@ pub async fn submit(
     let domain = [host, parent]
         .into_iter()
         .find(|d| d.contains('.') && s.local_domains.contains(d));
-    let auth_user = match (user_name(uid), domain) {
+    let auth_user = match (user, domain) {
         (Some(u), Some(d)) => Some(format!("{u}@{d}")),
         _ => None,
     };

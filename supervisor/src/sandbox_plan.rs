@@ -4,8 +4,8 @@
 //!
 //! - smtpd and authd: nothing. smtpd opens no file after start-up; authd
 //!   gets its files as fds.
-//! - queued: `data_dir` (read-write: the queue, domaininfo, the SRS
-//!   secret, chasquid's files to import) and `config_dir/domains`
+//! - queued: `data_dir/queue` (with chasquid's items to import),
+//!   `data_dir/domaininfo` and `data_dir/srs` read-write, and `config_dir/domains`
 //!   read-only (the aliases files; the real directory of a domain that is
 //!   a symbolic link too). Nothing else: it runs no program. Landlock
 //!   cannot hide the users files and DKIM keys beside the aliases files
@@ -42,7 +42,11 @@ pub fn fs_plan(kind: WorkerKind, start: &WorkerStart, secrets: &[SecretFile]) ->
         WorkerKind::Queued => {
             let domains = Path::new(&start.config_dir).join("domains");
             let domains_real = std::fs::canonicalize(&domains).unwrap_or_else(|_| domains.clone());
-            let mut allow = vec![(PathAccess::Full, data_dir), (PathAccess::Read, domains)];
+            let mut allow: Vec<(PathAccess, PathBuf)> = ["queue", "domaininfo", "srs"]
+                .into_iter()
+                .map(|d| (PathAccess::Full, data_dir.join(d)))
+                .collect();
+            allow.push((PathAccess::Read, domains));
             for d in &start.local_domains {
                 if let Ok(real) = std::fs::canonicalize(start.domain_dir(d))
                     && !real.starts_with(&domains_real)

@@ -220,7 +220,13 @@ impl<R: Reloader> Supervisor<R> {
             let sent = match &mut self.slots.get_mut(&WorkerKind::Queued).expect("slot").state {
                 SlotState::Running(s, false) => s
                     .control
-                    .send(&ControlMsg::AdminClient { uid: peer.uid }, &[fd.as_fd()])
+                    .send(
+                        &ControlMsg::AdminClient {
+                            uid: peer.uid,
+                            user: user_name(peer.uid),
+                        },
+                        &[fd.as_fd()],
+                    )
                     .map_err(|e| e.to_string()),
                 _ => Err("queued is not running (restarting or stopped); try again".to_string()),
             };
@@ -715,4 +721,14 @@ impl<R: Reloader> Supervisor<R> {
             while let Ok(Some(_)) = sigfd.read_signal() {}
         }
     }
+}
+
+/// The user name of `uid` in the password database: queued names a local
+/// submitter with it (`user@hostname`) but cannot read the database from
+/// its sandbox.
+fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
 }

@@ -241,3 +241,48 @@ fn hooks_and_pipes_cannot_read_the_queue_or_the_secrets() {
     });
     assert_probe(&std::fs::read_to_string(&pipe_out).expect("report"), "the pipe alias");
 }
+
+/// hookd killed: the supervisor restarts it and hands queued and deliverd
+/// fresh channels; the next message gets its hook's header and its pipe
+/// alias runs again.
+#[test]
+fn hookd_killed_comes_back_for_hooks_and_pipes() {
+    let env = TestEnv::new("");
+    let hooks = env.config_dir.join("hooks");
+    std::fs::create_dir_all(&hooks).expect("mkdir hooks");
+    let hook = hooks.join("post-data");
+    std::fs::write(&hook, "#!/bin/sh\ncat >/dev/null\necho 'X-Hooked: yes'\n").expect("write hook");
+    let pipe = env.tmp.path().join("pipe.sh");
+    let pipe_out = env.out_dir.join("piped");
+    std::fs::write(&pipe, format!("#!/bin/sh\ncat >> '{}'\n", pipe_out.display())).expect("write pipe");
+    for p in [&hook, &pipe] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+    env.set_aliases(&format!("piped: | {}\n", pipe.display()));
+    let server = env.start();
+    let old = server.worker_pid("hookd");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill hookd");
+    wait_for(Duration::from_secs(20), "hookd restarted", || {
+        server.workers().iter().any(|(n, p)| n == "hookd" && *p != old)
+    });
+    // The channels are handed over right after the restart; a message
+    // that came before they were would get a 451 (never skip the hook).
+    wait_for(Duration::from_secs(20), "a message through the new hookd", || {
+        let reply = tambo_tests::send_message(
+            env.smtp_port,
+            "someone@remote.test",
+            &[USER, "piped@example.com"],
+            "Subject: after the kill\r\n\r\nbody\r\n",
+        );
+        reply.starts_with("250")
+    });
+    let got = env.wait_delivered(USER, "after the kill");
+    assert!(got.starts_with("X-Hooked: yes\r\n"), "{got}");
+    wait_for(Duration::from_secs(20), "the pipe alias after the kill", || {
+        std::fs::read_to_string(&pipe_out).is_ok_and(|t| t.contains("after the kill"))
+    });
+}
