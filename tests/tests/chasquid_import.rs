@@ -385,6 +385,13 @@ fn an_import_killed_midway_loses_nothing_and_duplicates_nothing() {
     let gate = env.gate_mda();
     let queue = env.data_dir.join("queue");
     std::fs::create_dir_all(&queue).expect("queue dir");
+    // Created a minute ago: an item older than give_up_send_after (20 h)
+    // would be bounced at its first temporary failure instead of retried.
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        - 60;
     for i in 0..N {
         let item = Item {
             id: format!("crash{i:05}"),
@@ -403,7 +410,7 @@ fn an_import_killed_midway_loses_nothing_and_duplicates_nothing() {
                 "text\n".repeat(200)
             )
             .into_bytes(),
-            created: Some((1_796_000_000, 0)),
+            created: Some((created as i64, 0)),
             ignored: vec![],
         };
         std::fs::write(queue.join(format!("m:{}", item.id)), chasquid_queue::format_item(&item)).expect("write item");
