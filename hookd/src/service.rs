@@ -71,17 +71,7 @@ impl HookService {
                 env.extend(vars);
                 let argv = [hook.display().to_string()];
                 let program = self.hook_program(&argv, &env, timeout_ms);
-                reply(
-                    runner::run(
-                        &program,
-                        Input::Message {
-                            prefix,
-                            data,
-                            endings: LineEndings::Lf,
-                        },
-                    )
-                    .await,
-                )
+                on_message(&program, prefix, data).await
             }
             (PeerChannel::QueuedHookd, HookRequest::AliasResolve { address, timeout_ms }) => {
                 let Some(hook) = find_hook(&self.config_dir, "alias-resolve") else {
@@ -112,17 +102,7 @@ impl HookService {
                     stdout_limit: PIPE_OUTPUT_LIMIT,
                     stderr_limit: PIPE_OUTPUT_LIMIT,
                 };
-                reply(
-                    runner::run(
-                        &program,
-                        Input::Message {
-                            prefix,
-                            data,
-                            endings: LineEndings::Lf,
-                        },
-                    )
-                    .await,
-                )
+                on_message(&program, prefix, data).await
             }
             (_, HookRequest::PostData { .. }) => refused("post-data"),
             (_, HookRequest::AliasResolve { .. }) => refused("alias-resolve"),
@@ -144,6 +124,17 @@ impl HookService {
 
 fn timeout(ms: u32) -> Duration {
     Duration::from_millis(ms.into()).min(MAX_TIMEOUT)
+}
+
+/// Run `program` on a message (`prefix`, then `data`) with LF line
+/// endings, as chasquid gives its hook and pipe aliases the message.
+async fn on_message(program: &Program<'_>, prefix: Vec<u8>, data: std::fs::File) -> HookReply {
+    let input = Input::Message {
+        prefix,
+        data,
+        endings: LineEndings::Lf,
+    };
+    reply(runner::run(program, input).await)
 }
 
 fn reply(r: Result<tambo_ipc::proto::HookRun, HookFailure>) -> HookReply {

@@ -14,6 +14,15 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tambo_tests::{RawClient, bin, bin_dir, free_port, have, is_root, run, wait_for, workspace_root};
 
+/// The system users postinst creates and purge removes.
+const SYSTEM_USERS: [&str; 5] = [
+    "tambo-smtpd",
+    "tambo-auth",
+    "tambo-queue",
+    "tambo-deliver",
+    "tambo-hook",
+];
+
 /// Build the package from the test binaries (debug profile, no new cargo
 /// build) into `out`; returns its path.
 fn build_deb(out: &Path) -> PathBuf {
@@ -278,13 +287,7 @@ fn deb_installs_runs_reloads_and_purges() {
     }
 
     // What postinst created.
-    for u in [
-        "tambo-smtpd",
-        "tambo-auth",
-        "tambo-queue",
-        "tambo-deliver",
-        "tambo-hook",
-    ] {
+    for u in SYSTEM_USERS {
         assert!(uid_of(u).is_some(), "user {u} missing after install");
     }
     let queue = std::fs::metadata("/var/lib/tambo/queue").unwrap();
@@ -502,13 +505,7 @@ fn deb_installs_runs_reloads_and_purges() {
     ] {
         assert!(!Path::new(p).exists(), "{p} still there after purge");
     }
-    for u in [
-        "tambo-smtpd",
-        "tambo-auth",
-        "tambo-queue",
-        "tambo-deliver",
-        "tambo-hook",
-    ] {
+    for u in SYSTEM_USERS {
         assert!(uid_of(u).is_none(), "user {u} still there after purge");
     }
     drop(restore);
