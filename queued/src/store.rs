@@ -988,7 +988,10 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        assert!(store.flush_count() <= 200);
+        // Group commit: commits that wait together share one flush (64 to
+        // 95 flushes for the 200 here, on 2 cores; one each would be 200).
+        let flushes = store.flush_count();
+        assert!((1..=150).contains(&flushes), "{flushes} flushes for 200 commits");
         let ids: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         // 200 data files (the envelopes are in the journal until the next
         // checkpoint), corrupt/, spare/ and the journal.

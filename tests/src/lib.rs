@@ -124,18 +124,50 @@ pub fn have(program: &str) -> bool {
 }
 
 /// Whether `program` (from Debian package `package`) is on PATH (or in
-/// /usr/sbin). Under CI=true a missing program fails the test; elsewhere
-/// the test prints `SKIPPED: ...` and the caller returns.
+/// /usr/sbin). When it is not, the test is skipped (see [`skip`]) and the
+/// caller returns.
 pub fn require(program: &str, package: &str) -> bool {
     if have(program) || Path::new("/usr/sbin").join(program).exists() {
         return true;
     }
-    let why = format!("{program} (Debian package {package}) is not installed; scripts/test installs it");
+    skip(&format!(
+        "{program} (Debian package {package}) is not installed; scripts/test installs it"
+    ));
+    false
+}
+
+/// Whether the tests run as root. When they do not, the test is skipped
+/// (see [`skip`]) and the caller returns; `what` says what needs root.
+pub fn require_root(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    skip(&format!("{what} needs root"));
+    false
+}
+
+/// Skip the running test, which then returns without asserting anything.
+/// Under CI=true that is a failure: CI has every tool and root. Elsewhere
+/// the test prints `SKIPPED: why` and, when scripts/test set
+/// `TAMBO_SKIP_LOG`, appends `test: why` to that file, so that the suite's
+/// closing line counts it as skipped, not passed.
+pub fn skip(why: &str) {
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{why}");
+        panic!("{why} (under CI=true this is a failure, not a skip)");
     }
     println!("SKIPPED: {why}");
-    false
+    if let Ok(path) = std::env::var("TAMBO_SKIP_LOG") {
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        let line = format!("{test}: {why}\n");
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            panic!("recording the skip in {path}: {e}");
+        }
+    }
 }
 
 /// A user in the generated configuration.

@@ -26,14 +26,10 @@ fn prerequisites() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("python3-dkim or python3-authres missing (scripts/test installs them): skipping");
+        tambo_tests::skip("python3-dkim or python3-authres is missing (scripts/test installs them)");
         return false;
     }
-    if !tambo_tests::have("openssl") {
-        eprintln!("openssl missing: skipping");
-        return false;
-    }
-    true
+    tambo_tests::require("openssl", "openssl")
 }
 
 /// One SMTP transaction from outside; the reply to the end of DATA.

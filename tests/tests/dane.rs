@@ -417,11 +417,10 @@ async fn real_unbound_with_a_signed_zone() {
     } else if std::path::Path::new("/usr/sbin/unbound").exists() {
         "/usr/sbin/unbound".to_string()
     } else {
-        println!("SKIPPED: unbound (Debian package unbound) is not installed");
+        tambo_tests::skip("unbound (Debian package unbound) is not installed; scripts/test installs it");
         return;
     };
-    if !have("ldns-signzone") || !have("ldns-keygen") {
-        println!("SKIPPED: ldns-signzone (Debian package ldnsutils) is not installed");
+    if !tambo_tests::require("ldns-signzone", "ldnsutils") || !tambo_tests::require("ldns-keygen", "ldnsutils") {
         return;
     }
     let cert = self_signed("mx-ok.dane.test");

@@ -105,17 +105,9 @@ impl Drop for FakeDns {
 }
 
 fn prerequisites() -> bool {
-    for p in ["dkimsign", "openssl"] {
-        if !have(p) {
-            eprintln!("{p} missing (scripts/test installs it): skipping");
-            return false;
-        }
-    }
-    if !Path::new("/usr/sbin/dnsmasq").exists() && !have("dnsmasq") {
-        eprintln!("dnsmasq missing (scripts/test installs it): skipping");
-        return false;
-    }
-    true
+    tambo_tests::require("dkimsign", "python3-dkim")
+        && tambo_tests::require("openssl", "openssl")
+        && tambo_tests::require("dnsmasq", "dnsmasq")
 }
 
 /// One SMTP transaction; returns (MAIL reply, DATA end reply or "").

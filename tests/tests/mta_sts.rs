@@ -521,8 +521,7 @@ async fn dane_takes_precedence() {
 /// cache file in `data_dir/sts-cache`.
 #[test]
 fn through_the_whole_server() {
-    if !tambo_tests::have("swaks") {
-        println!("SKIPPED: swaks is not installed");
+    if !tambo_tests::require("swaks", "swaks") {
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tambo_tests::{RawClient, bin, bin_dir, free_port, have, is_root, run, wait_for, workspace_root};
+use tambo_tests::{RawClient, bin, bin_dir, free_port, run, wait_for, workspace_root};
 
 /// The system users postinst creates and purge removes.
 const SYSTEM_USERS: [&str; 5] = [
@@ -44,8 +44,7 @@ fn build_deb(out: &Path) -> PathBuf {
 
 #[test]
 fn deb_has_the_expected_layout() {
-    if !have("dpkg-deb") {
-        eprintln!("dpkg-deb not installed: skipping");
+    if !tambo_tests::require("dpkg-deb", "dpkg") {
         return;
     }
     let out = tempfile::tempdir().unwrap();
@@ -236,12 +235,15 @@ const OTHERS: [&str; 5] = [
 #[test]
 fn deb_installs_runs_reloads_and_purges() {
     let enabled = std::env::var("CI").as_deref() == Ok("true") || std::env::var("TAMBO_TEST_DEB").as_deref() == Ok("1");
-    if !(is_root() && enabled && have("dpkg")) {
-        eprintln!("install test skipped: needs root and CI=true or TAMBO_TEST_DEB=1");
+    if !enabled {
+        tambo_tests::skip("the install test changes this machine: it runs under CI=true or with TAMBO_TEST_DEB=1");
+        return;
+    }
+    if !tambo_tests::require_root("installing a package") || !tambo_tests::require("dpkg", "dpkg") {
         return;
     }
     if dpkg_installed("tambo") || Path::new("/usr/sbin/tambod").exists() || Path::new("/etc/tambo").exists() {
-        eprintln!("install test skipped: tambo is already installed on this machine; not touching it");
+        tambo_tests::skip("tambo is already installed on this machine; the install test does not touch it");
         return;
     }
     let out = tempfile::tempdir().unwrap();

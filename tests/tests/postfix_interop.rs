@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tambo_tests::fakedns::FakeDns;
-use tambo_tests::{RawClient, TestEnv, free_port, have, run, wait_for};
+use tambo_tests::{RawClient, TestEnv, free_port, run, wait_for};
 
 /// A CA (PEM) and a certificate for `name` signed by it: (ca, chain, key).
 fn ca_and_cert(name: &str) -> (String, String, String) {
@@ -153,12 +153,7 @@ fn send(port: u16, from: &str, to: &str, body: &str) {
 
 #[test]
 fn tambo_and_postfix_deliver_to_each_other() {
-    if !tambo_tests::is_root() {
-        println!("SKIPPED: a private Postfix needs root");
-        return;
-    }
-    if !have("postfix") {
-        println!("SKIPPED: postfix is not installed (scripts/test installs it)");
+    if !tambo_tests::require_root("a private Postfix") || !tambo_tests::require("postfix", "postfix") {
         return;
     }
     let (ca, chain, key) = ca_and_cert("mx.remote.test");

@@ -177,8 +177,7 @@ fn list_as(socket: &Path, user: &str, group: &str) -> (bool, String) {
 
 #[test]
 fn control_socket_admits_root_and_admin_group_only() {
-    if !is_root() || !have("setpriv") {
-        eprintln!("skipped: needs root and setpriv");
+    if !require_root("connecting as other users") || !require("setpriv", "util-linux") {
         return;
     }
     let env = TestEnv::new("");

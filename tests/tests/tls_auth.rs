@@ -629,8 +629,7 @@ fn open_fds(pid: u32) -> Vec<String> {
 
 #[test]
 fn private_keys_are_out_of_smtpd_reach() {
-    if !is_root() {
-        eprintln!("not root: privilege separation is not in effect, skipping");
+    if !tambo_tests::require_root("privilege separation") {
         return;
     }
     let env = TestEnv::new("");
