@@ -977,21 +977,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path(), 0).unwrap();
         let store = Arc::new(store);
+        // The data files first, so that the 200 commits below reach the
+        // committer within one pass of the runtime, as commits of a burst
+        // of mail do, and wait together.
+        let ids: Vec<String> = (0..200).map(|_| store.create_data().unwrap().0).collect();
         let mut tasks = Vec::new();
-        for _ in 0..200 {
+        for id in ids {
             let s = store.clone();
-            tasks.push(tokio::spawn(async move {
-                let (id, _f) = s.create_data().unwrap();
-                s.add(entry(&id, 0)).await.unwrap();
-            }));
+            tasks.push(tokio::spawn(async move { s.add(entry(&id, 0)).await.unwrap() }));
         }
         for t in tasks {
             t.await.unwrap();
         }
-        // Group commit: commits that wait together share one flush (64 to
-        // 95 flushes for the 200 here, on 2 cores; one each would be 200).
+        // Group commit: commits that wait together share a flush (2 or 3
+        // flushes for the 200 here, on 2 cores, loaded or not; one each
+        // would be 200).
         let flushes = store.flush_count();
-        assert!((1..=150).contains(&flushes), "{flushes} flushes for 200 commits");
+        assert!((1..=100).contains(&flushes), "{flushes} flushes for 200 commits");
         let ids: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         // 200 data files (the envelopes are in the journal until the next
         // checkpoint), corrupt/, spare/ and the journal.
