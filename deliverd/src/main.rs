@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tambo_common::config::Config;
 use tambo_common::lineend::LineEndings;
+use tambo_deliverd::ledger::Ledger;
 use tambo_deliverd::remote::{Courier, RelayCredentialSource, Settings};
 use tambo_deliverd::{lmtp, mda};
 use tambo_ipc::proto::{
@@ -30,6 +31,8 @@ struct Deliverer {
     authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
     /// The channel to hookd, which runs pipe aliases.
     hookd: Arc<PeerSlot<HookRequest, HookReply>>,
+    /// Outcomes queued has not settled yet.
+    ledger: Arc<Ledger>,
 }
 
 /// How long to wait for hookd when it is restarting.
@@ -58,14 +61,45 @@ impl Deliverer {
                 let mut fds = fds.into_iter();
                 let (Some(fd), None) = (fds.next(), fds.next()) else {
                     let outcome = DeliveryOutcome::TempFail("internal: job without exactly one data fd".into());
-                    return DeliverReply::Results(job.rcpts.iter().map(|r| (r.index, outcome.clone())).collect());
+                    return DeliverReply::Report(DeliveryReport {
+                        results: job.rcpts.iter().map(|r| (r.index, outcome.clone())).collect(),
+                        levels_seen: Vec::new(),
+                    });
                 };
-                self.deliver(job, Arc::new(fd)).await
+                DeliverReply::Report(self.deliver(job, Arc::new(fd)).await)
             }
         }
     }
 
-    async fn deliver(&self, job: DeliveryJob, data: Arc<OwnedFd>) -> DeliverReply {
+    /// Deliver a job's recipients that the ledger does not already answer
+    /// for (see [`Ledger`]), and keep their outcomes until queued settles
+    /// them.
+    async fn deliver(&self, job: DeliveryJob, data: Arc<OwnedFd>) -> DeliveryReport {
+        self.ledger.settle(&job.settled);
+        let mut claim = self.ledger.claim(&job.id, &job.rcpts);
+        for (index, _) in &claim.known {
+            let to = job.rcpts.iter().find(|r| r.index == *index).map(|r| r.address.as_str());
+            tracing::info!(id = job.id, to, "already done; the outcome kept for queued answers");
+        }
+        let mut report = if claim.fresh.is_empty() {
+            DeliveryReport::default()
+        } else {
+            let fresh = DeliveryJob {
+                rcpts: std::mem::take(&mut claim.fresh),
+                ..job
+            };
+            self.deliver_fresh(&fresh, data).await
+        };
+        for (index, outcome) in &report.results {
+            claim.finish(*index, outcome);
+        }
+        report.results.append(&mut claim.known);
+        report.results.extend(claim.wait_running().await);
+        report
+    }
+
+    /// Deliver to every recipient of `job`.
+    async fn deliver_fresh(&self, job: &DeliveryJob, data: Arc<OwnedFd>) -> DeliveryReport {
         let config = self.config();
         let mut results = Vec::new();
         let remote: Vec<JobRcpt> = job
@@ -77,7 +111,7 @@ impl Deliverer {
         let mut levels_seen = Vec::new();
         if !remote.is_empty() {
             let report = match self.courier() {
-                Ok(c) => c.deliver(&job, &remote, data.clone()).await,
+                Ok(c) => c.deliver(job, &remote, data.clone()).await,
                 Err(e) => DeliveryReport {
                     results: remote
                         .iter()
@@ -159,11 +193,7 @@ impl Deliverer {
             log_outcome(&job.id, &rcpt.address, &outcome);
             results.push((rcpt.index, outcome));
         }
-        if levels_seen.is_empty() && remote.is_empty() {
-            DeliverReply::Results(results)
-        } else {
-            DeliverReply::Report(DeliveryReport { results, levels_seen })
-        }
+        DeliveryReport { results, levels_seen }
     }
 }
 
@@ -225,6 +255,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
         agent_env: start.agent_env,
         authd,
         hookd: PeerSlot::new(PeerChannel::DeliverdHookd.name()),
+        ledger: Arc::new(Ledger::default()),
     });
     link.send(WorkerMsg::Ready).await?;
     loop {

@@ -896,6 +896,12 @@ pub struct DeliveryJob {
     /// for each remote recipient domain of this job; a domain not listed is
     /// [`SecLevel::Plain`]. deliverd refuses connections below it.
     pub outgoing_levels: Vec<(String, SecLevel)>,
+    /// IDs of messages whose earlier results queued has since recorded
+    /// (in its journal), or no longer needs: deliverd forgets what it kept
+    /// of them. Until then deliverd answers a job for a recipient it has
+    /// already delivered, or is still delivering, from what it kept,
+    /// without delivering again (a restarted queued sends such jobs).
+    pub settled: Vec<String>,
 }
 
 /// queued → deliverd.
@@ -919,14 +925,13 @@ pub enum DeliveryOutcome {
 /// deliverd's answer to a job.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum DeliverReply {
-    /// One outcome per recipient of the job, by index.
-    Results(Vec<(u32, DeliveryOutcome)>),
     /// Outcomes, plus the security levels reached with remote domains,
     /// which queued records when they are higher than what it knew.
     Report(DeliveryReport),
 }
 
-/// deliverd's full answer to a job with remote recipients.
+/// deliverd's answer to a job: an outcome per recipient and, for remote
+/// ones, the security levels reached.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct DeliveryReport {
     /// One outcome per recipient of the job, by index.

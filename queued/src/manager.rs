@@ -131,6 +131,10 @@ pub struct Queue {
     srs: Option<Srs>,
     /// Client of deliverd.
     pub deliverd: Arc<PeerSlot<DeliverRequest, DeliverReply>>,
+    /// Messages whose delivery results are now in the journal (or no
+    /// longer needed), for the next job to tell deliverd
+    /// ([`DeliveryJob::settled`]).
+    settled: Mutex<Vec<String>>,
     /// Client of authd.
     pub authd: Arc<PeerSlot<AuthRequest, AuthReply>>,
     /// Client of hookd, which runs the hooks.
@@ -184,6 +188,7 @@ impl Queue {
             aliases: AliasDb::new(alias_paths(start)),
             users: crate::resolve::UserCache::default(),
             deliverd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedDeliverd.name()),
+            settled: Mutex::new(Vec::new()),
             authd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedAuthd.name()),
             hookd: PeerSlot::new(tambo_ipc::proto::PeerChannel::QueuedHookd.name()),
         });
@@ -882,19 +887,25 @@ impl Queue {
             };
             let _io = msg.io.lock().await;
             if msg.is_removed() {
+                self.settle(&msg.entry.lock().unwrap_or_else(|p| p.into_inner()).id);
                 return;
             }
             let snapshot = msg.entry.lock().unwrap_or_else(|p| p.into_inner()).clone();
             // Record the results, unless every recipient was delivered (the
             // entry is removed next, which records that just as well). When
             // some failed, the record lets a restart send the DSN without
-            // attempting anyone again.
+            // attempting anyone again. deliverd keeps the outcomes until
+            // they are recorded (see `settle`).
             let all_delivered = snapshot.rcpts.iter().all(|r| r.state == RcptState::Delivered);
-            if changed
-                && !all_delivered
-                && let Err(err) = self.store.write(snapshot).await
-            {
-                tracing::error!("cannot record delivery results: {err}");
+            let id = snapshot.id.clone();
+            match (changed, all_delivered) {
+                // The removal below records it.
+                (true, true) => {}
+                (true, false) => match self.store.write(snapshot).await {
+                    Ok(()) => self.settle(&id),
+                    Err(err) => tracing::error!(id, "cannot record delivery results: {err}"),
+                },
+                (false, _) => self.settle(&id),
             }
         }
         let _io = msg.io.lock().await;
@@ -936,6 +947,9 @@ impl Queue {
         if let Err(e) = removed {
             tracing::error!(id = entry.id, "cannot remove: {e}");
         } else {
+            // The removal's journal record is written (a killed queued
+            // keeps it), so deliverd may forget the outcomes.
+            self.settle(&entry.id);
             tracing::info!(id = entry.id, "all done");
             mail_log(MailLogEvent::AllDone {
                 id: entry.id.clone(),
@@ -1080,13 +1094,13 @@ impl Queue {
             rcpts: due,
             header_prefix: entry.header_prefix.as_bytes().to_vec(),
             outgoing_levels,
+            settled: std::mem::take(&mut *self.settled.lock().unwrap_or_else(|p| p.into_inner())),
         };
         match self
             .deliverd
             .call(DeliverRequest::Deliver(job), vec![data], DELIVERD_WAIT)
             .await
         {
-            Ok((DeliverReply::Results(r), _)) => Ok(r),
             Ok((DeliverReply::Report(report), _)) => {
                 for (domain, level) in &report.levels_seen {
                     // deliverd reports ASCII domains; record them under the
@@ -1098,6 +1112,19 @@ impl Queue {
             }
             Err(e) => Err(NoAttempt::Deliverd(e.to_string())),
         }
+    }
+
+    /// Tell deliverd, with the next job, that the delivery results of
+    /// message `id` are recorded in the journal: a write of the journal
+    /// survives a killed queued (the kernel has it), so deliverd need not
+    /// keep them for a restarted queued any more. Until then deliverd
+    /// answers a repeated job from what it kept, instead of delivering
+    /// again.
+    fn settle(&self, id: &str) {
+        self.settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id.to_string());
     }
 
     /// Queue (durably, without starting its delivery) the DSN for a

@@ -49,5 +49,6 @@ pub fn remote_job(id: &str, from: &str, rcpts: &[&str]) -> DeliveryJob {
             .collect(),
         header_prefix: Vec::new(),
         outgoing_levels: Vec::new(),
+        settled: Vec::new(),
     }
 }
