@@ -30,9 +30,13 @@ const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// The outcomes of one delivery, shared by the delivery and its waiters.
 type Outcome = watch::Receiver<Option<DeliveryOutcome>>;
 
+/// Something kept alive as long as an outcome is kept: the agent log file
+/// that records how the outcome was reached (see `agent_log`).
+pub type Keep = Arc<dyn std::any::Any + Send + Sync>;
+
 enum Slot {
     Running(Outcome),
-    Done(DeliveryOutcome),
+    Done(DeliveryOutcome, Option<Keep>),
 }
 
 struct Entry {
@@ -72,14 +76,48 @@ impl Ledger {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Forget the messages queued has recorded.
-    pub fn settle(&self, ids: &[String]) {
+    /// Forget the messages queued has recorded. Returns those of them
+    /// that had something kept with an outcome.
+    pub fn settle(&self, ids: &[String]) -> Vec<String> {
         let mut inner = self.lock();
+        let mut kept = Vec::new();
         for id in ids {
             if let Some(e) = inner.messages.remove(id) {
                 inner.rcpts -= e.rcpts.len();
+                if e.rcpts.values().any(|s| matches!(s, Slot::Done(_, Some(_)))) {
+                    kept.push(id.clone());
+                }
             }
         }
+        kept
+    }
+
+    /// Take over recipient `index` of message `id`, whose delivery was
+    /// started elsewhere (by a deliverd that died): a claim to finish when
+    /// its outcome is known, or to drop when it cannot be. `None` when the
+    /// ledger already knows that recipient.
+    pub fn adopt(self: &Arc<Self>, id: &str, index: u32) -> Option<Claim> {
+        let mut inner = self.lock();
+        inner.make_room(1);
+        let Inner { messages, rcpts } = &mut *inner;
+        let entry = messages.entry(id.to_string()).or_insert_with(|| Entry {
+            since: Instant::now(),
+            rcpts: HashMap::new(),
+        });
+        if entry.rcpts.contains_key(&index) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(None);
+        entry.rcpts.insert(index, Slot::Running(rx));
+        *rcpts += 1;
+        Some(Claim {
+            ledger: self.clone(),
+            id: id.to_string(),
+            fresh: Vec::new(),
+            known: Vec::new(),
+            running: Vec::new(),
+            mine: HashMap::from([(index, tx)]),
+        })
     }
 
     /// How many recipients the ledger holds.
@@ -112,7 +150,7 @@ impl Ledger {
         });
         for r in rcpts {
             match entry.rcpts.get(&r.index) {
-                Some(Slot::Done(o @ (DeliveryOutcome::Delivered | DeliveryOutcome::PermFail(_)))) => {
+                Some(Slot::Done(o @ (DeliveryOutcome::Delivered | DeliveryOutcome::PermFail(_)), _)) => {
                     claim.known.push((r.index, o.clone()));
                     continue;
                 }
@@ -120,7 +158,7 @@ impl Ledger {
                     claim.running.push((r.index, rx.clone()));
                     continue;
                 }
-                Some(Slot::Done(DeliveryOutcome::TempFail(_))) | None => {}
+                Some(Slot::Done(DeliveryOutcome::TempFail(_), _)) | None => {}
             }
             let (tx, rx) = watch::channel(None);
             if entry.rcpts.insert(r.index, Slot::Running(rx)).is_none() {
@@ -164,16 +202,16 @@ impl Inner {
 }
 
 impl Claim {
-    /// Record the outcome of a recipient of [`Claim::fresh`] and pass it
-    /// to whoever waits for it.
-    pub fn finish(&mut self, index: u32, outcome: &DeliveryOutcome) {
+    /// Record the outcome of a recipient of [`Claim::fresh`] (with what
+    /// to keep alive as long as it), and pass it to whoever waits for it.
+    pub fn finish(&mut self, index: u32, outcome: &DeliveryOutcome, keep: Option<Keep>) {
         let Some(tx) = self.mine.remove(&index) else {
             return;
         };
         let _ = tx.send(Some(outcome.clone()));
         let mut inner = self.ledger.lock();
         if let Some(e) = inner.messages.get_mut(&self.id) {
-            e.rcpts.insert(index, Slot::Done(outcome.clone()));
+            e.rcpts.insert(index, Slot::Done(outcome.clone(), keep));
         }
     }
 
@@ -236,21 +274,21 @@ mod tests {
         let ledger = Arc::new(Ledger::default());
         let mut first = ledger.claim("A", &[rcpt(0), rcpt(1), rcpt(2)]);
         assert_eq!(first.fresh.len(), 3);
-        first.finish(0, &DeliveryOutcome::Delivered);
-        first.finish(1, &DeliveryOutcome::TempFail("later".into()));
+        first.finish(0, &DeliveryOutcome::Delivered, None);
+        first.finish(1, &DeliveryOutcome::TempFail("later".into()), None);
         // Recipient 2 is still running when the job comes again.
         let mut second = ledger.claim("A", &[rcpt(0), rcpt(1), rcpt(2)]);
         assert_eq!(second.known, vec![(0, DeliveryOutcome::Delivered)]);
         assert_eq!(second.fresh.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1]);
         let waiter = tokio::spawn(async move {
-            second.finish(1, &DeliveryOutcome::Delivered);
+            second.finish(1, &DeliveryOutcome::Delivered, None);
             second.wait_running().await
         });
         tokio::task::yield_now().await;
-        first.finish(2, &DeliveryOutcome::PermFail("no".into()));
+        first.finish(2, &DeliveryOutcome::PermFail("no".into()), None);
         assert_eq!(waiter.await.unwrap(), vec![(2, DeliveryOutcome::PermFail("no".into()))]);
         assert_eq!(ledger.len(), 3);
-        ledger.settle(&["A".to_string()]);
+        assert!(ledger.settle(&["A".to_string()]).is_empty(), "nothing kept");
         assert!(ledger.is_empty());
         assert_eq!(ledger.claim("A", &[rcpt(0)]).fresh.len(), 1, "settled: deliver again");
     }
@@ -269,10 +307,26 @@ mod tests {
     }
 
     #[test]
+    fn an_adopted_delivery_answers_and_keeps_its_log() {
+        let ledger = Arc::new(Ledger::default());
+        let mut adopted = ledger.adopt("C", 1).expect("new");
+        assert!(ledger.adopt("C", 1).is_none(), "adopted once");
+        let log: Keep = Arc::new("the log file");
+        adopted.finish(1, &DeliveryOutcome::Delivered, Some(log.clone()));
+        let job = ledger.claim("C", &[rcpt(0), rcpt(1)]);
+        assert_eq!(job.known, vec![(1, DeliveryOutcome::Delivered)]);
+        assert_eq!(job.fresh.len(), 1);
+        drop(job);
+        assert_eq!(Arc::strong_count(&log), 2, "kept by the ledger");
+        assert_eq!(ledger.settle(&["C".to_string()]), vec!["C".to_string()]);
+        assert_eq!(Arc::strong_count(&log), 1, "released when settled");
+    }
+
+    #[test]
     fn a_full_ledger_forgets_the_oldest_settled_nothing() {
         let ledger = Arc::new(Ledger::default());
         let mut old = ledger.claim("old", &[rcpt(0)]);
-        old.finish(0, &DeliveryOutcome::Delivered);
+        old.finish(0, &DeliveryOutcome::Delivered, None);
         drop(old);
         ledger.lock().rcpts = MAX_RCPTS;
         let running = ledger.claim("new", &[rcpt(0)]);

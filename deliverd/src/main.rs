@@ -1,12 +1,13 @@
 //! `tambo-deliverd`: runs the delivery agents. It gets each message as a
 //! read-only fd from queued and never opens the queue directory.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tambo_common::config::Config;
-use tambo_common::lineend::LineEndings;
+use tambo_deliverd::agent_log::{AgentLog, Witnessed};
 use tambo_deliverd::ledger::Ledger;
 use tambo_deliverd::remote::{Courier, RelayCredentialSource, Settings};
 use tambo_deliverd::{lmtp, mda};
@@ -33,6 +34,9 @@ struct Deliverer {
     hookd: Arc<PeerSlot<HookRequest, HookReply>>,
     /// Outcomes queued has not settled yet.
     ledger: Arc<Ledger>,
+    /// Where the delivery agents' runs are recorded for a successor;
+    /// `None` when `data_dir/deliverd` cannot be written.
+    agents: Option<AgentLog>,
 }
 
 /// How long to wait for hookd when it is restarting.
@@ -75,14 +79,17 @@ impl Deliverer {
     /// for (see [`Ledger`]), and keep their outcomes until queued settles
     /// them.
     async fn deliver(&self, job: DeliveryJob, data: Arc<OwnedFd>) -> DeliveryReport {
-        self.ledger.settle(&job.settled);
+        let kept = self.ledger.settle(&job.settled);
+        if let Some(agents) = &self.agents {
+            agents.settled(&kept);
+        }
         let mut claim = self.ledger.claim(&job.id, &job.rcpts);
         for (index, _) in &claim.known {
             let to = job.rcpts.iter().find(|r| r.index == *index).map(|r| r.address.as_str());
             tracing::info!(id = job.id, to, "already done; the outcome kept for queued answers");
         }
-        let mut report = if claim.fresh.is_empty() {
-            DeliveryReport::default()
+        let (mut report, keeps) = if claim.fresh.is_empty() {
+            (DeliveryReport::default(), HashMap::new())
         } else {
             let fresh = DeliveryJob {
                 rcpts: std::mem::take(&mut claim.fresh),
@@ -91,15 +98,20 @@ impl Deliverer {
             self.deliver_fresh(&fresh, data).await
         };
         for (index, outcome) in &report.results {
-            claim.finish(*index, outcome);
+            claim.finish(*index, outcome, keeps.get(index).map(|w| w.keep()));
         }
         report.results.append(&mut claim.known);
         report.results.extend(claim.wait_running().await);
+        if let Some(agents) = &self.agents {
+            agents.replied(&keeps.into_values().collect::<Vec<_>>());
+        }
         report
     }
 
-    /// Deliver to every recipient of `job`.
-    async fn deliver_fresh(&self, job: &DeliveryJob, data: Arc<OwnedFd>) -> DeliveryReport {
+    /// Deliver to every recipient of `job`; with the report, the agent log
+    /// files that recorded the delivery agents' runs.
+    async fn deliver_fresh(&self, job: &DeliveryJob, data: Arc<OwnedFd>) -> (DeliveryReport, HashMap<u32, Witnessed>) {
+        let mut keeps = HashMap::new();
         let config = self.config();
         let mut results = Vec::new();
         let remote: Vec<JobRcpt> = job
@@ -179,12 +191,17 @@ impl Deliverer {
                             to: &to,
                         },
                     ));
+                    let witness = self.agents.as_ref().and_then(|a| a.witness(&job.id, rcpt.index));
                     let cmd = mda::Command {
                         argv: &argv,
                         env: &self.agent_env,
-                        endings: LineEndings::Crlf,
+                        witness: witness.as_ref().map(|(w, _)| w),
                     };
-                    mda::run_command(&cmd, &job.header_prefix, data.clone()).await
+                    let outcome = mda::run_command(&cmd, &job.header_prefix, data.clone()).await;
+                    if let Some((_, run)) = witness {
+                        keeps.insert(rcpt.index, run);
+                    }
+                    outcome
                 }
                 RcptRoute::Pipe { argv } => self.pipe(argv, &job.header_prefix, &data).await,
                 // Done above, all recipients of a domain together.
@@ -193,7 +210,7 @@ impl Deliverer {
             log_outcome(&job.id, &rcpt.address, &outcome);
             results.push((rcpt.index, outcome));
         }
-        DeliveryReport { results, levels_seen }
+        (DeliveryReport { results, levels_seen }, keeps)
     }
 }
 
@@ -244,18 +261,48 @@ fn log_outcome(id: &str, to: &str, outcome: &DeliveryOutcome) {
     }
 }
 
+/// Open `data_dir/deliverd`'s agent log and adopt what the previous
+/// deliverd's delivery agents did, before any job is taken.
+fn open_agent_log(config: &Config, ledger: &Arc<Ledger>) -> Option<AgentLog> {
+    let dir = std::path::Path::new(&config.data_dir).join("deliverd");
+    match AgentLog::open(&dir) {
+        Ok((log, found)) => {
+            let (unsettled, ended) = found.counts();
+            if unsettled > 0 {
+                tracing::info!(
+                    "{unsettled} delivery agent run(s) of the previous deliverd not settled by queued ({ended} ended); \
+                     their outcomes answer queued's next jobs"
+                );
+            }
+            let bin = config.mail_delivery_agent_bin.clone();
+            found.adopt(ledger, Arc::new(move |status| mda::outcome_of_status(&bin, status)));
+            Some(log)
+        }
+        Err(e) => {
+            tracing::error!(
+                "{}: {e}; a delivery agent's outcome will not survive a restart of deliverd",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
 async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
     let (mut link, start) = ControlLink::start(control).await?;
     // chasquid's MTA-STS policies, once, before the first delivery.
     tambo_deliverd::remote::sts_chasquid::import_cache(&std::path::Path::new(&start.config.data_dir).join("sts-cache"));
     let authd = PeerSlot::new(PeerChannel::DeliverdAuthd.name());
+    let ledger = Arc::new(Ledger::default());
+    let agents = open_agent_log(&start.config, &ledger);
     let deliverer = Arc::new(Deliverer {
         courier: RwLock::new(make_courier(&start.config, &authd)),
         config: RwLock::new(Arc::new(start.config)),
         agent_env: start.agent_env,
         authd,
         hookd: PeerSlot::new(PeerChannel::DeliverdHookd.name()),
-        ledger: Arc::new(Ledger::default()),
+        ledger,
+        agents,
     });
     link.send(WorkerMsg::Ready).await?;
     loop {

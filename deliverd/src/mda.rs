@@ -11,6 +11,7 @@ use tambo_common::lineend::LineEndings;
 use tambo_common::names::{sanitize_for_argv, split_address};
 use tambo_hookd::runner::{self, Input, Program};
 use tambo_hookd::service::whole_env;
+use tambo_hookd::witness::Witness;
 use tambo_ipc::proto::{DeliveryOutcome, HookFailure, HookRun};
 
 /// How long a delivery command may run.
@@ -75,12 +76,12 @@ pub struct Command<'a> {
     /// Its whole environment: tambod's own, as chasquid runs its delivery
     /// agent and pipe aliases with its environment.
     pub env: &'a [(String, String)],
-    /// CRLF for the delivery agent, LF for pipe aliases (as chasquid).
-    pub endings: LineEndings,
+    /// Records the run where a restarted deliverd finds it.
+    pub witness: Option<&'a Witness>,
 }
 
-/// Run a command with the message on stdin and map the result to an
-/// outcome.
+/// Run a command with the message on stdin (CRLF line endings, as
+/// chasquid gives its delivery agent) and map the result to an outcome.
 pub async fn run_command(command: &Command<'_>, header_prefix: &[u8], data: Arc<OwnedFd>) -> DeliveryOutcome {
     if command.argv.is_empty() {
         return DeliveryOutcome::PermFail("empty delivery command".into());
@@ -97,11 +98,12 @@ pub async fn run_command(command: &Command<'_>, header_prefix: &[u8], data: Arc<
         timeout: COMMAND_TIMEOUT,
         stdout_limit: OUTPUT_LIMIT,
         stderr_limit: OUTPUT_LIMIT,
+        witness: command.witness,
     };
     let input = Input::Message {
         prefix: header_prefix.to_vec(),
         data: file,
-        endings: command.endings,
+        endings: LineEndings::Crlf,
     };
     outcome(&command.argv[0], runner::run(&program, input).await)
 }
@@ -127,6 +129,25 @@ pub fn outcome(bin: &str, result: Result<HookRun, HookFailure>) -> DeliveryOutco
         Err(e @ HookFailure::Spawn { .. }) => DeliveryOutcome::PermFail(e.to_string()),
         Err(e @ (HookFailure::Timeout { .. } | HookFailure::Other(_))) => DeliveryOutcome::TempFail(e.to_string()),
     }
+}
+
+/// The outcome of a delivery command known only by its raw wait status
+/// (from the agent log of a deliverd that died; its output is lost). An
+/// agent killed by a signal may have been killed by that death (a write
+/// to the gone deliverd's pipe), so it is tried again, not bounced.
+pub fn outcome_of_status(bin: &str, status: i32) -> DeliveryOutcome {
+    if !libc::WIFEXITED(status) {
+        return DeliveryOutcome::TempFail(format!(
+            "{bin} was killed by signal {} after deliverd restarted",
+            libc::WTERMSIG(status)
+        ));
+    }
+    let run = HookRun {
+        code: Some(libc::WEXITSTATUS(status)),
+        stdout: b"(output lost: deliverd restarted)".to_vec(),
+        stderr: Vec::new(),
+    };
+    outcome(bin, Ok(run))
 }
 
 /// Read at an offset without moving a shared file position.
@@ -187,12 +208,12 @@ mod tests {
         Arc::new(OwnedFd::from(f))
     }
 
-    async fn run(argv: &[&str], env: &[(String, String)], endings: LineEndings, data: &[u8]) -> DeliveryOutcome {
+    async fn run(argv: &[&str], env: &[(String, String)], data: &[u8]) -> DeliveryOutcome {
         let argv = args(argv);
         let cmd = Command {
             argv: &argv,
             env,
-            endings,
+            witness: None,
         };
         run_command(&cmd, b"X-Pre: 1\r\n", data_fd(data)).await
     }
@@ -202,44 +223,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let cat = format!("cat > {}", out.display());
-        let ok = run(
-            &["/bin/sh", "-c", &cat],
-            &[],
-            LineEndings::Crlf,
-            b"Subject: t\r\n\r\nbody\r\n",
-        )
-        .await;
+        let ok = run(&["/bin/sh", "-c", &cat], &[], b"Subject: t\r\n\r\nbody\r\n").await;
         assert_eq!(ok, DeliveryOutcome::Delivered);
         assert_eq!(std::fs::read(&out).unwrap(), b"X-Pre: 1\r\nSubject: t\r\n\r\nbody\r\n");
-        let temp = run(&["/bin/sh", "-c", "echo busy; exit 75"], &[], LineEndings::Crlf, b"").await;
+        let temp = run(&["/bin/sh", "-c", "echo busy; exit 75"], &[], b"").await;
         assert!(
             matches!(temp, DeliveryOutcome::TempFail(ref m) if m.contains("busy")),
             "{temp:?}"
         );
-        let perm = run(&["/bin/sh", "-c", "echo nope >&2; exit 1"], &[], LineEndings::Crlf, b"").await;
+        let perm = run(&["/bin/sh", "-c", "echo nope >&2; exit 1"], &[], b"").await;
         assert!(
             matches!(perm, DeliveryOutcome::PermFail(ref m) if m.contains("nope")),
             "{perm:?}"
         );
-        let missing = run(&["/nonexistent/mda"], &[], LineEndings::Crlf, b"").await;
+        let missing = run(&["/nonexistent/mda"], &[], b"").await;
         assert!(matches!(missing, DeliveryOutcome::PermFail(_)));
     }
 
-    /// The environment is the one given (tambod's), and pipes get LF.
+    /// The environment is the one given (tambod's), and the message keeps
+    /// its CRLF line endings.
     #[tokio::test]
     async fn environment_and_line_endings() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let script = format!("{{ echo \"$MDA_DIR|$HOME\"; cat; }} > {}", out.display());
         let env = vec![("MDA_DIR".to_string(), "/srv/mail".to_string())];
-        let ok = run(
-            &["/bin/sh", "-c", &script],
-            &env,
-            LineEndings::Lf,
-            b"A: b\r\n\r\nx\ry\r\n",
-        )
-        .await;
+        let ok = run(&["/bin/sh", "-c", &script], &env, b"A: b\r\n\r\nx\ry\r\n").await;
         assert_eq!(ok, DeliveryOutcome::Delivered);
-        assert_eq!(std::fs::read(&out).unwrap(), b"/srv/mail|\nX-Pre: 1\nA: b\n\nx\ry\n");
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            b"/srv/mail|\nX-Pre: 1\r\nA: b\r\n\r\nx\ry\r\n"
+        );
     }
 }

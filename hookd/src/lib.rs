@@ -7,3 +7,4 @@
 
 pub mod runner;
 pub mod service;
+pub mod witness;

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tambo_common::lineend::{self, LineEndings};
 use tambo_ipc::proto::{HookFailure, HookRun};
+
+use crate::witness::{Feed, Witness};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// What a program reads on stdin.
@@ -44,6 +46,8 @@ pub struct Program<'a> {
     pub stdout_limit: usize,
     /// How much of its stderr is kept.
     pub stderr_limit: usize,
+    /// A watcher that records the run where a restarted runner finds it.
+    pub witness: Option<&'a Witness>,
 }
 
 /// Run `program` with `input` on stdin.
@@ -52,6 +56,18 @@ pub async fn run(program: &Program<'_>, input: Input) -> Result<HookRun, HookFai
         return Err(HookFailure::Other("empty command".into()));
     };
     let mut cmd = tokio::process::Command::new(bin);
+    // Under a witness, the watcher feeds the message.
+    let (input, watcher_feed) = match (program.witness, input) {
+        (Some(_), Input::Message { prefix, data, endings }) => {
+            if lineend::converter(endings).is_some() {
+                return Err(HookFailure::Other(
+                    "a witnessed program reads the message unconverted".into(),
+                ));
+            }
+            (Input::Nothing, Some(Feed { prefix, data }))
+        }
+        (_, input) => (input, None),
+    };
     cmd.args(args)
         .env_clear()
         .envs(program.env.iter().map(|(k, v)| (k, v)))
@@ -66,11 +82,17 @@ pub async fn run(program: &Program<'_>, input: Input) -> Result<HookRun, HookFai
     if let Some(cwd) = program.cwd {
         cmd.current_dir(cwd);
     }
+    if let Some(w) = program.witness {
+        w.install(&mut cmd, watcher_feed);
+    }
     let mut child = cmd.spawn().map_err(|e| HookFailure::Spawn {
         program: bin.clone(),
         why: e.to_string(),
     })?;
     let pgid = child.id().map(|p| p as i32);
+    // A run given up (its future dropped) takes the whole group with it,
+    // the program under a witness too.
+    let mut group = GroupKill(pgid);
     let feed = feed(child.stdin.take(), input);
     let read_out = read_bounded(child.stdout.take(), program.stdout_limit);
     let read_err = read_bounded(child.stderr.take(), program.stderr_limit);
@@ -80,6 +102,7 @@ pub async fn run(program: &Program<'_>, input: Input) -> Result<HookRun, HookFai
     };
     match tokio::time::timeout(program.timeout, all).await {
         Ok((stdout, stderr, status)) => {
+            group.0 = None;
             let status = status.map_err(|e| HookFailure::Other(format!("waiting for {bin}: {e}")))?;
             Ok(HookRun {
                 code: status.code(),
@@ -88,13 +111,22 @@ pub async fn run(program: &Program<'_>, input: Input) -> Result<HookRun, HookFai
             })
         }
         Err(_) => {
-            if let Some(pgid) = pgid {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
-            }
+            drop(group);
             Err(HookFailure::Timeout {
                 program: bin.clone(),
                 secs: program.timeout.as_secs() as u32,
             })
+        }
+    }
+}
+
+/// Kills a process group when dropped, unless disarmed (`None`).
+struct GroupKill(Option<i32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
@@ -211,6 +243,7 @@ pub(crate) mod tests {
             timeout,
             stdout_limit: 64 * 1024,
             stderr_limit: 4096,
+            witness: None,
         }
     }
 
@@ -283,6 +316,56 @@ pub(crate) mod tests {
         assert!(started.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(2500));
         assert!(!marker.exists(), "the program's background process survived");
+    }
+
+    /// Under a witness the program runs as before (it reads all its input,
+    /// its output and status come back), and the log gets its start and
+    /// end records; a program killed by a signal is reported as such.
+    #[tokio::test]
+    async fn a_witness_records_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = script(dir.path(), "w", "wc -c; echo err >&2; exit 3");
+        let log_path = dir.path().join("log");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log_path)
+            .unwrap();
+        let witness = Witness {
+            log: Arc::new(log),
+            start: b"S 7 Id 0 ".to_vec(),
+            end: b"E 7 ".to_vec(),
+        };
+        let mut data = tempfile::tempfile().unwrap();
+        data.write_all(&vec![b'x'; 300_000]).unwrap();
+        let argv = [p.display().to_string()];
+        let mut prog = program(&argv, &[], dir.path(), Duration::from_secs(10));
+        prog.witness = Some(&witness);
+        let input = Input::Message {
+            prefix: b"A: 1\r\n".to_vec(),
+            data,
+            endings: LineEndings::Crlf,
+        };
+        let out = run(&prog, input).await.unwrap();
+        assert_eq!(
+            (out.code, &out.stdout[..], &out.stderr[..]),
+            (Some(3), &b"300006\n"[..], &b"err\n"[..])
+        );
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let pid: i32 = lines[0].strip_prefix("S 7 Id 0 ").unwrap().parse().unwrap();
+        assert!(pid > 0);
+        assert_eq!(lines[1], format!("E 7 {}", 3 << 8));
+
+        let k = script(dir.path(), "k", "kill -9 $$");
+        let argv = [k.display().to_string()];
+        let mut prog = program(&argv, &[], dir.path(), Duration::from_secs(10));
+        prog.witness = Some(&witness);
+        let out = run(&prog, Input::Nothing).await.unwrap();
+        assert_eq!(out.code, None, "killed by a signal");
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        assert!(text.ends_with("E 7 9\n"), "{text}");
     }
 
     #[tokio::test]

@@ -101,6 +101,7 @@ impl HookService {
                     timeout: timeout(timeout_ms),
                     stdout_limit: PIPE_OUTPUT_LIMIT,
                     stderr_limit: PIPE_OUTPUT_LIMIT,
+                    witness: None,
                 };
                 on_message(&program, prefix, data).await
             }
@@ -118,6 +119,7 @@ impl HookService {
             timeout: timeout(ms),
             stdout_limit: STDOUT_LIMIT,
             stderr_limit: STDERR_LIMIT,
+            witness: None,
         }
     }
 }

@@ -875,7 +875,7 @@ impl Queue {
                 }
                 continue;
             };
-            let updated = self.attempt(entry).await;
+            let (updated, replied) = self.attempt(entry).await;
             let changed = {
                 let mut e = msg.entry.lock().unwrap_or_else(|p| p.into_inner());
                 let changed = *e != updated;
@@ -897,15 +897,20 @@ impl Queue {
             // attempting anyone again. deliverd keeps the outcomes until
             // they are recorded (see `settle`).
             let all_delivered = snapshot.rcpts.iter().all(|r| r.state == RcptState::Delivered);
+            // Settled only when deliverd answered every job: the outcomes
+            // of a job whose answer was lost (deliverd died) are still to
+            // come, from what the new deliverd adopted.
             let id = snapshot.id.clone();
             match (changed, all_delivered) {
                 // The removal below records it.
                 (true, true) => {}
                 (true, false) => match self.store.write(snapshot).await {
-                    Ok(()) => self.settle(&id),
+                    Ok(()) if replied => self.settle(&id),
+                    Ok(()) => {}
                     Err(err) => tracing::error!(id, "cannot record delivery results: {err}"),
                 },
-                (false, _) => self.settle(&id),
+                (false, _) if replied => self.settle(&id),
+                (false, _) => {}
             }
         }
         let _io = msg.io.lock().await;
@@ -959,8 +964,8 @@ impl Queue {
     }
 
     /// One delivery attempt for every due recipient; returns the updated
-    /// entry (not yet stored).
-    async fn attempt(&self, mut entry: QueueEntry) -> QueueEntry {
+    /// entry (not yet stored), and whether deliverd answered every job.
+    async fn attempt(&self, mut entry: QueueEntry) -> (QueueEntry, bool) {
         let now = unix_now();
         // One job per envelope sender: forwarded recipients may have a
         // rewritten one (SRS).
@@ -981,8 +986,11 @@ impl Queue {
             }
         }
         let mut results = Vec::new();
+        let mut replied = !jobs.is_empty();
         for (from, due) in jobs {
-            match self.attempt_job(&entry, from, due.clone()).await {
+            let answer = self.attempt_job(&entry, from, due.clone()).await;
+            replied &= answer.is_ok();
+            match answer {
                 Ok(r) => results.extend(r),
                 Err(NoAttempt::Data(e)) => {
                     for j in &due {
@@ -1060,7 +1068,7 @@ impl Queue {
                 });
             }
         }
-        entry
+        (entry, replied)
     }
 
     /// One deliverd call for the recipients `due`, sent with the envelope

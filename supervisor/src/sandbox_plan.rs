@@ -13,7 +13,8 @@
 //!   the file, and a rule on a file holds its inode), so as root their
 //!   permissions keep them from `tambo-queue`.
 //! - deliverd: the whole file system but `data_dir` and the secret files,
-//!   plus `data_dir/sts-cache` (its MTA-STS policy cache). The delivery
+//!   plus `data_dir/sts-cache` (its MTA-STS policy cache) and
+//!   `data_dir/deliverd` (its agent log). The delivery
 //!   agent inherits it: it can reach anything its user can, except the
 //!   queue.
 //! - hookd: the whole file system but `data_dir` and the secret files.
@@ -63,7 +64,10 @@ pub fn fs_plan(kind: WorkerKind, start: &WorkerStart, secrets: &[SecretFile]) ->
             let mut all_but = hidden_secrets();
             all_but.push(data_dir.clone());
             FsPlan {
-                allow: vec![(PathAccess::Full, data_dir.join("sts-cache"))],
+                allow: vec![
+                    (PathAccess::Full, data_dir.join("sts-cache")),
+                    (PathAccess::Full, data_dir.join("deliverd")),
+                ],
                 all_but,
             }
         }

@@ -200,7 +200,8 @@ fn owned_by(path: &Path, id: Option<&Identity>) -> Result<(), String> {
 
 /// Create `data_dir` (queue, domaininfo and srs owned by queued's user;
 /// sts-cache owned by deliverd's user, the only process that fetches and
-/// caches MTA-STS policies) and `run_dir` with smtpd's empty chroot.
+/// caches MTA-STS policies, and deliverd, its agent log) and `run_dir`
+/// with smtpd's empty chroot.
 pub fn prepare_dirs(config: &Config, ids: &[(WorkerKind, Identity)]) -> Result<Dirs, String> {
     let id_of = |k: WorkerKind| ids.iter().find(|(kind, _)| *kind == k).map(|(_, id)| id);
     let data = PathBuf::from(&config.data_dir);
@@ -211,6 +212,7 @@ pub fn prepare_dirs(config: &Config, ids: &[(WorkerKind, Identity)]) -> Result<D
         ("domaininfo", WorkerKind::Queued),
         ("srs", WorkerKind::Queued),
         ("sts-cache", WorkerKind::Deliverd),
+        ("deliverd", WorkerKind::Deliverd),
     ] {
         let p = data.join(sub);
         mkdir(&p, 0o700)?;

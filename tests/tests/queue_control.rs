@@ -524,9 +524,9 @@ fn kill_9_of_every_worker_during_a_stream_loses_and_duplicates_nothing() {
 }
 
 /// A Maildir-like delivery agent, as maildrop and Dovecot's LDA deliver:
-/// the message goes to `tmp/`, then (after a pause that keeps deliveries
-/// in flight) is renamed into `new/`. Returns the Maildir.
-fn maildir_mda(env: &TestEnv) -> PathBuf {
+/// the message goes to `tmp/`, then (after a pause of `pause` seconds that
+/// keeps deliveries in flight) is renamed into `new/`. Returns the Maildir.
+fn maildir_mda(env: &TestEnv, pause: &str) -> PathBuf {
     let maildir = env.out_dir.join("Maildir");
     for sub in ["tmp", "new"] {
         std::fs::create_dir_all(maildir.join(sub)).expect("mkdir");
@@ -534,7 +534,7 @@ fn maildir_mda(env: &TestEnv) -> PathBuf {
     std::fs::write(
         env.tmp.path().join("mda.sh"),
         format!(
-            "#!/bin/sh\nset -e\nt=$(mktemp '{0}/tmp/m.XXXXXXXX')\ncat > \"$t\"\nsleep 0.2\nmv \"$t\" '{0}/new/'\n",
+            "#!/bin/sh\nset -e\nt=$(mktemp '{0}/tmp/m.XXXXXXXX')\ncat > \"$t\"\nsleep {pause}\nmv \"$t\" '{0}/new/'\n",
             maildir.display()
         ),
     )
@@ -561,37 +561,64 @@ fn maildir_counts(maildir: &Path) -> std::collections::HashMap<String, usize> {
     counts
 }
 
-/// queued killed three times while its deliveries run (each takes 0.2 s,
-/// so there are always some in flight): deliverd keeps what it delivered
-/// until the restarted queued has recorded it, and answers the repeated
-/// jobs from that, so nothing reaches the mailbox twice.
-#[test]
-fn kill_9_of_queued_in_the_middle_of_deliveries_duplicates_nothing() {
+/// Kill `worker` three times during a stream whose deliveries take
+/// `pause` seconds each (so some are always in flight), then check that
+/// every message was delivered exactly once. Returns the server's log.
+fn kill_during_deliveries(worker: &str, pause: &str) -> String {
     let env = TestEnv::new("min_retry_delay: \"1s\"\nmax_queue_items: 5000");
-    let maildir = maildir_mda(&env);
+    let maildir = maildir_mda(&env, pause);
     let server = env.start();
     let stop = env.tmp.path().join("stop");
     let client = start_stream(env.smtp_port, &stop, 120);
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(900));
-        kill_worker(&server, "queued");
+        kill_worker(&server, worker);
     }
     std::fs::write(&stop, b"").expect("stop file");
     let report = finish_stream(client);
     assert!(report.acked.len() >= 60, "most messages get through: {}", report.text);
     wait_empty(&env);
+    // A delivery agent adopted from a killed deliverd may still be ending.
+    std::thread::sleep(Duration::from_millis(500));
     let counts = maildir_counts(&maildir);
     assert_exactly_once(&report, |marker| counts.get(marker).copied().unwrap_or(0));
-    let log = server.log();
-    let answered = log.matches("the outcome kept for queued answers").count();
     eprintln!(
-        "stream: {} tried, {} acknowledged, {} delivered, {answered} answered from deliverd's ledger",
+        "stream, {worker} killed 3 times: {} tried, {} acknowledged, {} delivered",
         report.tried,
         report.acked.len(),
         counts.values().sum::<usize>()
     );
+    server.log()
+}
+
+/// queued killed while its deliveries run: deliverd keeps what it
+/// delivered until the restarted queued has recorded it, and answers the
+/// repeated jobs from that.
+#[test]
+fn kill_9_of_queued_in_the_middle_of_deliveries_duplicates_nothing() {
+    let log = kill_during_deliveries("queued", "0.2");
+    let answered = log.matches("the outcome kept for queued answers").count();
+    eprintln!("{answered} repeated jobs answered from deliverd's ledger");
     assert!(
         answered > 0,
         "no repeated job was answered from the ledger: the kills missed every delivery"
+    );
+}
+
+/// deliverd killed while its delivery agents run (1 s each, longer than
+/// deliverd's restart): they go on, fed by their watchers, which record how
+/// they ended, and the restarted deliverd answers queued's repeated jobs
+/// from that record, waiting for the agents still running.
+#[test]
+fn kill_9_of_deliverd_in_the_middle_of_deliveries_duplicates_nothing() {
+    let log = kill_during_deliveries("deliverd", "1");
+    let adopted = log.matches("delivery agent of the previous deliverd ended").count();
+    let waited = log
+        .matches("delivery agent of the previous deliverd still running")
+        .count();
+    eprintln!("{adopted} delivery agent runs adopted from a killed deliverd, {waited} of them while still running");
+    assert!(
+        waited > 0,
+        "no run was adopted while running: the kills missed every delivery"
     );
 }

@@ -8,7 +8,7 @@
 //! | smtpd    | [`Profile::Smtpd`]: no execve, no open, IP sockets for DNS | nothing | connect to port 53 only, no bind |
 //! | authd    | [`Profile::Authd`]: no execve, no open, Unix sockets only | nothing (its files come as fds) | — |
 //! | queued   | [`Profile::Queued`]: no execve, no fork, Unix sockets only | `data_dir/{queue,domaininfo,srs}`, the domains' directories read-only | — |
-//! | deliverd | [`Profile::Runner`] (it runs the MDA) | everything but `data_dir` and the secrets, and `data_dir/sts-cache` | — |
+//! | deliverd | [`Profile::Runner`] (it runs the MDA) | everything but `data_dir` and the secrets, and `data_dir/sts-cache`, `data_dir/deliverd` | — |
 //! | hookd    | [`Profile::Runner`] (it runs the hooks and pipe aliases) | everything but `data_dir` and the secrets | — |
 //!
 //! Every ruleset also scopes signals and abstract Unix sockets to the
