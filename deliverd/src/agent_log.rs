@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tambo_hookd::witness::Witness;
+use tambo_hookd::witness::{WATCHER_NAME, Witness};
 use tambo_ipc::proto::DeliveryOutcome;
 
 use crate::ledger::{Claim, Keep, Ledger};
@@ -347,18 +347,20 @@ impl Found {
                         );
                         claim.finish(run.index, &o, Some(keep));
                     }
-                    None if alive(run.pid) => {
-                        tracing::info!(
-                            id = run.id,
-                            index = run.index,
-                            "delivery agent of the previous deliverd still running (pid {}); waiting for it",
-                            run.pid
-                        );
+                    // Still running, or ended since the file was read (its
+                    // end record is written before the watcher exits): read
+                    // again once the watcher is gone.
+                    None => {
+                        if alive(run.pid) {
+                            tracing::info!(
+                                id = run.id,
+                                index = run.index,
+                                "delivery agent of the previous deliverd still running (pid {}); waiting for it",
+                                run.pid
+                            );
+                        }
                         tokio::spawn(wait_adopted(claim, run, file.path.clone(), keep, outcome.clone()));
                     }
-                    // The watcher died without an end record: unknown,
-                    // deliver again.
-                    None => drop(claim),
                 }
             }
         }
@@ -403,11 +405,15 @@ async fn wait_adopted(
             );
             claim.finish(run.index, &o, Some(keep));
         }
+        // The watcher was killed: unknown, deliver again.
         None => tracing::warn!(id = run.id, "delivery agent of the previous deliverd ended unrecorded"),
     }
 }
 
-/// Whether process `pid` exists and is not a zombie.
+/// Whether `pid` is a watcher that is still running: it exists, is no
+/// zombie, leads its own process group and bears the watchers' name. A
+/// pid reused by another process since the log was written is not waited
+/// for, and never killed.
 fn alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
@@ -415,10 +421,15 @@ fn alive(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    !matches!(state, Some('Z' | 'X') | None)
+    // `pid (comm) state ppid pgrp …`
+    let Some((head, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
+    let name = &WATCHER_NAME[..WATCHER_NAME.len() - 1];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let running = !matches!(fields.first(), Some(&("Z" | "X")) | None);
+    running && comm.as_bytes() == name && fields.get(2) == Some(&pid.to_string().as_str())
 }
 
 #[cfg(test)]
@@ -439,8 +450,8 @@ mod tests {
             "agents.0000000001000.7",
             "S 0 A 0 100\nE 0 0\nS 1 B 1 101\nE 1 19200\nS 2 C 0 102\nE 2 0\nD A C\n",
         );
-        // A newer one: C again, running (pid 1 is alive), a torn line,
-        // and E's run, whose outcome was sent to queued.
+        // A newer one: C again (its watcher gone without an end record), a
+        // torn line, and E's run, whose outcome was sent to queued.
         write(
             dir.path(),
             "agents.0000000002000.8",
@@ -496,6 +507,22 @@ mod tests {
         assert!(!dir.path().join(old).exists(), "deleted once settled");
         let mine = std::fs::read_dir(dir.path()).unwrap().flatten().next().unwrap().path();
         assert_eq!(std::fs::read_to_string(mine).unwrap(), "D Q\n");
+    }
+
+    /// Only a watcher counts: not another program under a reused pid.
+    #[test]
+    fn only_a_watcher_is_alive() {
+        use std::os::unix::process::CommandExt;
+        let mut other = std::process::Command::new("sleep")
+            .arg("5")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        assert!(!alive(other.id() as i32), "not our name");
+        other.kill().unwrap();
+        other.wait().unwrap();
+        assert!(!alive(other.id() as i32), "gone");
+        assert!(!alive(0) && !alive(-5));
     }
 
     #[test]

@@ -16,8 +16,8 @@
 //! message, which it would deliver as if it were whole.
 //!
 //! The watcher runs between fork and exec of a multi-threaded process, so
-//! it only makes async-signal-safe calls (pipe2, fork, dup2, close, pread,
-//! write, waitpid, kill, _exit) and allocates nothing.
+//! it only makes async-signal-safe calls (pipe2, fork, dup2, close, prctl,
+//! pread, write, waitpid, kill, _exit) and allocates nothing.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -41,6 +41,9 @@ pub(crate) struct Feed {
     pub(crate) prefix: Vec<u8>,
     pub(crate) data: std::fs::File,
 }
+
+/// The watcher's process name (`/proc/PID/comm`), NUL-terminated.
+pub const WATCHER_NAME: &[u8; 14] = b"tambo-watcher\0";
 
 /// The longest record the watcher writes.
 const RECORD_MAX: usize = 256;
@@ -108,6 +111,9 @@ unsafe fn watch(log: RawFd, start: &[u8], end: &[u8], feed: Option<(RawFd, &[u8]
             }
         }
         libc::syscall(libc::SYS_close_range, from as u32, u32::MAX, 0u32);
+        // Our name, by which a restarted runner tells us from a process
+        // that reused our pid.
+        libc::prctl(libc::PR_SET_NAME, WATCHER_NAME.as_ptr());
         // A program that exits without reading everything must not kill us.
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         record(log, start, libc::getpid() as i64);
