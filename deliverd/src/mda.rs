@@ -99,6 +99,7 @@ pub async fn run_command(command: &Command<'_>, header_prefix: &[u8], data: Arc<
         stdout_limit: OUTPUT_LIMIT,
         stderr_limit: OUTPUT_LIMIT,
         witness: command.witness,
+        confine: tambo_ipc::sandbox::agent_ruleset(),
     };
     let input = Input::Message {
         prefix: header_prefix.to_vec(),

@@ -3,6 +3,7 @@
 //! output, and a timeout after which the program's whole process group is
 //! killed.
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -48,6 +49,9 @@ pub struct Program<'a> {
     pub stderr_limit: usize,
     /// A watcher that records the run where a restarted runner finds it.
     pub witness: Option<&'a Witness>,
+    /// A Landlock ruleset the program (and its watcher) must run under, on
+    /// top of the runner's own.
+    pub confine: Option<BorrowedFd<'a>>,
 }
 
 /// Run `program` with `input` on stdin.
@@ -82,6 +86,20 @@ pub async fn run(program: &Program<'_>, input: Input) -> Result<HookRun, HookFai
     if let Some(cwd) = program.cwd {
         cmd.current_dir(cwd);
     }
+    if let Some(ruleset) = program.confine {
+        let fd = ruleset.as_raw_fd();
+        // SAFETY: one system call between fork and exec; the fd is
+        // borrowed for as long as `cmd` lives.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    // After the confinement: the watcher runs under it too.
     if let Some(w) = program.witness {
         w.install(&mut cmd, watcher_feed);
     }
@@ -244,6 +262,7 @@ pub(crate) mod tests {
             stdout_limit: 64 * 1024,
             stderr_limit: 4096,
             witness: None,
+            confine: None,
         }
     }
 

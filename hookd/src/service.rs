@@ -102,6 +102,7 @@ impl HookService {
                     stdout_limit: PIPE_OUTPUT_LIMIT,
                     stderr_limit: PIPE_OUTPUT_LIMIT,
                     witness: None,
+                    confine: None,
                 };
                 on_message(&program, prefix, data).await
             }
@@ -120,6 +121,7 @@ impl HookService {
             stdout_limit: STDOUT_LIMIT,
             stderr_limit: STDERR_LIMIT,
             witness: None,
+            confine: None,
         }
     }
 }

@@ -14,9 +14,10 @@
 //!   permissions keep them from `tambo-queue`.
 //! - deliverd: the whole file system but `data_dir` and the secret files,
 //!   plus `data_dir/sts-cache` (its MTA-STS policy cache) and
-//!   `data_dir/deliverd` (its agent log). The delivery
-//!   agent inherits it: it can reach anything its user can, except the
-//!   queue.
+//!   `data_dir/deliverd` (its agent log). The delivery agent inherits
+//!   it and adds a layer of its own without those two (built by
+//!   `tambo_ipc::sandbox::install`): it can reach anything its user can,
+//!   except `data_dir` and the secrets.
 //! - hookd: the whole file system but `data_dir` and the secret files.
 //!   The hooks and pipe aliases inherit it.
 //!

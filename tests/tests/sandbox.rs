@@ -242,6 +242,71 @@ fn hooks_and_pipes_cannot_read_the_queue_or_the_secrets() {
     assert_probe(&std::fs::read_to_string(&pipe_out).expect("report"), "the pipe alias");
 }
 
+/// The delivery agent runs under a Landlock layer of its own on top of
+/// deliverd's: nothing under `data_dir`, not even deliverd's MTA-STS cache
+/// and agent log (which deliverd itself writes and the agent's user owns),
+/// and no secret file; the configuration it may read. It still delivers.
+#[test]
+fn the_delivery_agent_cannot_reach_data_dir_or_the_secrets() {
+    let env = TestEnv::new("");
+    let data = env.data_dir.display();
+    let config = env.config_dir.display();
+    let report = env.out_dir.join("agent-report");
+    std::fs::write(
+        env.tmp.path().join("mda.sh"),
+        format!(
+            "#!/bin/sh\n\
+             try() {{ if $1 \"$3\" >/dev/null 2>&1; then echo \"$2: yes\"; else echo \"$2: no\"; fi; }}\n\
+             {{\n\
+             try ls Queue '{data}/queue'\n\
+             try ls StsCache '{data}/sts-cache'\n\
+             try ls AgentLog '{data}/deliverd'\n\
+             try touch WriteStsCache '{data}/sts-cache/forged'\n\
+             try cat Plain '{data}/plain'\n\
+             try cat Users '{config}/domains/example.com/users'\n\
+             try cat Key '{config}/certs/mx.example.com/privkey.pem'\n\
+             try cat Conf '{config}/chasquid.conf'\n\
+             }} > '{}'\n\
+             cat >> '{}'/\"$1\"\n",
+            report.display(),
+            env.out_dir.display()
+        ),
+    )
+    .expect("write mda");
+    env.fix_permissions();
+    let _server = env.start();
+    std::fs::write(env.data_dir.join("plain"), "plain\n").expect("write plain");
+    std::fs::set_permissions(
+        env.data_dir.join("plain"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod plain");
+    send_message(
+        env.smtp_port,
+        "someone@remote.test",
+        &[USER],
+        "Subject: confined\r\n\r\nbody\r\n",
+    );
+    env.wait_delivered(USER, "confined");
+    let report = std::fs::read_to_string(&report).expect("the agent's report");
+    for (what, want) in [
+        ("Queue", "no"),
+        ("StsCache", "no"),
+        ("AgentLog", "no"),
+        ("WriteStsCache", "no"),
+        ("Plain", "no"),
+        ("Users", "no"),
+        ("Key", "no"),
+        ("Conf", "yes"),
+    ] {
+        assert!(
+            report.contains(&format!("{what}: {want}")),
+            "the agent should say {what}: {want}:\n{report}"
+        );
+    }
+    assert!(!env.data_dir.join("sts-cache/forged").exists());
+}
+
 /// hookd killed: the supervisor restarts it and hands queued and deliverd
 /// fresh channels; the next message gets its hook's header and its pipe
 /// alias runs again.

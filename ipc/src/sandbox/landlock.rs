@@ -102,6 +102,17 @@ pub fn describe(status: &RestrictionStatus) -> String {
 /// Build and apply the worker's ruleset on this thread (every later thread
 /// and child inherits it).
 pub fn restrict(kind: WorkerKind, plan: &FsPlan) -> Result<RestrictionStatus, SandboxError> {
+    build(kind, plan)?.restrict_self().map_err(ll)
+}
+
+/// Build a ruleset for `plan` without applying it: its fd, for a child to
+/// apply (`landlock_restrict_self`) between fork and exec. `None` when the
+/// kernel has no Landlock.
+pub fn prepare(kind: WorkerKind, plan: &FsPlan) -> Result<Option<std::os::fd::OwnedFd>, SandboxError> {
+    Ok(build(kind, plan)?.into())
+}
+
+fn build(kind: WorkerKind, plan: &FsPlan) -> Result<RulesetCreated, SandboxError> {
     let fs_all = AccessFs::from_all(TESTED_ABI);
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
@@ -129,7 +140,7 @@ pub fn restrict(kind: WorkerKind, plan: &FsPlan) -> Result<RestrictionStatus, Sa
     for root in everything_but(&plan.all_but)? {
         created = add_path(created, &root, fs_all)?;
     }
-    created.restrict_self().map_err(ll)
+    Ok(created)
 }
 
 fn ll(e: landlock::RulesetError) -> SandboxError {

@@ -75,12 +75,34 @@ pub fn install(kind: WorkerKind) -> Result<Installed, SandboxError> {
         ),
         Err(_) => None,
     };
+    if kind == WorkerKind::Deliverd && !plan.all_but.is_empty() {
+        let agents = FsPlan {
+            allow: Vec::new(),
+            all_but: plan.all_but.clone(),
+        };
+        if let Some(fd) = self::landlock::prepare(kind, &agents)? {
+            let _ = AGENT_RULESET.set(fd);
+        }
+    }
     let status = self::landlock::restrict(kind, &plan)?;
     let seccomp = self::seccomp::install(kind, last_words)?;
     Ok(Installed {
         landlock: self::landlock::describe(&status),
         seccomp,
     })
+}
+
+/// The Landlock ruleset of deliverd's delivery agents, built before
+/// deliverd's own: the whole file system but `data_dir` and the secret
+/// files. deliverd itself may also use `data_dir/sts-cache` and
+/// `data_dir/deliverd`; an agent, applying this on top, may not.
+static AGENT_RULESET: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
+
+/// The delivery agents' ruleset (see [`AGENT_RULESET`]), for the child to
+/// apply between fork and exec; `None` outside deliverd or without Landlock.
+pub fn agent_ruleset() -> Option<std::os::fd::BorrowedFd<'static>> {
+    use std::os::fd::AsFd;
+    AGENT_RULESET.get().map(|fd| fd.as_fd())
 }
 
 /// Read a trapped worker's last words: the number of the system call its
