@@ -17,7 +17,8 @@
 //! is done, so no 250 is ever sent before that message's own data is on
 //! disk, and concurrent transactions share one flush (group commit).
 //! Removals after delivery do not wait for a flush: they become durable
-//! with the next one, at most [`LAZY_FLUSH`] later.
+//! with the next one, at most [`LAZY_FLUSH`] later, and only then are the
+//! message's files removed.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -417,6 +418,7 @@ fn committer(
         journal,
         spares,
         journal_only: std::collections::HashMap::new(),
+        removals: Vec::new(),
     };
     let mut stats = FlushStats::new();
     // Records appended (lazy removals) that no flush covers yet.
@@ -426,8 +428,9 @@ fn committer(
             Ok(op) => op,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if unflushed {
-                    if let Err(e) = state.journal.sync() {
-                        tracing::error!("journal fdatasync: {e}");
+                    match state.journal.sync() {
+                        Ok(()) => state.remove_flushed(),
+                        Err(e) => tracing::error!("journal fdatasync: {e}"),
                     }
                     flushes.fetch_add(1, Ordering::Relaxed);
                     unflushed = false;
@@ -476,6 +479,9 @@ fn committer(
         if flushed.is_ok() {
             flushed = state.journal.sync();
         }
+        if flushed.is_ok() {
+            state.remove_flushed();
+        }
         unflushed = false;
         flushes.fetch_add(1, Ordering::Relaxed);
         stats.record(waiting.len(), started.elapsed());
@@ -498,8 +504,11 @@ fn committer(
     // Leaving: whatever lazy removal is pending. Envelopes that only the
     // journal holds are written to their files when it is replayed at
     // the next start.
-    if unflushed && let Err(e) = state.journal.sync() {
-        tracing::error!("journal fdatasync: {e}");
+    if unflushed {
+        match state.journal.sync() {
+            Ok(()) => state.remove_flushed(),
+            Err(e) => tracing::error!("journal fdatasync: {e}"),
+        }
     }
 }
 
@@ -523,6 +532,17 @@ struct Committer {
     /// results, hold), or by the journal's replay when queued starts again.
     /// Bounded by the journal: a checkpoint empties this map.
     journal_only: std::collections::HashMap<String, Vec<u8>>,
+    /// Removals appended to the journal whose files wait for its flush.
+    removals: Vec<Removal>,
+}
+
+/// A message whose removal record is appended, not yet flushed.
+struct Removal {
+    id: String,
+    /// Whether the envelope is in a file (not only in the journal).
+    has_env_file: bool,
+    /// Recycle the files as spares (the delivery is over).
+    recycle: bool,
 }
 
 impl Committer {
@@ -569,9 +589,29 @@ impl Committer {
             OpKind::Remove { id, lazy } => {
                 self.append(&Record::Remove { id: id.clone() })?;
                 let has_env_file = self.journal_only.remove(id).is_none();
-                // Only files whose delivery is over are recycled: an operator's
-                // removal may race with a delivery that still reads the data.
-                remove_files(&self.dir, id, has_env_file, lazy.then_some(&*self.spares))
+                // The files go once the record is durable (`remove_flushed`).
+                // Only files whose delivery is over are recycled: an
+                // operator's removal may race with a delivery that still
+                // reads the data.
+                self.removals.push(Removal {
+                    id: id.clone(),
+                    has_env_file,
+                    recycle: *lazy,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Remove the files of the messages whose removal records the last
+    /// flush made durable. Never before: a message's files are not
+    /// destroyed while a power loss could still take back the record that
+    /// says it is gone (it would come back without its data).
+    fn remove_flushed(&mut self) {
+        for r in std::mem::take(&mut self.removals) {
+            let spares = r.recycle.then_some(&*self.spares);
+            if let Err(e) = remove_files(&self.dir, &r.id, r.has_env_file, spares) {
+                tracing::error!(id = r.id, "cannot remove the queue files: {e}");
             }
         }
     }
@@ -590,6 +630,10 @@ impl Committer {
     /// written, the journal is kept (it still holds that envelope).
     fn checkpoint(&mut self) -> std::io::Result<()> {
         let started = Instant::now();
+        // The removals the journal holds are carried out first: emptying
+        // it must not bring those messages back.
+        self.journal.sync()?;
+        self.remove_flushed();
         let ids: Vec<String> = self.journal_only.keys().cloned().collect();
         for id in &ids {
             if let Some(env) = self.journal_only.get(id) {
@@ -903,6 +947,16 @@ mod tests {
     use crate::entry::{ENTRY_VERSION, RcptEntry, RcptState};
     use tambo_ipc::proto::RcptRoute;
 
+    /// Wait (a lazy removal's files go with the next flush, at most
+    /// [`LAZY_FLUSH`] later) until `done` holds.
+    async fn wait_until(done: impl Fn() -> bool) {
+        let deadline = Instant::now() + LAZY_FLUSH * 3;
+        while !done() {
+            assert!(Instant::now() < deadline, "not done after {:?}", LAZY_FLUSH * 3);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn entry(id: &str, size: u64) -> QueueEntry {
         QueueEntry {
             version: ENTRY_VERSION,
@@ -1015,7 +1069,7 @@ mod tests {
         f.write_all(b"gone\r\n").unwrap();
         store.add(entry(&gone, 6)).await.unwrap();
         store.remove_lazily(&gone).await.unwrap();
-        assert!(!q.join(format!("{gone}.data")).exists());
+        wait_until(|| !q.join(format!("{gone}.data")).exists()).await;
         drop(store);
         // What a power loss can leave: the new data file missing, the
         // removed message's files back.
@@ -1089,8 +1143,9 @@ mod tests {
         f.write_all(b"secret\r\n").unwrap();
         store.add(entry(&id, 8)).await.unwrap();
         store.remove_lazily(&id).await.unwrap();
-        // The data file (the envelope never had one).
-        assert_eq!(std::fs::read_dir(q.join("spare")).unwrap().count(), 1);
+        // The data file (the envelope never had one), once the removal is
+        // flushed.
+        wait_until(|| std::fs::read_dir(q.join("spare")).unwrap().count() == 1).await;
         let (id2, mut f2) = store.create_data().unwrap();
         assert_eq!(std::fs::read_dir(q.join("spare")).unwrap().count(), 0);
         let mut got = Vec::new();

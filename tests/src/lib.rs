@@ -15,6 +15,7 @@ pub mod dovecot;
 pub mod dropin;
 pub mod fakedns;
 pub mod smtp_peer;
+pub mod syscall_order;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
