@@ -341,6 +341,10 @@ config_fields! {
     /// refused as a mail loop (`554 5.4.6`); chasquid's
     /// `--testing__max_received_headers`.
     max_received_headers: i64 = 50;
+    /// tambo addition: size of the queue's journal in MiB; 0: 1/16 of the
+    /// free space of the queue's filesystem when the journal is created,
+    /// between 4 and 32 MiB.
+    queue_journal_size_mb: i64 = 0;
 }
 
 /// Where each field's current value came from: (file, line).
@@ -591,6 +595,15 @@ fn validate(cfg: &Config, origins: &Origins, default_file: &str) -> Result<(), C
         return Err(err(
             "mta_sts_port",
             format!("mta_sts_port out of range: {}", cfg.mta_sts_port),
+        ));
+    }
+    if !(0..=4096).contains(&cfg.queue_journal_size_mb) {
+        return Err(err(
+            "queue_journal_size_mb",
+            format!(
+                "queue_journal_size_mb must be between 1 and 4096 (or 0: automatic), got {}",
+                cfg.queue_journal_size_mb
+            ),
         ));
     }
     if !(0..=19).contains(&cfg.delivery_nice) {
@@ -1037,6 +1050,8 @@ reject_dmarc_failures: True
         assert!(err("outgoing_smtp_port: 70000").contains("out of range"));
         assert!(err("mta_sts_port: 70000").contains("mta_sts_port out of range"));
         assert!(err("delivery_nice: 20").contains("between 0 and 19"));
+        assert!(err("queue_journal_size_mb: -1").contains("between 1 and 4096"));
+        assert!(err("queue_journal_size_mb: 5000").contains("between 1 and 4096"));
         assert!(err("delivery_nice: -1").contains("between 0 and 19"));
         assert!(err("max_connections: -5").contains("max_connections must be positive"));
         let e = err("\nlmtp_address: \"dovecot\"");

@@ -38,8 +38,41 @@ use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-/// Size of the journal file.
-pub const JOURNAL_SIZE: u64 = 32 * 1024 * 1024;
+const MIB: u64 = 1024 * 1024;
+/// The largest journal [`JournalSize::Automatic`] makes (and the size it
+/// had before it adapted to the disk).
+pub const MAX_AUTO_SIZE: u64 = 32 * MIB;
+/// The smallest journal [`JournalSize::Automatic`] makes.
+pub const MIN_AUTO_SIZE: u64 = 4 * MIB;
+/// How much of the free space an automatic journal takes.
+const AUTO_SHARE: u64 = 16;
+
+/// How large the journal file is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalSize {
+    /// `queue_journal_size_mb` unset: when the journal is created, 1/16 of
+    /// the free space of its filesystem, between [`MIN_AUTO_SIZE`] and
+    /// [`MAX_AUTO_SIZE`]. A journal already within those bounds keeps its
+    /// size, so that it is not re-created at every start.
+    Automatic,
+    /// Exactly this many bytes.
+    Bytes(u64),
+}
+
+impl JournalSize {
+    /// From `queue_journal_size_mb` (0: automatic).
+    pub fn from_mb(mb: i64) -> JournalSize {
+        match u64::try_from(mb) {
+            Ok(0) | Err(_) => JournalSize::Automatic,
+            Ok(mb) => JournalSize::Bytes(mb * MIB),
+        }
+    }
+}
+
+/// The automatic size for `free` bytes of free space.
+pub fn automatic_size(free: u64) -> u64 {
+    (free / AUTO_SHARE).clamp(MIN_AUTO_SIZE, MAX_AUTO_SIZE) / MIB * MIB
+}
 /// Size of the header block.
 const HEADER_SIZE: u64 = 4096;
 const HEADER_MAGIC: &[u8; 8] = b"TAMBOJNL";
@@ -47,9 +80,10 @@ const FORMAT: u32 = 1;
 const RECORD_MAGIC: &[u8; 4] = b"TJR1";
 /// Bytes of a record before its payload.
 const RECORD_HEAD: usize = 4 + 8 + 8 + 1 + 2 + 4 + 8;
-/// Message data up to this size travels inside the journal; larger data
-/// files are fdatasync'd themselves before their record is flushed.
-pub const INLINE_DATA_MAX: u64 = 1024 * 1024;
+/// Message data up to this size (or an eighth of the journal, when that
+/// is less) travels inside the journal; larger data files are fdatasync'd
+/// themselves before their record is flushed.
+pub const INLINE_DATA_MAX: u64 = MIB;
 
 /// What a record says happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +148,10 @@ pub struct Journal {
     next_seq: u64,
     /// Where the next record goes.
     end: u64,
-    /// The file has another size than [`JOURNAL_SIZE`]: nothing is
-    /// appended before the next reset gives it the right size.
+    /// The size the file has, or gets at the next reset.
+    size: u64,
+    /// The file has another size than `size`: nothing is appended before
+    /// the next reset gives it the right size.
     resize: bool,
 }
 
@@ -197,17 +233,17 @@ fn parse_records(body: &[u8], generation: u64) -> Vec<Record> {
     out
 }
 
-/// Write `file` (the journal at `path`) as an empty journal of
-/// [`JOURNAL_SIZE`] bytes and generation `generation`, every block written
-/// now so that later fdatasyncs have no metadata to commit, and make it
-/// durable.
-fn initialise(file: &File, path: &Path, generation: u64) -> std::io::Result<()> {
+/// Write `file` (the journal at `path`) as an empty journal of `size`
+/// bytes and generation `generation`, every block written now so that
+/// later fdatasyncs have no metadata to commit, and make it durable.
+fn initialise(file: &File, path: &Path, generation: u64, size: u64) -> std::io::Result<()> {
     file.set_len(0)?;
-    let zeros = vec![0u8; 1024 * 1024];
+    let zeros = vec![0u8; MIB as usize];
     let mut written = 0;
-    while written < JOURNAL_SIZE {
-        file.write_all_at(&zeros, written)?;
-        written += zeros.len() as u64;
+    while written < size {
+        let n = (size - written).min(MIB) as usize;
+        file.write_all_at(&zeros[..n], written)?;
+        written += n as u64;
     }
     file.write_all_at(&header_bytes(generation), 0)?;
     file.sync_all()?;
@@ -217,11 +253,41 @@ fn initialise(file: &File, path: &Path, generation: u64) -> std::io::Result<()> 
     Ok(())
 }
 
+/// The automatic size of the journal at `path` (whose file holds
+/// `current` bytes, freed when it is re-created), from the free space of
+/// its filesystem; logged, since it decides how much of a small disk the
+/// journal takes.
+fn automatic(path: &Path, current: u64) -> u64 {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let free = match nix::sys::statvfs::statvfs(dir) {
+        Ok(v) => v.blocks_available() as u64 * v.fragment_size() as u64 + current,
+        Err(e) => {
+            tracing::warn!(
+                "{}: statvfs: {e}; journal of {} MiB",
+                dir.display(),
+                MAX_AUTO_SIZE / MIB
+            );
+            return MAX_AUTO_SIZE;
+        }
+    };
+    let size = automatic_size(free);
+    tracing::info!(
+        "{}: journal of {} MiB (1/{AUTO_SHARE} of the {} MiB free, between {} and {} MiB; \
+         queue_journal_size_mb sets it)",
+        path.display(),
+        size / MIB,
+        free / MIB,
+        MIN_AUTO_SIZE / MIB,
+        MAX_AUTO_SIZE / MIB
+    );
+    size
+}
+
 impl Journal {
     /// Open `path` (creating and initialising it when missing; one of
-    /// another size is read as it is and re-created at its next reset);
-    /// returns the journal and the records it holds, in order.
-    pub fn open(path: &Path) -> std::io::Result<(Journal, Vec<Record>)> {
+    /// another size than `want` is read as it is and re-created at its next
+    /// reset); returns the journal and the records it holds, in order.
+    pub fn open(path: &Path, want: JournalSize) -> std::io::Result<(Journal, Vec<Record>)> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -233,19 +299,25 @@ impl Journal {
         let mut records = Vec::new();
         let mut generation = 0;
         let mut resize = false;
+        let size;
         if len >= HEADER_SIZE {
-            // A journal of another size (made by a version with another
-            // JOURNAL_SIZE) is read as it is; it is made the right size at
-            // its next reset, after its records have been replayed.
-            if len != JOURNAL_SIZE {
+            size = match want {
+                JournalSize::Bytes(b) => b,
+                JournalSize::Automatic if (MIN_AUTO_SIZE..=MAX_AUTO_SIZE).contains(&len) => len,
+                JournalSize::Automatic => automatic(path, len),
+            };
+            // A journal of another size is read as it is; it is made the
+            // right size at its next reset, after its records have been
+            // replayed.
+            if len != size {
                 tracing::info!(
-                    "{}: journal of {len} bytes; it becomes {JOURNAL_SIZE} bytes after its replay",
+                    "{}: journal of {len} bytes; it becomes {size} bytes after its replay",
                     path.display()
                 );
                 resize = true;
             }
-            let mut all = Vec::with_capacity(len.min(4 * JOURNAL_SIZE) as usize);
-            (&mut file).take(4 * JOURNAL_SIZE).read_to_end(&mut all)?;
+            let mut all = Vec::with_capacity(len as usize);
+            (&mut file).read_to_end(&mut all)?;
             match parse_header(&all[..HEADER_SIZE as usize]) {
                 Some(g) => {
                     generation = g;
@@ -264,7 +336,11 @@ impl Journal {
                     path.display()
                 );
             }
-            initialise(&file, path, 0)?;
+            size = match want {
+                JournalSize::Bytes(b) => b,
+                JournalSize::Automatic => automatic(path, len),
+            };
+            initialise(&file, path, 0, size)?;
         }
         let end = HEADER_SIZE + records.iter().map(Record::encoded_len).sum::<u64>();
         let journal = Journal {
@@ -273,20 +349,32 @@ impl Journal {
             generation,
             next_seq: records.len() as u64,
             end,
+            size,
             resize,
         };
         Ok((journal, records))
     }
 
-    /// Whether the journal file has another size than [`JOURNAL_SIZE`] (it
-    /// gets it at the next [`Journal::reset`]).
+    /// Whether the journal file has another size than it should (it gets
+    /// it at the next [`Journal::reset`]).
     pub fn needs_resize(&self) -> bool {
         self.resize
     }
 
+    /// The journal's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The largest message data that travels inside this journal: an
+    /// eighth of it, at most [`INLINE_DATA_MAX`].
+    pub fn inline_max(&self) -> u64 {
+        (self.size / 8).min(INLINE_DATA_MAX)
+    }
+
     /// Whether `record` still fits.
     pub fn fits(&self, record: &Record) -> bool {
-        !self.resize && self.end + record.encoded_len() <= JOURNAL_SIZE
+        !self.resize && self.end + record.encoded_len() <= self.size
     }
 
     /// Bytes used by records.
@@ -317,7 +405,7 @@ impl Journal {
     pub fn reset(&mut self) -> std::io::Result<()> {
         let generation = self.generation.wrapping_add(1);
         if self.resize {
-            initialise(&self.file, &self.path, generation)?;
+            initialise(&self.file, &self.path, generation, self.size)?;
             self.resize = false;
         } else {
             self.file.write_all_at(&header_bytes(generation), 0)?;
@@ -334,6 +422,9 @@ impl Journal {
 mod tests {
     use super::*;
 
+    const TEST_BYTES: u64 = 32 * MIB;
+    const TEST_SIZE: JournalSize = JournalSize::Bytes(TEST_BYTES);
+
     fn w(id: &str, data: Option<&[u8]>) -> Record {
         Record::Write {
             id: id.into(),
@@ -348,7 +439,7 @@ mod tests {
     fn journal_of_another_size_is_read_then_resized() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("journal");
-        let (mut j, _) = Journal::open(&p).unwrap();
+        let (mut j, _) = Journal::open(&p, TEST_SIZE).unwrap();
         let want = vec![w("a", Some(b"hello\r\n")), w("b", None)];
         for r in &want {
             j.append(r).unwrap();
@@ -356,19 +447,19 @@ mod tests {
         j.sync().unwrap();
         drop(j);
         let f = OpenOptions::new().write(true).open(&p).unwrap();
-        f.set_len(JOURNAL_SIZE / 2).unwrap();
+        f.set_len(TEST_BYTES / 2).unwrap();
         drop(f);
-        let (mut j, recs) = Journal::open(&p).unwrap();
+        let (mut j, recs) = Journal::open(&p, TEST_SIZE).unwrap();
         assert_eq!(recs, want);
         assert!(j.needs_resize());
         assert!(!j.fits(&w("c", None)));
         j.reset().unwrap();
         assert!(!j.needs_resize());
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), JOURNAL_SIZE);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), TEST_BYTES);
         j.append(&w("c", None)).unwrap();
         j.sync().unwrap();
         drop(j);
-        let (_, recs) = Journal::open(&p).unwrap();
+        let (_, recs) = Journal::open(&p, TEST_SIZE).unwrap();
         assert_eq!(recs, vec![w("c", None)]);
     }
 
@@ -376,9 +467,9 @@ mod tests {
     fn records_survive_reopen_and_reset_empties() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("journal");
-        let (mut j, recs) = Journal::open(&p).unwrap();
+        let (mut j, recs) = Journal::open(&p, TEST_SIZE).unwrap();
         assert!(recs.is_empty());
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), JOURNAL_SIZE);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), TEST_BYTES);
         let want = vec![
             w("a", Some(b"hello\r\n")),
             w("b", None),
@@ -389,14 +480,14 @@ mod tests {
         }
         j.sync().unwrap();
         drop(j);
-        let (mut j, recs) = Journal::open(&p).unwrap();
+        let (mut j, recs) = Journal::open(&p, TEST_SIZE).unwrap();
         assert_eq!(recs, want);
         j.reset().unwrap();
         // One record of the new generation after the reset; the old ones
         // beyond it must not come back.
         j.append(&w("c", None)).unwrap();
         drop(j);
-        let (_, recs) = Journal::open(&p).unwrap();
+        let (_, recs) = Journal::open(&p, TEST_SIZE).unwrap();
         assert_eq!(recs, vec![w("c", None)]);
     }
 
@@ -404,7 +495,7 @@ mod tests {
     fn a_torn_record_ends_the_journal() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("journal");
-        let (mut j, _) = Journal::open(&p).unwrap();
+        let (mut j, _) = Journal::open(&p, TEST_SIZE).unwrap();
         j.append(&w("a", Some(b"x"))).unwrap();
         let second_at = j.end;
         j.append(&w("b", Some(b"yyyy"))).unwrap();
@@ -413,7 +504,7 @@ mod tests {
         // Corrupt one byte of the second record's payload.
         let f = OpenOptions::new().write(true).open(&p).unwrap();
         f.write_all_at(b"Z", second_at + RECORD_HEAD as u64 + 1).unwrap();
-        let (j, recs) = Journal::open(&p).unwrap();
+        let (j, recs) = Journal::open(&p, TEST_SIZE).unwrap();
         assert_eq!(recs, vec![w("a", Some(b"x"))]);
         // New records go right after the last good one.
         assert_eq!(j.end, second_at);
@@ -423,20 +514,47 @@ mod tests {
     fn a_bad_header_means_empty() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("journal");
-        let (mut j, _) = Journal::open(&p).unwrap();
+        let (mut j, _) = Journal::open(&p, TEST_SIZE).unwrap();
         j.append(&w("a", None)).unwrap();
         drop(j);
         let f = OpenOptions::new().write(true).open(&p).unwrap();
         f.write_all_at(b"XX", 0).unwrap();
-        let (_, recs) = Journal::open(&p).unwrap();
+        let (_, recs) = Journal::open(&p, TEST_SIZE).unwrap();
         assert!(recs.is_empty());
+    }
+
+    /// The automatic size follows the free space within its bounds; a
+    /// journal made with it keeps its size when opened again, and a size
+    /// set by the operator wins.
+    #[test]
+    fn automatic_size_fits_the_disk() {
+        assert_eq!(automatic_size(40 * MIB), MIN_AUTO_SIZE);
+        assert_eq!(automatic_size(160 * MIB + 5), 10 * MIB);
+        assert_eq!(automatic_size(100 * 1024 * MIB), MAX_AUTO_SIZE);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("journal");
+        let (j, _) = Journal::open(&p, JournalSize::Automatic).unwrap();
+        let made = j.size();
+        assert!((MIN_AUTO_SIZE..=MAX_AUTO_SIZE).contains(&made));
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), made);
+        drop(j);
+        let (j, _) = Journal::open(&p, JournalSize::Automatic).unwrap();
+        assert!(!j.needs_resize());
+        drop(j);
+        let (mut j, _) = Journal::open(&p, JournalSize::Bytes(2 * MIB)).unwrap();
+        assert!(j.needs_resize() || made == 2 * MIB);
+        j.reset().unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 2 * MIB);
+        assert_eq!(j.inline_max(), 256 * 1024);
+        assert_eq!(JournalSize::from_mb(0), JournalSize::Automatic);
+        assert_eq!(JournalSize::from_mb(8), JournalSize::Bytes(8 * MIB));
     }
 
     #[test]
     fn full_journal_refuses() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(&dir.path().join("journal")).unwrap();
-        let big = w("big", Some(&vec![7u8; (JOURNAL_SIZE / 3) as usize]));
+        let (mut j, _) = Journal::open(&dir.path().join("journal"), TEST_SIZE).unwrap();
+        let big = w("big", Some(&vec![7u8; (TEST_BYTES / 3) as usize]));
         j.append(&big).unwrap();
         j.append(&big).unwrap();
         assert!(!j.fits(&big));

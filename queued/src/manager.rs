@@ -28,6 +28,7 @@ use crate::domaininfo::DomainInfo;
 use crate::dsn;
 use crate::entry::{ENTRY_VERSION, QueueEntry, RcptEntry, RcptState};
 use crate::hooks::{HookSlot, POST_DATA_TIMEOUT, PostData, PostDataEnv, hook_present};
+use crate::journal::JournalSize;
 use crate::received::{received_header, rfc5322_date};
 use crate::resolve::{ResolveError, ResolverContext};
 use crate::srs::{Srs, day_number};
@@ -166,7 +167,9 @@ impl Queue {
         // Spares for as many messages as the queue may hold, up to the
         // store's cap (see `Spares`).
         let spares = usize::try_from(start.config.max_queue_items).unwrap_or(0);
-        let (store, mut entries) = Store::open(&dir, spares).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        let journal = JournalSize::from_mb(start.config.queue_journal_size_mb);
+        let (store, mut entries) =
+            Store::open(&dir, spares, journal).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         if store.corrupt_count() > 0 {
             tracing::warn!("{} corrupt queue entries moved aside", store.corrupt_count());
         }

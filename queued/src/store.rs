@@ -34,7 +34,7 @@ use rand::Rng;
 use tokio::sync::oneshot;
 
 use crate::entry::QueueEntry;
-use crate::journal::{INLINE_DATA_MAX, JOURNAL_SIZE, Journal, Record};
+use crate::journal::{Journal, JournalSize, Record};
 
 /// Operations queued for the committer.
 enum OpKind {
@@ -94,7 +94,11 @@ impl Store {
     /// Spare files are created in the background until there are
     /// `spares_at_start` (at most [`SPARES_AT_START`]), so that a burst of
     /// mail does not allocate inodes (see [`Spares`]).
-    pub fn open(dir: &Path, spares_at_start: usize) -> std::io::Result<(Store, Vec<QueueEntry>)> {
+    pub fn open(
+        dir: &Path,
+        spares_at_start: usize,
+        journal_size: JournalSize,
+    ) -> std::io::Result<(Store, Vec<QueueEntry>)> {
         std::fs::create_dir_all(dir)?;
         std::fs::create_dir_all(dir.join("corrupt"))?;
         let (tx, rx) = mpsc::channel::<Op>();
@@ -112,7 +116,7 @@ impl Store {
             flushes: flushes.clone(),
         };
         let dirfd = File::open(dir)?;
-        let (mut journal, records) = Journal::open(&dir.join("journal"))?;
+        let (mut journal, records) = Journal::open(&dir.join("journal"), journal_size)?;
         if !records.is_empty() || journal.needs_resize() {
             tracing::info!("replaying {} journal record(s)", records.len());
             for r in &records {
@@ -434,7 +438,7 @@ fn committer(
                     }
                     flushes.fetch_add(1, Ordering::Relaxed);
                     unflushed = false;
-                } else if state.journal.used() > JOURNAL_SIZE / 8
+                } else if state.journal.used() > state.journal.size() / 8
                     && let Err(e) = state.checkpoint()
                 {
                     // Quiet for a while: checkpoint now rather than in the
@@ -495,7 +499,7 @@ fn committer(
             };
             let _ = op.done.send(res);
         }
-        if state.journal.used() > JOURNAL_SIZE / 4 * 3
+        if state.journal.used() > state.journal.size() / 4 * 3
             && let Err(e) = state.checkpoint()
         {
             tracing::error!("queue checkpoint: {e}");
@@ -561,7 +565,7 @@ impl Committer {
             OpKind::Write { entry, new } => {
                 let env = entry.to_bytes();
                 let data = if *new {
-                    data_for_record(&self.dir, entry, big_files)?
+                    data_for_record(&self.dir, entry, self.journal.inline_max(), big_files)?
                 } else {
                     None
                 };
@@ -850,14 +854,19 @@ impl Spares {
 
 /// The data of a new message for its journal record (`None`: too large,
 /// the file itself goes into `big_files` to be fdatasync'd).
-fn data_for_record(dir: &Path, entry: &QueueEntry, big_files: &mut Vec<File>) -> std::io::Result<Option<Vec<u8>>> {
+fn data_for_record(
+    dir: &Path,
+    entry: &QueueEntry,
+    inline_max: u64,
+    big_files: &mut Vec<File>,
+) -> std::io::Result<Option<Vec<u8>>> {
     let f = File::open(dir.join(format!("{}.data", entry.id)))?;
-    if entry.data_size > INLINE_DATA_MAX {
+    if entry.data_size > inline_max {
         big_files.push(f);
         return Ok(None);
     }
     let mut data = Vec::with_capacity(entry.data_size as usize);
-    (&f).take(INLINE_DATA_MAX + 1).read_to_end(&mut data)?;
+    (&f).take(inline_max + 1).read_to_end(&mut data)?;
     if data.len() as u64 != entry.data_size {
         return Err(std::io::Error::other(format!(
             "data file has {} bytes, envelope says {}",
@@ -947,6 +956,8 @@ mod tests {
     use crate::entry::{ENTRY_VERSION, RcptEntry, RcptState};
     use tambo_ipc::proto::RcptRoute;
 
+    const TEST_JOURNAL: JournalSize = JournalSize::Bytes(32 * 1024 * 1024);
+
     /// Wait (a lazy removal's files go with the next flush, at most
     /// [`LAZY_FLUSH`] later) until `done` holds.
     async fn wait_until(done: impl Fn() -> bool) {
@@ -990,7 +1001,7 @@ mod tests {
     async fn write_recover_remove() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("queue");
-        let (store, loaded) = Store::open(&q, 0).unwrap();
+        let (store, loaded) = Store::open(&q, 0, TEST_JOURNAL).unwrap();
         assert!(loaded.is_empty());
         let (id, mut f) = store.create_data().unwrap();
         f.write_all(b"hello\r\n").unwrap();
@@ -1000,7 +1011,7 @@ mod tests {
         std::fs::write(q.join("bad.env"), b"{ not json").unwrap();
         std::fs::write(q.join("bad.data"), b"x").unwrap();
         drop(store);
-        let (store, loaded) = Store::open(&q, 0).unwrap();
+        let (store, loaded) = Store::open(&q, 0, TEST_JOURNAL).unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].id, id);
         assert_eq!(store.corrupt_count(), 1);
@@ -1009,19 +1020,19 @@ mod tests {
         store.remove(&id).await.unwrap();
         assert!(!store.data_path(&id).exists());
         drop(store);
-        let (_, loaded) = Store::open(&q, 0).unwrap();
+        let (_, loaded) = Store::open(&q, 0, TEST_JOURNAL).unwrap();
         assert!(loaded.is_empty());
     }
 
     #[tokio::test]
     async fn size_mismatch_is_corrupt() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path(), 0).unwrap();
+        let (store, _) = Store::open(dir.path(), 0, TEST_JOURNAL).unwrap();
         let (id, mut f) = store.create_data().unwrap();
         f.write_all(b"abc").unwrap();
         store.write(entry(&id, 99)).await.unwrap();
         drop(store);
-        let (store, loaded) = Store::open(dir.path(), 0).unwrap();
+        let (store, loaded) = Store::open(dir.path(), 0, TEST_JOURNAL).unwrap();
         assert!(loaded.is_empty());
         assert_eq!(store.corrupt_count(), 1);
     }
@@ -1029,7 +1040,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_writes_share_flushes() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path(), 0).unwrap();
+        let (store, _) = Store::open(dir.path(), 0, TEST_JOURNAL).unwrap();
         let store = Arc::new(store);
         // The data files first, so that the 200 commits below reach the
         // committer within one pass of the runtime, as commits of a burst
@@ -1061,7 +1072,7 @@ mod tests {
     async fn journal_replays_lost_files() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("queue");
-        let (store, _) = Store::open(&q, 0).unwrap();
+        let (store, _) = Store::open(&q, 0, TEST_JOURNAL).unwrap();
         let (kept, mut f) = store.create_data().unwrap();
         f.write_all(b"kept\r\n").unwrap();
         store.add(entry(&kept, 6)).await.unwrap();
@@ -1076,7 +1087,7 @@ mod tests {
         std::fs::remove_file(q.join(format!("{kept}.data"))).unwrap();
         std::fs::write(q.join(format!("{gone}.env")), entry(&gone, 6).to_bytes()).unwrap();
         std::fs::write(q.join(format!("{gone}.data")), b"gone\r\n").unwrap();
-        let (store, loaded) = Store::open(&q, 0).unwrap();
+        let (store, loaded) = Store::open(&q, 0, TEST_JOURNAL).unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].id, kept);
         assert_eq!(std::fs::read(store.data_path(&kept)).unwrap(), b"kept\r\n");
@@ -1087,7 +1098,7 @@ mod tests {
         assert!(!q.join(format!("{gone}.env")).exists());
         // The replay was checkpointed: the journal is empty again.
         drop(store);
-        let (_, loaded) = Store::open(&q, 0).unwrap();
+        let (_, loaded) = Store::open(&q, 0, TEST_JOURNAL).unwrap();
         assert_eq!(loaded.len(), 1);
     }
 
@@ -1097,7 +1108,7 @@ mod tests {
     async fn envelope_files_are_written_when_needed() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("queue");
-        let (store, _) = Store::open(&q, 0).unwrap();
+        let (store, _) = Store::open(&q, 0, TEST_JOURNAL).unwrap();
         let (id, mut f) = store.create_data().unwrap();
         f.write_all(b"m\r\n").unwrap();
         store.add(entry(&id, 3)).await.unwrap();
@@ -1125,7 +1136,7 @@ mod tests {
             assert!(!q.join(format!("{gone}.data")).exists());
         }
         drop(store);
-        let (_, loaded) = Store::open(&q, 0).unwrap();
+        let (_, loaded) = Store::open(&q, 0, TEST_JOURNAL).unwrap();
         assert_eq!(
             loaded.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
             vec![dsn.as_str()]
@@ -1138,7 +1149,7 @@ mod tests {
     async fn removed_files_are_recycled_empty() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("queue");
-        let (store, _) = Store::open(&q, 0).unwrap();
+        let (store, _) = Store::open(&q, 0, TEST_JOURNAL).unwrap();
         let (id, mut f) = store.create_data().unwrap();
         f.write_all(b"secret\r\n").unwrap();
         store.add(entry(&id, 8)).await.unwrap();
@@ -1155,7 +1166,7 @@ mod tests {
         store.add(entry(&id2, 5)).await.unwrap();
         assert!(q.join("spare").read_dir().unwrap().next().is_none());
         drop(store);
-        let (_, loaded) = Store::open(&q, 0).unwrap();
+        let (_, loaded) = Store::open(&q, 0, TEST_JOURNAL).unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(std::fs::read(q.join(format!("{id2}.data"))).unwrap(), b"new\r\n");
     }
@@ -1165,7 +1176,7 @@ mod tests {
     async fn spares_are_created_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("queue");
-        let (store, _) = Store::open(&q, 5).unwrap();
+        let (store, _) = Store::open(&q, 5, TEST_JOURNAL).unwrap();
         let count = || std::fs::read_dir(q.join("spare")).unwrap().count();
         let deadline = Instant::now() + Duration::from_secs(10);
         while count() < 5 && Instant::now() < deadline {
@@ -1183,17 +1194,17 @@ mod tests {
     async fn journal_wraps_with_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("queue");
-        let (store, _) = Store::open(&q, 0).unwrap();
+        let (store, _) = Store::open(&q, 0, TEST_JOURNAL).unwrap();
         let body = vec![b'x'; 512 * 1024];
         let mut ids = Vec::new();
-        for _ in 0..(JOURNAL_SIZE / body.len() as u64 * 2) {
+        for _ in 0..(32 * 1024 * 1024 / body.len() as u64 * 2) {
             let (id, mut f) = store.create_data().unwrap();
             f.write_all(&body).unwrap();
             store.add(entry(&id, body.len() as u64)).await.unwrap();
             ids.push(id);
         }
         // And one that does not travel in the journal.
-        let big = vec![b'y'; (INLINE_DATA_MAX + 1) as usize];
+        let big = vec![b'y'; (crate::journal::INLINE_DATA_MAX + 1) as usize];
         let (id, mut f) = store.create_data().unwrap();
         f.write_all(&big).unwrap();
         store.add(entry(&id, big.len() as u64)).await.unwrap();
@@ -1201,7 +1212,7 @@ mod tests {
         // The checkpoints wrote the envelopes of the first messages.
         assert!(q.join(format!("{}.env", ids[0])).exists());
         drop(store);
-        let (_, loaded) = Store::open(&q, 0).unwrap();
+        let (_, loaded) = Store::open(&q, 0, TEST_JOURNAL).unwrap();
         assert_eq!(loaded.len(), ids.len());
     }
 

@@ -204,7 +204,7 @@ async fn run(
     dir: &Path,
     step: &mut dyn FnMut(Step) -> ControlFlow<()>,
 ) -> (Store, Vec<QueueEntry>, Option<(Vec<QueueEntry>, Report)>) {
-    let (store, recovered) = Store::open(dir, 0).unwrap();
+    let (store, recovered) = Store::open(dir, 0, crate::journal::JournalSize::Automatic).unwrap();
     let ids: HashSet<String> = recovered.iter().map(|e| e.id.clone()).collect();
     let local = vec!["example.com".to_string()];
     let result = import(&store, &conv(&local), &ids, 1 << 20, step).await;
@@ -358,7 +358,7 @@ async fn a_thousand_items() {
         base.data = format!("Subject: {i}\n\n{}\n", "body line\n".repeat(300)).into_bytes();
         std::fs::write(q.join(format!("m:{}", base.id)), format_item(&base)).unwrap();
     }
-    let (store, _) = Store::open(&q, 0).unwrap();
+    let (store, _) = Store::open(&q, 0, crate::journal::JournalSize::Automatic).unwrap();
     let local = vec!["example.com".to_string()];
     let started = Instant::now();
     let result = import(&store, &conv(&local), &HashSet::new(), 1 << 20, &mut |_| {
