@@ -27,7 +27,7 @@ if [ -z "${NO_BUILD:-}" ]; then
     # reach a package.
     cargo build --workspace --exclude tambo-tests --bins $cargo_flags >&2
 fi
-for b in tambod tambo tambo-smtpd tambo-authd tambo-queued tambo-deliverd tambo-hookd mda-lmtp smtp-check dovecot-auth-cli; do
+for b in tambod tambo tambo-smtpd tambo-authd tambo-queued tambo-deliverd tambo-hookd tambo-watcher mda-lmtp smtp-check dovecot-auth-cli; do
     [ -x "$bin/$b" ] || { echo "build-deb.sh: $bin/$b missing" >&2; exit 1; }
 done
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
@@ -39,7 +39,7 @@ pkg="$stage/tambo"
 
 install -D -m 0755 "$bin/tambod" "$pkg/usr/sbin/tambod"
 install -D -m 0755 "$bin/tambo" "$pkg/usr/bin/tambo"
-for w in smtpd authd queued deliverd hookd; do
+for w in smtpd authd queued deliverd hookd watcher; do
     install -D -m 0755 "$bin/tambo-$w" "$pkg/usr/lib/tambo/tambo-$w"
 done
 # mailq through the alternatives system, once the tambo command has its

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tambo_hookd::witness::{WATCHER_NAME, Witness};
+
 use tambo_ipc::proto::DeliveryOutcome;
 
 use crate::ledger::{Claim, Keep, Ledger};
@@ -59,6 +60,8 @@ impl Drop for LogFile {
 /// deliverd's agent log.
 pub struct AgentLog {
     dir: PathBuf,
+    /// `tambo-watcher`, which runs each agent and writes the records.
+    watcher: PathBuf,
     current: Mutex<Arc<LogFile>>,
     tokens: AtomicU64,
 }
@@ -97,8 +100,11 @@ pub struct Found {
 
 impl AgentLog {
     /// Open the log in `dir` (created if missing): read what the
-    /// predecessors left, and start a file of our own.
-    pub fn open(dir: &Path) -> std::io::Result<(AgentLog, Found)> {
+    /// predecessors left, and start a file of our own. `watcher` is the
+    /// `tambo-watcher` program; without it there is no log.
+    pub fn open(dir: &Path, watcher: &Path) -> std::io::Result<(AgentLog, Found)> {
+        nix::unistd::access(watcher, nix::unistd::AccessFlags::X_OK)
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", watcher.display())))?;
         std::fs::create_dir_all(dir)?;
         let mut names: Vec<String> = std::fs::read_dir(dir)?
             .flatten()
@@ -110,6 +116,7 @@ impl AgentLog {
         let current = new_file(dir)?;
         let log = AgentLog {
             dir: dir.to_path_buf(),
+            watcher: watcher.to_path_buf(),
             current: Mutex::new(Arc::new(current)),
             tokens: AtomicU64::new(0),
         };
@@ -126,6 +133,7 @@ impl AgentLog {
         let file = self.file_for_run();
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         let witness = Witness {
+            program: self.watcher.clone(),
             log: file.file.clone(),
             start: format!("S {token} {id} {index} ").into_bytes(),
             end: format!("E {token} ").into_bytes(),
@@ -426,10 +434,9 @@ fn alive(pid: i32) -> bool {
         return false;
     };
     let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
-    let name = &WATCHER_NAME[..WATCHER_NAME.len() - 1];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let running = !matches!(fields.first(), Some(&("Z" | "X")) | None);
-    running && comm.as_bytes() == name && fields.get(2) == Some(&pid.to_string().as_str())
+    running && comm == WATCHER_NAME && fields.get(2) == Some(&pid.to_string().as_str())
 }
 
 #[cfg(test)]
@@ -457,7 +464,7 @@ mod tests {
             "agents.0000000002000.8",
             "S 1 E 0 300\nS 0 C 0 1\nE 1 0\nR 1\nE 0 ",
         );
-        let (log, found) = AgentLog::open(dir.path()).unwrap();
+        let (log, found) = AgentLog::open(dir.path(), Path::new("/bin/true")).unwrap();
         let runs: Vec<Vec<Run>> = found.files.iter().map(|(_, r)| r.clone()).collect();
         assert_eq!(runs[0].len(), 1);
         assert_eq!(
@@ -491,7 +498,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let old = "agents.0000000001000.7";
         write(dir.path(), old, "S 5 Q 2 100\nE 5 0\n");
-        let (log, found) = AgentLog::open(dir.path()).unwrap();
+        let (log, found) = AgentLog::open(dir.path(), Path::new("/bin/true")).unwrap();
         let ledger = Arc::new(Ledger::default());
         found.adopt(
             &ledger,
@@ -528,7 +535,7 @@ mod tests {
     #[test]
     fn witness_records() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = AgentLog::open(dir.path()).unwrap();
+        let (log, _) = AgentLog::open(dir.path(), Path::new("/bin/true")).unwrap();
         assert!(log.witness("bad id", 0).is_none());
         let (w, first) = log.witness("Abc1", 3).unwrap();
         assert_eq!(w.start, b"S 0 Abc1 3 ");

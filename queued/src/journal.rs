@@ -260,7 +260,7 @@ fn initialise(file: &File, path: &Path, generation: u64, size: u64) -> std::io::
 fn automatic(path: &Path, current: u64) -> u64 {
     let dir = path.parent().unwrap_or(Path::new("."));
     let free = match nix::sys::statvfs::statvfs(dir) {
-        Ok(v) => v.blocks_available() as u64 * v.fragment_size() as u64 + current,
+        Ok(v) => v.blocks_available() * v.fragment_size() + current,
         Err(e) => {
             tracing::warn!(
                 "{}: statvfs: {e}; journal of {} MiB",
@@ -317,7 +317,7 @@ impl Journal {
                 resize = true;
             }
             let mut all = Vec::with_capacity(len as usize);
-            (&mut file).read_to_end(&mut all)?;
+            file.read_to_end(&mut all)?;
             match parse_header(&all[..HEADER_SIZE as usize]) {
                 Some(g) => {
                     generation = g;

@@ -59,6 +59,7 @@ fn deb_has_the_expected_layout() {
         "./usr/lib/tambo/tambo-queued",
         "./usr/lib/tambo/tambo-deliverd",
         "./usr/lib/tambo/tambo-hookd",
+        "./usr/lib/tambo/tambo-watcher",
         "./usr/lib/tambo/mailq",
         "./usr/lib/tambo/sendmail",
         "./usr/lib/tambo/chasquid-util",
