@@ -338,7 +338,7 @@ impl Found {
     /// Put every unsettled run into `ledger`: an ended one with its
     /// outcome (`outcome` maps the wait status), a running one once its
     /// watcher is gone. Each keeps its file until queued settles it.
-    pub fn adopt(self, ledger: &Arc<Ledger>, outcome: Arc<dyn Fn(i32) -> DeliveryOutcome + Send + Sync>) {
+    pub fn adopt(self, ledger: &Arc<Ledger>, outcome: Outcomes) {
         for (file, runs) in self.files {
             for run in runs {
                 let Some(mut claim) = ledger.adopt(&run.id, run.index) else {
@@ -346,15 +346,7 @@ impl Found {
                 };
                 let keep: Keep = file.clone();
                 match run.status {
-                    Some(status) => {
-                        let o = outcome(status);
-                        tracing::info!(
-                            id = run.id,
-                            index = run.index,
-                            "delivery agent of the previous deliverd ended: {o:?}"
-                        );
-                        claim.finish(run.index, &o, Some(keep));
-                    }
+                    Some(status) => finish_adopted(&mut claim, &run, status, keep, &outcome),
                     // Still running, or ended since the file was read (its
                     // end record is written before the watcher exits): read
                     // again once the watcher is gone.
@@ -375,16 +367,24 @@ impl Found {
     }
 }
 
+/// Maps an agent's raw wait status to its outcome.
+pub type Outcomes = Arc<dyn Fn(i32) -> DeliveryOutcome + Send + Sync>;
+
+/// Record the outcome of an adopted run that ended with `status`.
+fn finish_adopted(claim: &mut Claim, run: &Run, status: i32, keep: Keep, outcome: &Outcomes) {
+    let o = outcome(status);
+    tracing::info!(
+        id = run.id,
+        index = run.index,
+        "delivery agent of the previous deliverd ended: {o:?}"
+    );
+    claim.finish(run.index, &o, Some(keep));
+}
+
 /// Wait for an adopted agent that is still running, then take its outcome
 /// from the log. One that outlives [`ADOPTED_WAIT`] is killed (as its
 /// runner would have done at its timeout) and delivered again.
-async fn wait_adopted(
-    mut claim: Claim,
-    run: Run,
-    path: PathBuf,
-    keep: Keep,
-    outcome: Arc<dyn Fn(i32) -> DeliveryOutcome + Send + Sync>,
-) {
+async fn wait_adopted(mut claim: Claim, run: Run, path: PathBuf, keep: Keep, outcome: Outcomes) {
     let deadline = Instant::now() + ADOPTED_WAIT;
     while alive(run.pid) {
         if Instant::now() >= deadline {
@@ -404,15 +404,7 @@ async fn wait_adopted(
         _ => None,
     });
     match status {
-        Some(status) => {
-            let o = outcome(status);
-            tracing::info!(
-                id = run.id,
-                index = run.index,
-                "delivery agent of the previous deliverd ended: {o:?}"
-            );
-            claim.finish(run.index, &o, Some(keep));
-        }
+        Some(status) => finish_adopted(&mut claim, &run, status, keep, &outcome),
         // The watcher was killed: unknown, deliver again.
         None => tracing::warn!(id = run.id, "delivery agent of the previous deliverd ended unrecorded"),
     }

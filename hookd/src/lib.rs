@@ -7,4 +7,6 @@
 
 pub mod runner;
 pub mod service;
-pub mod witness;
+
+/// The watcher's handover (in its own small crate, `tambo-watcher`).
+pub use tambo_watcher as witness;

@@ -195,6 +195,18 @@ fn assert_probe(report: &str, who: &str) {
     }
 }
 
+/// A file anyone may read, in data_dir: only the sandbox keeps it from
+/// the programs tambo runs (tambod makes data_dir's sub-directories
+/// private itself).
+fn plain_file_in_data_dir(env: &TestEnv) {
+    std::fs::write(env.data_dir.join("plain"), "plain\n").expect("write plain");
+    std::fs::set_permissions(
+        env.data_dir.join("plain"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod plain");
+}
+
 /// The post-data hook and a pipe alias run under hookd's sandbox: they
 /// cannot read the queue, the SRS secret, anything else in `data_dir`, or
 /// the secret files, and the message is still delivered (with the hook's
@@ -219,14 +231,7 @@ fn hooks_and_pipes_cannot_read_the_queue_or_the_secrets() {
     }
     env.set_aliases(&format!("piped: | {}\n", pipe.display()));
     let _server = env.start();
-    // A file anyone may read, in data_dir: only the sandbox keeps it from
-    // the hooks (tambod makes data_dir's sub-directories private itself).
-    std::fs::write(env.data_dir.join("plain"), "plain\n").expect("write plain");
-    std::fs::set_permissions(
-        env.data_dir.join("plain"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .expect("chmod plain");
+    plain_file_in_data_dir(&env);
     send_message(
         env.smtp_port,
         "someone@remote.test",
@@ -275,12 +280,7 @@ fn the_delivery_agent_cannot_reach_data_dir_or_the_secrets() {
     .expect("write mda");
     env.fix_permissions();
     let _server = env.start();
-    std::fs::write(env.data_dir.join("plain"), "plain\n").expect("write plain");
-    std::fs::set_permissions(
-        env.data_dir.join("plain"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .expect("chmod plain");
+    plain_file_in_data_dir(&env);
     send_message(
         env.smtp_port,
         "someone@remote.test",

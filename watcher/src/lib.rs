@@ -1,4 +1,5 @@
-//! A witness of one program's run that outlives the runner.
+//! `tambo-watcher`: a witness of one program's run that outlives the
+//! runner.
 //!
 //! deliverd can be killed while a delivery agent runs. The agent (in a
 //! process group of its own) goes on and delivers, but its exit status

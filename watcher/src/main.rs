@@ -1,6 +1,6 @@
 //! `tambo-watcher -- PROGRAM ARGS…`: runs one delivery agent for
 //! deliverd so that its outcome outlives deliverd (see
-//! `tambo_hookd::witness`). It reads the handover on stdin, confines
+//! the library of this crate). It reads the handover on stdin, confines
 //! itself, starts the program (same environment, same process group, the
 //! same stdout and stderr), appends the start record, feeds the program the
 //! message, waits, appends the end record and exits as the program did.
@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 
-use tambo_hookd::witness::{Handover, feed, record, restrict_self};
+use tambo_watcher::{Handover, feed, record, restrict_self};
 
 /// EX_TEMPFAIL: nothing was started.
 const TEMPFAIL: i32 = 75;
