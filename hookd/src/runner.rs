@@ -104,12 +104,7 @@ pub async fn run(program: &Program<'_>, input: Input) -> Result<HookRun, HookFai
         // SAFETY: one system call between fork and exec; the fd is
         // borrowed for as long as `cmd` lives.
         unsafe {
-            cmd.pre_exec(move || {
-                if libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || crate::witness::restrict_self(BorrowedFd::borrow_raw(fd)));
         }
     }
     let mut child = cmd.spawn().map_err(|e| HookFailure::Spawn {

@@ -166,8 +166,11 @@ pub fn record(log: BorrowedFd<'_>, prefix: &[u8], n: i64) -> std::io::Result<()>
     let mut line = prefix.to_vec();
     line.extend_from_slice(n.to_string().as_bytes());
     line.push(b'\n');
-    let mut f = std::fs::File::from(log.try_clone_to_owned()?);
-    f.write_all(&line)
+    let written = nix::unistd::write(log, &line).map_err(std::io::Error::from)?;
+    if written != line.len() {
+        return Err(std::io::Error::other("agent log: short write"));
+    }
+    Ok(())
 }
 
 /// Restrict this process (and what it starts) with the Landlock ruleset
