@@ -233,6 +233,21 @@ fn parse_records(body: &[u8], generation: u64) -> Vec<Record> {
     out
 }
 
+/// The length of the record that starts at `at` in the journal file
+/// `file` (its whole contents), from its header.
+#[cfg(test)]
+pub(crate) fn record_len_at(file: &[u8], at: usize) -> usize {
+    let h = &file[at..at + RECORD_HEAD];
+    let id_len = u16::from_le_bytes([h[21], h[22]]) as usize;
+    let env_len = u32::from_le_bytes([h[23], h[24], h[25], h[26]]) as usize;
+    let data_len = u64::from_le_bytes(h[27..35].try_into().expect("8 bytes")) as usize;
+    RECORD_HEAD + id_len + env_len + data_len + 4
+}
+
+/// Bytes of a record before its payload (for tests that cut records).
+#[cfg(test)]
+pub(crate) const RECORD_HEAD_LEN: usize = RECORD_HEAD;
+
 /// Write `file` (the journal at `path`) as an empty journal of `size`
 /// bytes and generation `generation`, every block written now so that
 /// later fdatasyncs have no metadata to commit, and make it durable.
