@@ -15,3 +15,20 @@ pub mod relayauth;
 pub mod textproto;
 pub mod unixsock;
 pub mod userdb;
+
+/// Whether an I/O error says the disk (or a quota) is full. SMTP then
+/// answers [`STORAGE_FULL`] (RFC 5321's 452, RFC 3463's 4.3.1 "mail system
+/// full"), which tells the client and the operator what is wrong, rather
+/// than a generic 451.
+pub fn is_storage_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// The reply to a transaction refused because the disk is full.
+pub const STORAGE_FULL: (u16, &str, &str) = (452, "4.3.1", "Insufficient system storage, try again later");
+
+/// [`STORAGE_FULL`] as one reply line.
+pub fn storage_full_line() -> String {
+    let (code, enhanced, text) = STORAGE_FULL;
+    format!("{code} {enhanced} {text}")
+}

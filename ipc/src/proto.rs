@@ -767,6 +767,17 @@ pub enum QueueRequest {
         /// The ID from [`QueueReply::MessageSlot`].
         id: String,
     },
+    /// After a [`QueueRequest::Commit`] got no answer (queued died while
+    /// it ran): did that commit happen? Answered with
+    /// [`QueueReply::Committed`] when queued holds the message (or found
+    /// it in the queue at start), else [`QueueReply::Refused`]. smtpd asks
+    /// the restarted queued, so that a message made durable just before
+    /// queued died gets its 250, not a 451 that makes the client send it
+    /// again.
+    WasCommitted {
+        /// The ID from [`QueueReply::MessageSlot`].
+        id: String,
+    },
     /// The incoming security-level check (chasquid's "check connection
     /// security level"), asked at MAIL FROM for an unauthenticated sender
     /// whose SPF passed: may `domain` send over a connection at `level`?

@@ -122,6 +122,10 @@ pub struct Queue {
     /// The queued messages, and the places reserved by commits in
     /// progress (`max_queue_items` applies to both).
     pub(crate) messages: Mutex<Table<Arc<Message>>>,
+    /// IDs of the messages found in the queue at start, delivered or
+    /// not since: [`QueueRequest::WasCommitted`] answers for them even
+    /// once a quick delivery removed them. At most the queue's size.
+    recovered: Mutex<HashSet<String>>,
     /// Per-domain security levels (`data_dir/domaininfo`).
     domaininfo: DomainInfo,
     aliases: AliasDb,
@@ -149,6 +153,17 @@ fn alias_paths(start: &WorkerStart) -> Vec<(String, PathBuf)> {
         .iter()
         .map(|d| (d.clone(), start.domain_dir(d).join("aliases")))
         .collect()
+}
+
+/// The reply to a transaction the store could not take: 452 for a full
+/// disk, else 451.
+fn store_error_reply(e: &std::io::Error) -> QueueReply {
+    if tambo_common::is_storage_full(e) {
+        let (code, enhanced, text) = tambo_common::STORAGE_FULL;
+        reply(code, enhanced, text)
+    } else {
+        reply(451, "4.3.0", "Cannot queue the message now, try again later")
+    }
 }
 
 fn reply(code: u16, enhanced: &str, text: impl Into<String>) -> QueueReply {
@@ -187,6 +202,7 @@ impl Queue {
             settings: RwLock::new(Arc::new(Settings::from_start(start))),
             incoming: Mutex::new(HashMap::new()),
             messages: Mutex::new(Table::default()),
+            recovered: Mutex::new(HashSet::new()),
             domaininfo: DomainInfo::load(PathBuf::from(&start.config.data_dir).join("domaininfo")),
             aliases: AliasDb::new(alias_paths(start)),
             users: crate::resolve::UserCache::default(),
@@ -207,6 +223,7 @@ impl Queue {
             .map_err(|e| anyhow::anyhow!("aliases file error: {e}"))?;
         entries.extend(queue.import_chasquid(&entries).await);
         tracing::info!("queue loaded: {} message(s)", entries.len());
+        *queue.recovered.lock().unwrap_or_else(|p| p.into_inner()) = entries.iter().map(|e| e.id.clone()).collect();
         // Series that exist from the start, at 0.
         metrics::global().add(Metric::QueueAccepted, &[], 0.0);
         metrics::global().add(Metric::DsnsSent, &[], 0.0);
@@ -366,6 +383,17 @@ impl Queue {
         self.messages.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
+    /// Whether the commit of `id`, whose answer smtpd never got, happened.
+    fn was_committed(&self, id: &str) -> QueueReply {
+        let known = self.message(id).is_some() || self.recovered.lock().unwrap_or_else(|p| p.into_inner()).contains(id);
+        tracing::info!(id, known, "smtpd asks whether a commit it got no answer to happened");
+        if known {
+            QueueReply::Committed { id: id.to_string() }
+        } else {
+            reply(451, "4.3.0", "Queue unavailable, try again later")
+        }
+    }
+
     /// Drop a removed message from the table.
     pub(crate) fn forget(&self, id: &str) {
         self.messages.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
@@ -391,6 +419,7 @@ impl Queue {
                 }
                 (QueueReply::Done, vec![])
             }
+            QueueRequest::WasCommitted { id } => (self.was_committed(&id), vec![]),
             QueueRequest::IncomingLevel { domain, level } => {
                 let (recorded, allowed) = self.domaininfo.check_incoming(&domain, level);
                 let check = if allowed { "pass" } else { "fail" };
@@ -479,10 +508,7 @@ impl Queue {
             }
             Err(e) => {
                 tracing::error!("cannot create a data file: {e}");
-                (
-                    reply(451, "4.3.0", "Cannot queue the message now, try again later"),
-                    vec![],
-                )
+                (store_error_reply(&e), vec![])
             }
         }
     }
@@ -645,7 +671,7 @@ impl Queue {
         };
         if let Err(e) = self.store.add(entry.clone()).await {
             tracing::error!(id, "cannot commit: {e}");
-            return Err(reply(451, "4.3.0", "Cannot queue the message now, try again later"));
+            return Err(store_error_reply(&e));
         }
         tracing::info!(
             id,

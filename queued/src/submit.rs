@@ -127,10 +127,17 @@ async fn receive(rx: &mut FrameReceiver, file: &mut File, max: u64) -> Result<u6
         if total > max {
             return Err(format!("552 5.3.4 Message too big (max {} bytes)", max));
         }
-        file.write_all(&chunk)
-            .map_err(|e| format!("451 4.3.0 Writing the message: {e}"))?;
+        file.write_all(&chunk).map_err(|e| writing_failed(&e))?;
     }
-    file.sync_data()
-        .map_err(|e| format!("451 4.3.0 Writing the message: {e}"))?;
+    file.sync_data().map_err(|e| writing_failed(&e))?;
     Ok(total)
+}
+
+/// The reply when the data file cannot be written: 452 for a full disk.
+fn writing_failed(e: &std::io::Error) -> String {
+    if tambo_common::is_storage_full(e) {
+        tambo_common::storage_full_line()
+    } else {
+        format!("451 4.3.0 Writing the message: {e}")
+    }
 }

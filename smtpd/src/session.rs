@@ -460,7 +460,7 @@ impl Session {
             tracing::error!("writing the data file: {e}");
             self.backend.abort(&id).await;
             self.reset();
-            self.conn.reply("451 4.3.0 Error storing the message, try again later");
+            self.conn.reply(&storing_failed(&e));
             return Ok(Next::Continue);
         }
         self.commit_transaction(id, file, decoder.stored().size()).await
@@ -823,6 +823,10 @@ fn path_error_reply(e: &PathError, syntax_code: &str) -> String {
     }
 }
 
+/// How long a commit that got no answer waits for queued to be back and
+/// say whether it happened.
+const COMMIT_RECHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Helpers on the backend replies used by the session.
 impl Backend {
     async fn new_message(&self) -> Result<(String, OwnedFd), String> {
@@ -844,7 +848,22 @@ impl Backend {
         {
             Ok((QueueReply::Committed { id }, _)) => format!("250 2.0.0 Ok: queued as {id}"),
             Ok((QueueReply::Refused(r), _)) => r.line(),
-            Ok(_) | Err(()) => "451 4.3.0 Queue unavailable, try again later".into(),
+            Ok(_) | Err(()) => self.was_committed(id).await,
+        }
+    }
+
+    /// The commit got no answer (queued died while it ran): ask queued,
+    /// restarted, whether it happened, rather than a 451 for a message
+    /// that may be queued (the client would send it again). The client
+    /// waits for the reply to its final dot, up to 10 minutes by RFC 5321;
+    /// this waits [`COMMIT_RECHECK_WAIT`] for queued to be back.
+    async fn was_committed(&self, id: &str) -> String {
+        tracing::warn!(id, "queued did not answer the commit; asking it again once it is back");
+        let req = QueueRequest::WasCommitted { id: id.to_string() };
+        match self.queued.call(req, Vec::new(), COMMIT_RECHECK_WAIT).await {
+            Ok((QueueReply::Committed { id }, _)) => format!("250 2.0.0 Ok: queued as {id}"),
+            Ok((QueueReply::Refused(r), _)) => r.line(),
+            Ok(_) | Err(_) => "451 4.3.0 Queue unavailable, try again later".into(),
         }
     }
 
@@ -868,6 +887,16 @@ impl Backend {
 
 /// How long AUTH waits for authd when it is restarting.
 const AUTHD_WAIT: Duration = Duration::from_secs(5);
+
+/// The reply when the message could not be written to its data file: 452
+/// 4.3.1 for a full disk, else 451.
+pub(crate) fn storing_failed(e: &std::io::Error) -> String {
+    if tambo_common::is_storage_full(e) {
+        tambo_common::storage_full_line()
+    } else {
+        "451 4.3.0 Error storing the message, try again later".to_string()
+    }
+}
 
 #[cfg(test)]
 mod tests {

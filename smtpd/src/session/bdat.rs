@@ -178,7 +178,7 @@ impl Session {
             "554 5.4.6 Too many Received headers: mail loop?".to_string()
         } else if let Some(e) = &bdat.write_error {
             tracing::error!("writing the data file: {e}");
-            "451 4.3.0 Error storing the message, try again later".to_string()
+            super::storing_failed(e)
         } else {
             String::new()
         };
