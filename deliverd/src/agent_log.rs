@@ -9,15 +9,21 @@
 //!
 //! - `S <token> <id> <index> <watcher pid>` when the agent starts,
 //! - `E <token> <wait status>` when it ends (both written by the watcher),
-//! - `R <token>…` when deliverd sends queued the outcomes of those runs,
+//! - `O <id> <index> D` or `O <id> <index> P <reason>` when a delivery
+//!   without an agent (remote, LMTP, a pipe alias) ended delivered or
+//!   failed for good, before deliverd tells queued (by deliverd),
 //! - `D <id>…` when queued has settled those messages (by deliverd).
 //!
 //! At start deliverd reads its predecessors' logs in the order they were
-//! created. Every run neither replied nor settled is adopted into the
-//! [`Ledger`]: an ended one with its outcome, one still running (the
-//! watcher is alive) once it ends. The next job for that recipient is then
-//! answered from the ledger, as after a restart of queued. A log file is
-//! deleted when nothing it records is unsettled any more.
+//! created. Every run and outcome not settled is adopted into the
+//! [`Ledger`]: an ended run or a recorded outcome as it is, a run still
+//! running (the watcher is alive) once it ends. The next job for that
+//! recipient is then answered from the ledger, as after a restart of
+//! queued; so a deliverd killed after queued (which may never have
+//! recorded what the dead deliverd told it) delivers nothing twice. A log
+//! file is deleted when nothing it records is unsettled any more. (An
+//! `R <token>…` line, "sent to queued", which older versions wrote and
+//! then adopted nothing more, is read as nothing.)
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -77,13 +83,14 @@ pub struct Run {
     pub pid: i32,
     /// The agent's raw wait status, when it ended.
     pub status: Option<i32>,
+    /// For an `O` record (no agent), the outcome it records.
+    pub outcome: Option<DeliveryOutcome>,
     token: u64,
 }
 
 /// A run recorded in our log.
 pub struct Witnessed {
     file: Arc<LogFile>,
-    token: u64,
 }
 
 impl Witnessed {
@@ -127,7 +134,7 @@ impl AgentLog {
     /// and the record of it. `None` for an ID that is not one of queued's
     /// (letters and digits).
     pub fn witness(&self, id: &str, index: u32) -> Option<(Witness, Witnessed)> {
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if !plain_id(id) {
             return None;
         }
         let file = self.file_for_run();
@@ -138,26 +145,38 @@ impl AgentLog {
             start: format!("S {token} {id} {index} ").into_bytes(),
             end: format!("E {token} ").into_bytes(),
         };
-        Some((witness, Witnessed { file, token }))
+        Some((witness, Witnessed { file }))
     }
 
-    /// Record that the outcomes of these runs are on their way to queued
-    /// (in the reply about to be sent): a successor adopts them no more.
-    /// From here on, only this deliverd's ledger keeps them for queued.
-    pub fn replied(&self, runs: &[Witnessed]) {
-        let mut by_file: Vec<(&Arc<LogFile>, String)> = Vec::new();
-        for run in runs {
-            match by_file.iter_mut().find(|(f, _)| Arc::ptr_eq(f, &run.file)) {
-                Some((_, line)) => line.push_str(&format!(" {}", run.token)),
-                None => by_file.push((&run.file, format!("R {}", run.token))),
+    /// Record the final outcomes (delivered, failed for good) of message
+    /// `id`'s deliveries that ran without an agent, before queued hears of
+    /// them, in one write; what keeps that record's file. Temporary
+    /// failures are not recorded: they never answer a job.
+    pub fn record_outcomes(&self, id: &str, results: &[(u32, DeliveryOutcome)]) -> Option<Keep> {
+        if !plain_id(id) {
+            return None;
+        }
+        let mut lines = String::new();
+        for (index, outcome) in results {
+            match outcome {
+                DeliveryOutcome::Delivered => lines.push_str(&format!("O {id} {index} D\n")),
+                DeliveryOutcome::PermFail(why) => {
+                    let why: String = why.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+                    lines.push_str(&format!("O {id} {index} P {why}\n"));
+                }
+                DeliveryOutcome::TempFail(_) => {}
             }
         }
-        for (file, mut line) in by_file {
-            line.push('\n');
-            if let Err(e) = (&*file.file).write_all(line.as_bytes()) {
-                tracing::error!("agent log {}: {e}", file.path.display());
-            }
+        if lines.is_empty() {
+            return None;
         }
+        let file = self.file_for_run();
+        if let Err(e) = (&*file.file).write_all(lines.as_bytes()) {
+            tracing::error!("agent log {}: {e}", file.path.display());
+            return None;
+        }
+        let keep: Keep = file;
+        Some(keep)
     }
 
     /// The current file, after starting a new one when it holds
@@ -192,6 +211,12 @@ impl AgentLog {
             tracing::error!("agent log {}: {e}", file.path.display());
         }
     }
+}
+
+/// Whether `id` can be one of queued's IDs (letters and digits, at most
+/// 64), and so be written in a record.
+fn plain_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// File names sort by creation: `agents.<ms>.<pid>`.
@@ -264,12 +289,9 @@ fn read_logs(dir: &Path, names: &[String]) -> Found {
                         runs[i].1.status = Some(status);
                     }
                 }
-                Some(Record::Replied(tokens)) => {
-                    for token in tokens {
-                        if let Some(&i) = by_token.get(&token) {
-                            runs[i].2 = true;
-                        }
-                    }
+                Some(Record::Outcome(run)) => {
+                    by_id.entry(run.id.clone()).or_default().push(runs.len());
+                    runs.push((f, run, false));
                 }
                 Some(Record::Settled(ids)) => {
                     for id in ids {
@@ -297,7 +319,7 @@ fn read_logs(dir: &Path, names: &[String]) -> Found {
 enum Record<'a> {
     Start(Run),
     End { token: u64, status: i32 },
-    Replied(Vec<u64>),
+    Outcome(Run),
     Settled(Vec<&'a str>),
 }
 
@@ -314,14 +336,31 @@ fn parse(line: &str) -> Option<Record<'_>> {
                 index,
                 pid,
                 status: None,
+                outcome: None,
                 token,
+            }))
+        }
+        "O" => {
+            let id = words.next()?.to_string();
+            let index = words.next()?.parse().ok()?;
+            let outcome = match words.next()? {
+                "D" => DeliveryOutcome::Delivered,
+                "P" => DeliveryOutcome::PermFail(words.collect::<Vec<_>>().join(" ")),
+                _ => return None,
+            };
+            Some(Record::Outcome(Run {
+                id,
+                index,
+                pid: 0,
+                status: None,
+                outcome: Some(outcome),
+                token: 0,
             }))
         }
         "E" => Some(Record::End {
             token: words.next()?.parse().ok()?,
             status: words.next()?.parse().ok()?,
         }),
-        "R" => Some(Record::Replied(words.filter_map(|w| w.parse().ok()).collect())),
         "D" => Some(Record::Settled(words.filter(|w| !w.is_empty()).collect())),
         _ => None,
     }
@@ -331,7 +370,8 @@ impl Found {
     /// How many runs are unsettled, and how many of them ended.
     pub fn counts(&self) -> (usize, usize) {
         let runs = self.files.iter().flat_map(|(_, r)| r.iter());
-        let (all, ended) = runs.fold((0, 0), |(a, e), r| (a + 1, e + r.status.is_some() as usize));
+        let ended = |r: &Run| r.status.is_some() || r.outcome.is_some();
+        let (all, ended) = runs.fold((0, 0), |(a, e), r| (a + 1, e + ended(r) as usize));
         (all, ended)
     }
 
@@ -345,6 +385,15 @@ impl Found {
                     continue;
                 };
                 let keep: Keep = file.clone();
+                if let Some(o) = &run.outcome {
+                    tracing::info!(
+                        id = run.id,
+                        index = run.index,
+                        "recorded by the previous deliverd: {o:?}"
+                    );
+                    claim.finish(run.index, o, Some(keep));
+                    continue;
+                }
                 match run.status {
                     Some(status) => finish_adopted(&mut claim, &run, status, keep, &outcome),
                     // Still running, or ended since the file was read (its
@@ -449,12 +498,14 @@ mod tests {
             "agents.0000000001000.7",
             "S 0 A 0 100\nE 0 0\nS 1 B 1 101\nE 1 19200\nS 2 C 0 102\nE 2 0\nD A C\n",
         );
-        // A newer one: C again (its watcher gone without an end record), a
-        // torn line, and E's run, whose outcome was sent to queued.
+        // A newer one: E's run, whose outcome was sent to queued (an old
+        // `R` line: adopted all the same, as queued may not have recorded
+        // it), C again (its watcher gone without an end record), F's
+        // remote outcome and G's settled one, and a torn line.
         write(
             dir.path(),
             "agents.0000000002000.8",
-            "S 1 E 0 300\nS 0 C 0 1\nE 1 0\nR 1\nE 0 ",
+            "S 1 E 0 300\nS 0 C 0 1\nE 1 0\nR 1\nO F 2 P 550 5.1.1 no such user\nO G 0 D\nD G\nE 0 ",
         );
         let (log, found) = AgentLog::open(dir.path(), Path::new("/bin/true")).unwrap();
         let runs: Vec<Vec<Run>> = found.files.iter().map(|(_, r)| r.clone()).collect();
@@ -463,12 +514,13 @@ mod tests {
             (runs[0][0].id.as_str(), runs[0][0].index, runs[0][0].status),
             ("B", 1, Some(19200))
         );
-        assert_eq!(runs[1].len(), 1);
+        let newer: Vec<(&str, i32, Option<i32>)> = runs[1].iter().map(|r| (r.id.as_str(), r.pid, r.status)).collect();
+        assert_eq!(newer, vec![("E", 300, Some(0)), ("C", 1, None), ("F", 0, None)]);
         assert_eq!(
-            (runs[1][0].id.as_str(), runs[1][0].pid, runs[1][0].status),
-            ("C", 1, None)
+            runs[1][2].outcome,
+            Some(DeliveryOutcome::PermFail("550 5.1.1 no such user".into()))
         );
-        assert_eq!(found.counts(), (2, 1));
+        assert_eq!(found.counts(), (4, 3));
         // Our own file was started beside them.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
         drop(found);
@@ -532,10 +584,24 @@ mod tests {
         let (w, first) = log.witness("Abc1", 3).unwrap();
         assert_eq!(w.start, b"S 0 Abc1 3 ");
         assert_eq!(w.end, b"E 0 ");
-        let (w, second) = log.witness("Abc1", 4).unwrap();
+        let (w, _second) = log.witness("Abc1", 4).unwrap();
         assert_eq!(w.start, b"S 1 Abc1 4 ");
-        log.replied(&[first, second]);
+        drop(first);
+        let results = [
+            (0, DeliveryOutcome::Delivered),
+            (1, DeliveryOutcome::TempFail("later".into())),
+            (2, DeliveryOutcome::PermFail("550 no\r\nsuch".into())),
+        ];
+        assert!(log.record_outcomes("Abc1", &results).is_some());
+        assert!(log.record_outcomes("bad id", &results).is_none());
+        assert!(
+            log.record_outcomes("Abc1", &results[1..2]).is_none(),
+            "a temporary failure is not recorded"
+        );
         let mine = std::fs::read_dir(dir.path()).unwrap().flatten().next().unwrap().path();
-        assert_eq!(std::fs::read_to_string(mine).unwrap(), "R 0 1\n");
+        assert_eq!(
+            std::fs::read_to_string(mine).unwrap(),
+            "O Abc1 0 D\nO Abc1 2 P 550 no  such\n"
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tambo_common::config::Config;
-use tambo_deliverd::agent_log::{AgentLog, Witnessed};
-use tambo_deliverd::ledger::Ledger;
+use tambo_deliverd::agent_log::AgentLog;
+use tambo_deliverd::ledger::{Keep, Ledger};
 use tambo_deliverd::remote::{Courier, RelayCredentialSource, Settings};
 use tambo_deliverd::{lmtp, mda};
 use tambo_ipc::proto::{
@@ -98,19 +98,16 @@ impl Deliverer {
             self.deliver_fresh(&fresh, data).await
         };
         for (index, outcome) in &report.results {
-            claim.finish(*index, outcome, keeps.get(index).map(|w| w.keep()));
+            claim.finish(*index, outcome, keeps.get(index).cloned());
         }
         report.results.append(&mut claim.known);
         report.results.extend(claim.wait_running().await);
-        if let Some(agents) = &self.agents {
-            agents.replied(&keeps.into_values().collect::<Vec<_>>());
-        }
         report
     }
 
     /// Deliver to every recipient of `job`; with the report, the agent log
-    /// files that recorded the delivery agents' runs.
-    async fn deliver_fresh(&self, job: &DeliveryJob, data: Arc<OwnedFd>) -> (DeliveryReport, HashMap<u32, Witnessed>) {
+    /// files that recorded each outcome (see [`Deliverer::record`]).
+    async fn deliver_fresh(&self, job: &DeliveryJob, data: Arc<OwnedFd>) -> (DeliveryReport, HashMap<u32, Keep>) {
         let mut keeps = HashMap::new();
         let config = self.config();
         let mut results = Vec::new();
@@ -147,6 +144,7 @@ impl Deliverer {
                 log_outcome(&job.id, to, &outcome);
                 results.push((index, outcome));
             }
+            self.record(&job.id, &results, &mut keeps);
         }
         // With lmtp_address, every local recipient goes in one LMTP
         // transaction, with one answer each.
@@ -174,6 +172,8 @@ impl Deliverer {
                 )
                 .await;
                 lmtp_done.extend(local.into_iter().map(|(i, _)| i).zip(outcomes));
+                let done: Vec<(u32, DeliveryOutcome)> = lmtp_done.iter().map(|(i, o)| (*i, o.clone())).collect();
+                self.record(&job.id, &done, &mut keeps);
             }
         }
         for rcpt in &job.rcpts {
@@ -199,11 +199,15 @@ impl Deliverer {
                     };
                     let outcome = mda::run_command(&cmd, &job.header_prefix, data.clone()).await;
                     if let Some((_, run)) = witness {
-                        keeps.insert(rcpt.index, run);
+                        keeps.insert(rcpt.index, run.keep());
                     }
                     outcome
                 }
-                RcptRoute::Pipe { argv } => self.pipe(argv, &job.header_prefix, &data).await,
+                RcptRoute::Pipe { argv } => {
+                    let outcome = self.pipe(argv, &job.header_prefix, &data).await;
+                    self.record(&job.id, &[(rcpt.index, outcome.clone())], &mut keeps);
+                    outcome
+                }
                 // Done above, all recipients of a domain together.
                 RcptRoute::Remote { .. } => continue,
             };
@@ -215,6 +219,29 @@ impl Deliverer {
 }
 
 impl Deliverer {
+    /// Put the final outcomes of deliveries without a watcher (remote,
+    /// LMTP, pipes) in the agent log as soon as they are known, before
+    /// anything else runs for the job: a deliverd killed later leaves them
+    /// to its successor, which answers queued's repeated job with them.
+    /// Those not yet recorded in `keeps` only.
+    fn record(&self, id: &str, results: &[(u32, DeliveryOutcome)], keeps: &mut HashMap<u32, Keep>) {
+        let Some(agents) = &self.agents else {
+            return;
+        };
+        let fresh: Vec<(u32, DeliveryOutcome)> = results
+            .iter()
+            .filter(|(i, _)| !keeps.contains_key(i))
+            .cloned()
+            .collect();
+        if let Some(keep) = agents.record_outcomes(id, &fresh) {
+            for (index, outcome) in fresh {
+                if !matches!(outcome, DeliveryOutcome::TempFail(_)) {
+                    keeps.insert(index, keep.clone());
+                }
+            }
+        }
+    }
+
     /// Have hookd run a pipe alias. As in chasquid, any failure of the
     /// command (exit 75 and the 30 s timeout included) is permanent, and it
     /// reads the message with LF line endings (hookd converts). hookd being
