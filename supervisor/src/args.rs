@@ -48,6 +48,10 @@ pub struct Testing {
     /// it once started, to see its sandbox refuse. Builds without the
     /// `sandbox-probe` feature only log that they have no probes.
     pub sandbox_probes: Vec<(tambo_ipc::proto::WorkerKind, tambo_ipc::proto::SandboxProbe)>,
+    /// `--testing__restart_always` (tambo): restart every dead worker
+    /// after 250 ms and never give up on one, for fault campaigns that
+    /// kill workers far more often than a crash loop would.
+    pub restart_always: bool,
 }
 
 impl Testing {
@@ -203,6 +207,7 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Args, String> {
                     })?;
                 args.testing.sandbox_probes.push(probe);
             }
+            "testing__restart_always" => args.testing.restart_always = true,
             // chasquid's logging flags, which may appear in an existing
             // service file; tambod's log always has the time and goes to
             // stderr or --logfile.

@@ -196,6 +196,9 @@ fn run(mut args: args::Args) -> Result<i32, String> {
     let socket = control::ControlSocket::bind(Path::new(&start.config.run_dir), access, privileged)?;
     let mut supervisor = Supervisor::new(plan, start, listeners, reloader, ops).with_control_socket(socket);
     supervisor = supervisor.with_sandbox_probes(args.testing.sandbox_probes.clone());
+    if args.testing.restart_always {
+        supervisor = supervisor.restarting_always();
+    }
     if let Some(every) = args.testing.reload_every {
         supervisor = supervisor.with_users_check_every(every);
     }

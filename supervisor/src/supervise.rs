@@ -63,6 +63,8 @@ pub struct Supervisor<R: Reloader> {
     /// `--testing__sandbox_probe`: sent to each worker after its first
     /// start only.
     probes: Vec<(WorkerKind, SandboxProbe)>,
+    /// `--testing__restart_always`: no back-off growth, no giving up.
+    restart_always: bool,
 }
 
 /// The periodic check of the users files: chasquid reloads them every 30
@@ -114,7 +116,15 @@ impl<R: Reloader> Supervisor<R> {
                 stamps: Vec::new(),
             },
             probes: Vec::new(),
+            restart_always: false,
         }
+    }
+
+    /// Restart every dead worker after the shortest delay and never give
+    /// up on one (`--testing__restart_always`, for fault campaigns).
+    pub fn restarting_always(mut self) -> Self {
+        self.restart_always = true;
+        self
     }
 
     /// Check the users files this often instead of every 30 s.
@@ -583,6 +593,9 @@ impl<R: Reloader> Supervisor<R> {
             .is_some_and(|t| now.duration_since(*t) > DEATH_WINDOW)
         {
             slot.deaths.pop_front();
+        }
+        if self.restart_always {
+            slot.deaths.clear();
         }
         let n = slot.deaths.len();
         if n >= MAX_DEATHS {
