@@ -120,7 +120,17 @@ impl Deliverer {
         let mut levels_seen = Vec::new();
         if !remote.is_empty() {
             let report = match self.courier() {
-                Ok(c) => c.deliver(job, &remote, data.clone()).await,
+                Ok(c) => {
+                    let recorded: std::sync::Mutex<HashMap<u32, Keep>> = Default::default();
+                    let record = |results: &[(u32, DeliveryOutcome)]| {
+                        let mut kept = HashMap::new();
+                        self.record(&job.id, results, &mut kept);
+                        recorded.lock().unwrap_or_else(|p| p.into_inner()).extend(kept);
+                    };
+                    let report = c.deliver_recording(job, &remote, data.clone(), &record).await;
+                    keeps.extend(recorded.into_inner().unwrap_or_else(|p| p.into_inner()));
+                    report
+                }
                 Err(e) => DeliveryReport {
                     results: remote
                         .iter()

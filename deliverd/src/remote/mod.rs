@@ -147,6 +147,10 @@ pub enum CourierError {
     Server(String, String),
 }
 
+/// Told the outcomes (recipient index, outcome) of each transaction as
+/// soon as they are known; see [`Courier::deliver_recording`].
+pub type Recorder<'a> = &'a (dyn Fn(&[(u32, DeliveryOutcome)]) + Sync);
+
 /// The remote courier.
 pub struct Courier {
     settings: Settings,
@@ -256,6 +260,21 @@ impl Courier {
     /// domain (or one `via` list) go in one transaction; groups run
     /// concurrently.
     pub async fn deliver(&self, job: &DeliveryJob, rcpts: &[JobRcpt], data: Arc<OwnedFd>) -> DeliveryReport {
+        self.deliver_recording(job, rcpts, data, &|_| {}).await
+    }
+
+    /// [`Courier::deliver`], calling `record` with each transaction's
+    /// outcomes (recipient index, outcome) the moment the server's replies
+    /// are read, before the session can serve another transaction: deliverd
+    /// writes them to its agent log there, so that its death later leaves
+    /// them to its successor.
+    pub async fn deliver_recording(
+        &self,
+        job: &DeliveryJob,
+        rcpts: &[JobRcpt],
+        data: Arc<OwnedFd>,
+        record: Recorder<'_>,
+    ) -> DeliveryReport {
         let mut report = DeliveryReport::default();
         let body = match Body::new(job.header_prefix.clone(), data).await {
             Ok(b) => b,
@@ -298,7 +317,7 @@ impl Courier {
                     Target::Servers(s) => s.join("/"),
                     Target::Relay(s) => s.clone(),
                 };
-                let fut = self.deliver_group(job, &target, &group, body, recorded, &key);
+                let fut = self.deliver_group(job, &target, &group, body, recorded, &key, record);
                 let (outcomes, level) = match tokio::time::timeout(self.settings.attempt_timeout, fut).await {
                     Ok(v) => v,
                     Err(_) => {
@@ -325,6 +344,7 @@ impl Courier {
     }
 
     /// One group: find the servers and try them in order.
+    #[allow(clippy::too_many_arguments)]
     async fn deliver_group(
         &self,
         job: &DeliveryJob,
@@ -333,6 +353,7 @@ impl Courier {
         body: &Body,
         recorded: SecLevel,
         key: &str,
+        record: Recorder<'_>,
     ) -> (Vec<DeliveryOutcome>, Option<SecLevel>) {
         let all = |o: DeliveryOutcome| (group.iter().map(|_| o.clone()).collect::<Vec<_>>(), None);
         // Addresses as the peer will see them, and the SMTPUTF8 need.
@@ -390,6 +411,7 @@ impl Courier {
                     dane_domain,
                     &sts,
                     auth,
+                    record,
                 )
                 .await
             {
@@ -422,6 +444,7 @@ impl Courier {
         dane_domain: Option<&str>,
         sts: &StsDecision,
         auth: bool,
+        record: Recorder<'_>,
     ) -> Result<HostOutcome, String> {
         let policy = match dane_domain {
             Some(domain) => match self.dane.host_policy(host, port, domain).await {
@@ -571,7 +594,6 @@ impl Courier {
             Ok(r) => r,
             Err(e) => return Ok(HostOutcome::Next(format!("{who}: {e}"))),
         };
-        self.pool.put(&pool_key, session);
         let mut all_temp = true;
         for (pos, res) in positions.into_iter().zip(results) {
             let o = match res {
@@ -587,6 +609,12 @@ impl Courier {
             outcomes[pos] = Some(o);
         }
         let outcomes: Vec<DeliveryOutcome> = outcomes.into_iter().map(|o| o.expect("set")).collect();
+        if !all_temp {
+            let indexed: Vec<(u32, DeliveryOutcome)> = group.iter().map(|r| r.index).zip(outcomes.clone()).collect();
+            record(&indexed);
+        }
+        // Only now may another transaction use the session.
+        self.pool.put(&pool_key, session);
         if all_temp {
             // Nothing got through and nothing was refused for good: the
             // next MX may do better.
