@@ -107,7 +107,8 @@ impl Drop for Dovecot {
 
 /// A Dovecot LMTP server (unix socket `run/lmtp` and a loopback TCP
 /// port) delivering to Maildirs under `mail/USER/Maildir` for
-/// `users@example.com`.
+/// `users@example.com` (password `USER-pw`), optionally its auth server
+/// too.
 pub struct Lmtp {
     /// The running Dovecot.
     pub server: Dovecot,
@@ -118,6 +119,12 @@ pub struct Lmtp {
 impl Lmtp {
     /// Start it in `dir`.
     pub fn start(dir: &Path, users: &[&str]) -> Lmtp {
+        Lmtp::start_with_auth(dir, users, None)
+    }
+
+    /// Start it in `dir`, with the auth sockets `run/auth-userdb` and
+    /// `run/auth-client` (mode 0600 for `auth_owner`) when one is given.
+    pub fn start_with_auth(dir: &Path, users: &[&str], auth_owner: Option<&str>) -> Lmtp {
         let mail = dir.join("mail");
         std::fs::create_dir_all(&mail).expect("mkdir");
         let port = crate::free_port();
@@ -131,7 +138,7 @@ impl Lmtp {
             )
             .expect("chown mail");
         }
-        let specific = format!(
+        let mut specific = format!(
             "protocols = lmtp\n\
              listen = 127.0.0.1\n\
              ssl = no\n\
@@ -142,19 +149,25 @@ impl Lmtp {
                unix_listener lmtp {{\n    mode = 0666\n  }}\n\
              }}\n"
         );
+        if let Some(owner) = auth_owner {
+            specific.push_str(&auth_service(owner));
+        }
         let passwd: String = users
             .iter()
             .map(|u| {
                 format!(
-                    "{u}@example.com:{{PLAIN}}x:{}:{}::{}/{u}::\n",
+                    "{u}@example.com:{{PLAIN}}{u}-pw:{}:{}::{}/{u}::\n",
                     who.uid,
                     who.gid,
                     mail.display()
                 )
             })
             .collect();
+        let auth = auth_owner.is_some();
         let server = Dovecot::start(dir, &specific, &passwd, |d| {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && d.join("run/lmtp").exists()
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && d.join("run/lmtp").exists()
+                && (!auth || d.join("run/auth-client").exists())
         });
         Lmtp { server, port }
     }
@@ -166,16 +179,25 @@ impl Lmtp {
 
     /// The messages in `user`'s Maildir/new, sorted.
     pub fn mailbox(&self, user: &str) -> Vec<String> {
-        let new = self.server.dir.join("mail").join(user).join("Maildir/new");
-        let mut out: Vec<String> = std::fs::read_dir(new)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()).into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut out: Vec<String> = self.mailbox_files(user).into_iter().map(|(_, m)| m).collect();
         out.sort();
         out
+    }
+
+    /// The files in `user`'s Maildir/new: name (which starts with the
+    /// time of the delivery, `SECONDS.MMICROSECONDS`) and contents.
+    pub fn mailbox_files(&self, user: &str) -> Vec<(String, String)> {
+        let new = self.server.dir.join("mail").join(user).join("Maildir/new");
+        std::fs::read_dir(new)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| {
+                        let text = String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()).into_owned();
+                        (e.file_name().to_string_lossy().into_owned(), text)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -183,17 +205,21 @@ impl Lmtp {
 /// `run/auth-userdb` and `run/auth-client` (so the chasquid-style prefix
 /// is `run/auth`), mode 0600 for `owner`; `passwd` lines as given.
 pub fn start_auth(dir: &Path, owner: &str, passwd: &str) -> Dovecot {
-    let specific = format!(
-        "protocols = none\n\
-         ssl = no\n\
-         auth_failure_delay = 0\n\
+    let specific = format!("protocols = none\nssl = no\n{}", auth_service(owner));
+    Dovecot::start(dir, &specific, passwd, |d| {
+        d.join("run/auth-userdb").exists() && d.join("run/auth-client").exists()
+    })
+}
+
+/// The auth service's lines: PLAIN with no failure delay, the userdb and
+/// client sockets mode 0600 for `owner`.
+fn auth_service(owner: &str) -> String {
+    format!(
+        "auth_failure_delay = 0\n\
          auth_mechanisms = plain\n\
          service auth {{\n\
            unix_listener auth-userdb {{\n    mode = 0600\n    user = {owner}\n  }}\n\
            unix_listener auth-client {{\n    mode = 0600\n    user = {owner}\n  }}\n\
          }}\n"
-    );
-    Dovecot::start(dir, &specific, passwd, |d| {
-        d.join("run/auth-userdb").exists() && d.join("run/auth-client").exists()
-    })
+    )
 }

@@ -47,7 +47,13 @@ fn key(name: &str) -> String {
 impl FakeDns {
     /// Start on a free loopback port.
     pub fn start() -> FakeDns {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind fake DNS");
+        FakeDns::start_on("127.0.0.1")
+    }
+
+    /// Start on a free port of `ip` (an address of this host, e.g. the
+    /// host end of a network namespace's veth pair).
+    pub fn start_on(ip: &str) -> FakeDns {
+        let sock = UdpSocket::bind((ip, 0)).expect("bind fake DNS");
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
         let addr = sock.local_addr().expect("addr");

@@ -14,11 +14,13 @@ pub mod differential;
 pub mod dovecot;
 pub mod dropin;
 pub mod fakedns;
+pub mod netns;
 pub mod smtp_peer;
+pub mod stream;
 pub mod syscall_order;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -266,6 +268,13 @@ impl TestEnv {
 
     /// (Re)write chasquid.conf with the standard fields and `extra`.
     pub fn write_conf(&self, extra: &str) {
+        self.write_conf_for("mx.example.com", "127.0.0.1", extra)
+    }
+
+    /// [`write_conf`](Self::write_conf) for a server named `hostname`
+    /// whose three listeners are on `ip` (a node in its own network
+    /// namespace listens on its own address, not on loopback).
+    pub fn write_conf_for(&self, hostname: &str, ip: &str, extra: &str) {
         // Tests never query the machine's resolver: unless a test brings
         // its own DNS server, lookups go to the environment's empty one.
         let dns = if extra.contains("dns_servers") {
@@ -274,10 +283,10 @@ impl TestEnv {
             format!("dns_servers: \"{}\"\n", self.dns.addr)
         };
         let conf = format!(
-            "hostname: \"mx.example.com\"\n\
-             smtp_address: \"127.0.0.1:{}\"\n\
-             submission_address: \"127.0.0.1:{}\"\n\
-             submission_over_tls_address: \"127.0.0.1:{}\"\n\
+            "hostname: \"{hostname}\"\n\
+             smtp_address: \"{ip}:{}\"\n\
+             submission_address: \"{ip}:{}\"\n\
+             submission_over_tls_address: \"{ip}:{}\"\n\
              data_dir: \"{}\"\n\
              run_dir: \"{}\"\n\
              mail_delivery_agent_bin: \"{}\"\n\
@@ -425,7 +434,7 @@ pub struct Server {
     child: Option<Child>,
     /// Its log (stderr of tambod and every worker).
     pub log_path: PathBuf,
-    smtp_port: u16,
+    probe: SocketAddr,
     /// Started with sandbox probes, which may kill workers on purpose.
     probes: bool,
 }
@@ -435,7 +444,14 @@ impl Server {
     /// which must exec it) with stdout and stderr appended to `log_path`;
     /// `smtp_port` is where [`wait_serving`](Self::wait_serving) probes.
     /// Stopped (SIGTERM, then SIGKILL) on drop, like every Server.
-    pub fn spawn_command(mut cmd: Command, log_path: PathBuf, smtp_port: u16) -> Server {
+    pub fn spawn_command(cmd: Command, log_path: PathBuf, smtp_port: u16) -> Server {
+        let probe = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), smtp_port);
+        Server::spawn_command_at(cmd, log_path, probe)
+    }
+
+    /// [`spawn_command`](Self::spawn_command) for a server whose SMTP
+    /// listener is at `probe` (not on loopback).
+    pub fn spawn_command_at(mut cmd: Command, log_path: PathBuf, probe: SocketAddr) -> Server {
         let probes = cmd
             .get_args()
             .any(|a| a.to_string_lossy().starts_with("--testing__sandbox_probe"));
@@ -453,7 +469,7 @@ impl Server {
         Server {
             child: Some(child),
             log_path,
-            smtp_port,
+            probe,
             probes,
         }
     }
@@ -464,13 +480,15 @@ impl Server {
         self.wait_ready(b"")
     }
 
-    fn wait_ready(&mut self, preamble: &[u8]) {
+    /// [`wait_serving`](Self::wait_serving) where each probe connection
+    /// starts with `preamble` (a PROXY header for `haproxy_incoming`).
+    pub fn wait_ready(&mut self, preamble: &[u8]) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("tambod exited early ({status}); log:\n{}", self.log());
             }
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.smtp_port))
+            if let Ok(mut s) = TcpStream::connect(self.probe)
                 && (preamble.is_empty() || s.write_all(preamble).is_ok())
             {
                 let mut r = BufReader::new(s);

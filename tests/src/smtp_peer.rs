@@ -65,6 +65,10 @@ struct Seen {
     commands: Mutex<Vec<String>>,
     /// Every message received (after dot-unstuffing).
     messages: Mutex<Vec<Vec<u8>>>,
+    /// Indexes in `messages` of those after whose 250 the client went
+    /// away without another command (it may have died before it read the
+    /// reply: RFC 1047's window), and how long after the 250.
+    cut_after_250: Mutex<Vec<(usize, Duration)>>,
 }
 
 /// A running scripted server (it runs until the tokio runtime ends).
@@ -130,6 +134,15 @@ impl Peer {
     pub fn message_count(&self) -> usize {
         self.seen.messages.lock().unwrap().len()
     }
+
+    /// Messages after whose 250 the client went away without another
+    /// command (it may not have read that reply), and how long after the
+    /// 250 it went (a pooled session closed later had read it).
+    pub fn messages_cut_after_250(&self) -> Vec<(Vec<u8>, Duration)> {
+        let messages = self.seen.messages.lock().unwrap();
+        let cut = self.seen.cut_after_250.lock().unwrap();
+        cut.iter().map(|&(i, after)| (messages[i].clone(), after)).collect()
+    }
 }
 
 async fn serve_conn(mut tcp: TcpStream, script: Script, seen: Arc<Seen>) {
@@ -184,11 +197,20 @@ async fn dialog<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Option<BufReader<S>> {
     let mut line = String::new();
     let mut accepted = 0;
+    // The message whose 250 was the last thing sent, and when.
+    let mut answered: Option<(usize, std::time::Instant)> = None;
+    let cut = |answered: Option<(usize, std::time::Instant)>| {
+        if let Some((i, at)) = answered {
+            seen.cut_after_250.lock().unwrap().push((i, at.elapsed()));
+        }
+    };
     loop {
         line.clear();
         if !read_line(&mut r, &mut line, script).await {
+            cut(answered);
             return None;
         }
+        answered = None;
         let cmd = line.trim_end().to_string();
         seen.commands.lock().unwrap().push(cmd.clone());
         let upper = cmd.to_ascii_uppercase();
@@ -238,7 +260,9 @@ async fn dialog<S: AsyncRead + AsyncWrite + Unpin>(
                 let body = if l.starts_with(b".") { &l[1..] } else { &l[..] };
                 msg.extend_from_slice(body);
             }
-            seen.messages.lock().unwrap().push(msg);
+            let mut messages = seen.messages.lock().unwrap();
+            messages.push(msg);
+            answered = Some((messages.len() - 1, std::time::Instant::now()));
             "250 2.0.0 queued\r\n".into()
         } else if upper.starts_with("QUIT") {
             let _ = r.get_mut().write_all(b"221 bye\r\n").await;
@@ -247,6 +271,7 @@ async fn dialog<S: AsyncRead + AsyncWrite + Unpin>(
             "502 unknown\r\n".into()
         };
         if r.get_mut().write_all(reply.as_bytes()).await.is_err() {
+            cut(answered);
             return None;
         }
     }

@@ -162,3 +162,90 @@ fn two_thousand_idle_connections_and_a_new_client_is_served() {
     }
     assert!(per_conn < 64.0, "{per_conn:.1} KiB per idle connection");
 }
+
+/// Issue 17 item 3: a slow-loris. 5,000 connections from 100 addresses
+/// (50 each, the per-IP limit) sit idle after the greeting, and 200 more
+/// trickle one byte a second: half an EHLO, half a message body in DATA.
+/// Meanwhile new clients from another address are served end to end,
+/// every second for 12 s, within the configured limits
+/// (`max_connections: 6000`).
+#[test]
+fn a_slow_loris_of_5000_connections_and_200_trickling_clients() {
+    const IDLE: usize = 5000;
+    const TRICKLE: usize = 200;
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("getrlimit");
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    assert!(
+        hard >= 2 * (IDLE + TRICKLE) as u64 + 100,
+        "hard RLIMIT_NOFILE {hard} is too low for this test"
+    );
+    let env = TestEnv::new("max_connections: 6000");
+    let server = env.start();
+    let source = |i: usize| Ipv4Addr::new(127, 0, 1 + (i / 50 / 250) as u8, 1 + ((i / 50) % 250) as u8);
+    let started = Instant::now();
+    let mut idle = Vec::with_capacity(IDLE);
+    for i in 0..IDLE {
+        let s = connect_from(source(i), env.smtp_port);
+        let g = first_line(&s);
+        assert!(g.starts_with("220"), "idle connection {i}: {g:?}");
+        idle.push(s);
+    }
+    let connected = started.elapsed();
+    // The tricklers come from other addresses still (50 each).
+    let mut trickle: Vec<(TcpStream, Vec<u8>)> = (0..TRICKLE)
+        .map(|i| {
+            let mut s = connect_from(source(IDLE + i), env.smtp_port);
+            assert!(first_line(&s).starts_with("220"));
+            let rest = if i % 2 == 0 {
+                b"EHLO trickle.example\r\n".to_vec()
+            } else {
+                s.write_all(b"MAIL FROM:<t@remote.example>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n")
+                    .expect("write");
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                for _ in 0..3 {
+                    let mut line = String::new();
+                    r.read_line(&mut line).expect("reply");
+                }
+                b"Subject: trickle\r\n\r\nslowly, one byte a second\r\n".to_vec()
+            };
+            (s, rest)
+        })
+        .collect();
+
+    let mut served = 0;
+    let mut slowest = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        for (s, rest) in trickle.iter_mut() {
+            if !rest.is_empty() {
+                let b = rest.remove(0);
+                s.write_all(&[b]).expect("trickle");
+            }
+        }
+        let t = Instant::now();
+        let marker = format!("served-under-loris-{served}");
+        let reply = send_message(
+            env.smtp_port,
+            "a@remote.example",
+            &[USER],
+            &format!("Subject: x\r\n\r\n{marker}\r\n"),
+        );
+        assert!(reply.starts_with("250"), "{reply}");
+        slowest = slowest.max(t.elapsed());
+        served += 1;
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(t.elapsed()));
+    }
+    env.wait_delivered(USER, &format!("served-under-loris-{}", served - 1));
+    eprintln!(
+        "slow-loris: {IDLE} idle connections in {:.1} s, {TRICKLE} trickling 1 byte/s; {served} new clients \
+         served end to end, the slowest in {} ms",
+        connected.as_secs_f64(),
+        slowest.as_millis()
+    );
+    // The idle ones are still open and answer.
+    for s in idle.iter_mut().step_by(499) {
+        s.write_all(b"NOOP\r\n").expect("write");
+        assert!(first_line(s).starts_with("250"));
+    }
+    assert!(!server.log().contains("panicked"));
+}

@@ -523,31 +523,6 @@ fn kill_9_of_every_worker_during_a_stream_loses_and_duplicates_nothing() {
     );
 }
 
-/// A Maildir-like delivery agent, as maildrop and Dovecot's LDA deliver:
-/// the message goes to `tmp/`, then (after a pause of `pause` seconds that
-/// keeps deliveries in flight) is renamed into `new/`. Returns the Maildir.
-fn maildir_mda(env: &TestEnv, pause: &str) -> PathBuf {
-    let maildir = env.out_dir.join("Maildir");
-    for sub in ["tmp", "new"] {
-        std::fs::create_dir_all(maildir.join(sub)).expect("mkdir");
-    }
-    std::fs::write(
-        env.tmp.path().join("mda.sh"),
-        format!(
-            "#!/bin/sh\nset -e\nt=$(mktemp '{0}/tmp/m.XXXXXXXX')\ncat > \"$t\"\nsleep {pause}\nmv \"$t\" '{0}/new/'\n",
-            maildir.display()
-        ),
-    )
-    .expect("write mda");
-    env.fix_permissions();
-    if is_root() {
-        for sub in ["tmp", "new"] {
-            let _ = Command::new("chmod").arg("1777").arg(maildir.join(sub)).status();
-        }
-    }
-    maildir
-}
-
 /// How often each marker arrived in a Maildir's `new/`.
 fn maildir_counts(maildir: &Path) -> std::collections::HashMap<String, usize> {
     let mut counts = std::collections::HashMap::new();
@@ -566,7 +541,7 @@ fn maildir_counts(maildir: &Path) -> std::collections::HashMap<String, usize> {
 /// every message was delivered exactly once. Returns the server's log.
 fn kill_during_deliveries(worker: &str, pause: &str) -> String {
     let env = TestEnv::new("min_retry_delay: \"1s\"\nmax_queue_items: 5000");
-    let maildir = maildir_mda(&env, pause);
+    let maildir = tambo_tests::stream::maildir_mda(&env, pause);
     let server = env.start();
     let stop = env.tmp.path().join("stop");
     let client = start_stream(env.smtp_port, &stop, 120);
