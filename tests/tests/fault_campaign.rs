@@ -23,7 +23,7 @@ const WORKERS: &[&str] = &["smtpd", "authd", "queued", "deliverd", "hookd"];
 
 /// Messages in the stream unless `TAMBO_CAMPAIGN_MESSAGES` says (the
 /// suite's size; `scripts/fault-campaign` runs 5,000 and more).
-const MESSAGES: u32 = 1500;
+const MESSAGES: u32 = 1000;
 
 /// A deterministic choice of worker and pause.
 struct Lcg(u64);
