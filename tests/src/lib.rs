@@ -14,6 +14,7 @@ pub mod differential;
 pub mod dovecot;
 pub mod dropin;
 pub mod fakedns;
+pub mod haproxy;
 pub mod netns;
 pub mod smtp_peer;
 pub mod stream;
@@ -393,6 +394,23 @@ impl TestEnv {
         Server::spawn_command(cmd, log_path, self.smtp_port)
     }
 
+    /// `tambo -C CONFIG queue ARGS`: success and output.
+    pub fn queue(&self, args: &[&str]) -> (bool, String) {
+        run(Command::new(bin("tambo"))
+            .arg("-C")
+            .arg(&self.config_dir)
+            .arg("queue")
+            .args(args))
+    }
+
+    /// Wait (60 s at most, flushing) until the queue is empty.
+    pub fn wait_queue_empty(&self) {
+        wait_for(Duration::from_secs(60), "the queue to drain", || {
+            let _ = self.queue(&["flush"]);
+            self.queue(&["list"]).1 == "Mail queue is empty\n"
+        });
+    }
+
     /// Paths of messages delivered to `addr` by the test MDA.
     pub fn delivered(&self, addr: &str) -> Option<String> {
         std::fs::read(self.out_dir.join(addr))
@@ -518,18 +536,8 @@ impl Server {
     pub fn workers(&self) -> Vec<(String, u32)> {
         let ppid = self.pid();
         let mut out = Vec::new();
-        for de in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let Ok(pid) = de.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
-                continue;
-            };
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            if fields.get(1).and_then(|p| p.parse::<u32>().ok()) != Some(ppid) {
+        for (pid, parent) in processes() {
+            if parent != ppid {
                 continue;
             }
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -642,6 +650,30 @@ impl Server {
             let _ = child.wait();
         }
     }
+}
+
+/// (pid, parent pid) of every live process (zombies left out), from /proc.
+pub fn processes() -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for de in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = de.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, after)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.first() == Some(&"Z") {
+            continue;
+        }
+        if let Some(ppid) = fields.get(1).and_then(|p| p.parse().ok()) {
+            out.push((pid, ppid));
+        }
+    }
+    out
 }
 
 /// A minimal SMTP client for dialog tests: send raw bytes, read replies.

@@ -5,50 +5,22 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use tambo_tests::haproxy::Haproxy;
 use tambo_tests::*;
 
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_haproxy(dir: &std::path::Path, smtp_port: u16, v1: u16, v2: u16) -> Haproxy {
-    let cfg = dir.join("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global\n  maxconn 200\n\
-             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-             frontend v1\n  bind 127.0.0.1:{v1}\n  default_backend b1\n\
-             backend b1\n  server s1 127.0.0.1:{smtp_port} send-proxy\n\
-             frontend v2\n  bind 127.0.0.1:{v2}\n  default_backend b2\n\
-             backend b2\n  server s2 127.0.0.1:{smtp_port} send-proxy-v2\n"
-        ),
-    )
-    .expect("write haproxy.cfg");
-    let child = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start haproxy");
-    let h = Haproxy(child);
-    for port in [v1, v2] {
-        wait_for(Duration::from_secs(10), "haproxy listening", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-    }
-    h
+    let config = format!(
+        "global\n  maxconn 200\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend v1\n  bind 127.0.0.1:{v1}\n  default_backend b1\n\
+         backend b1\n  server s1 127.0.0.1:{smtp_port} send-proxy\n\
+         frontend v2\n  bind 127.0.0.1:{v2}\n  default_backend b2\n\
+         backend b2\n  server s2 127.0.0.1:{smtp_port} send-proxy-v2\n"
+    );
+    Haproxy::start(dir, &config, &[v1, v2])
 }
 
 fn swaks_via(port: u16, source: &str, body: &str) -> (bool, String) {

@@ -17,14 +17,6 @@ fn deferred_env() -> (TestEnv, PathBuf) {
     (env, gate)
 }
 
-fn tambo(env: &TestEnv, args: &[&str]) -> (bool, String) {
-    run(Command::new(bin("tambo"))
-        .arg("-C")
-        .arg(&env.config_dir)
-        .arg("queue")
-        .args(args))
-}
-
 fn send(port: u16, to: &str, marker: &str) -> String {
     let (ok, out) = run(Command::new("swaks")
         .args(["--server", &format!("127.0.0.1:{port}")])
@@ -56,7 +48,7 @@ fn every_queue_action_and_mailq() {
     // Every message has had its first (failed) attempt.
     let mut listing = String::new();
     wait_for(Duration::from_secs(20), "four deferred messages", || {
-        let (ok, out) = tambo(&env, &["list"]);
+        let (ok, out) = env.queue(&["list"]);
         listing = out;
         ok && listing.matches("gate closed").count() >= 4
     });
@@ -80,7 +72,7 @@ fn every_queue_action_and_mailq() {
     assert!(out.contains("gate closed"), "{out}");
 
     // show
-    let (ok, out) = tambo(&env, &["show", &ids[0]]);
+    let (ok, out) = env.queue(&["show", &ids[0]]);
     assert!(ok, "{out}");
     assert!(out.contains(&format!("ID:       {}", ids[0])), "{out}");
     assert!(out.contains("From:     <sender@remote.example>"), "{out}");
@@ -88,28 +80,28 @@ fn every_queue_action_and_mailq() {
     assert!(out.contains("Received: from "), "{out}");
     assert!(out.contains("X-Marker: queue-marker-1"), "{out}");
     assert!(!out.contains("queue-marker-1\n\n"), "no body: {out}");
-    let (ok, out) = tambo(&env, &["show", "NoSuchId123"]);
+    let (ok, out) = env.queue(&["show", "NoSuchId123"]);
     assert!(!ok && out.contains("NoSuchId123 is not in the queue"), "{out}");
-    let (ok, out) = tambo(&env, &["hold", "../etc"]);
+    let (ok, out) = env.queue(&["hold", "../etc"]);
     assert!(!ok && out.contains("is not a queue ID"), "{out}");
 
     // hold 1, remove 2
-    let (ok, out) = tambo(&env, &["hold", &ids[0]]);
+    let (ok, out) = env.queue(&["hold", &ids[0]]);
     assert!(ok && out.contains("held"), "{out}");
-    let (_, out) = tambo(&env, &["list"]);
+    let (_, out) = env.queue(&["list"]);
     assert!(out.contains(&format!("{}!", ids[0])) && out.contains("(held)"), "{out}");
-    let (ok, out) = tambo(&env, &["remove", &ids[1]]);
+    let (ok, out) = env.queue(&["remove", &ids[1]]);
     assert!(ok && out.contains("removed"), "{out}");
     assert!(!env.data_dir.join(format!("queue/{}.env", ids[1])).exists());
     assert!(!env.data_dir.join(format!("queue/{}.data", ids[1])).exists());
-    let (_, out) = tambo(&env, &["list"]);
+    let (_, out) = env.queue(&["list"]);
     assert!(!out.contains(ids[1].as_str()), "{out}");
-    let (ok, out) = tambo(&env, &["remove", &ids[1]]);
+    let (ok, out) = env.queue(&["remove", &ids[1]]);
     assert!(!ok && out.contains("not in the queue"), "{out}");
 
     // flush one ID: only that one is delivered.
     std::fs::write(&gate, b"").expect("open the gate");
-    let (ok, out) = tambo(&env, &["flush", &ids[2]]);
+    let (ok, out) = env.queue(&["flush", &ids[2]]);
     assert!(ok && out.contains("1 message(s) scheduled"), "{out}");
     env.wait_delivered(USER, "queue-marker-3");
     assert_eq!(
@@ -119,14 +111,14 @@ fn every_queue_action_and_mailq() {
     );
 
     // flush everything: 4 goes, the held 1 stays.
-    let (ok, out) = tambo(&env, &["flush"]);
+    let (ok, out) = env.queue(&["flush"]);
     assert!(ok && out.contains("1 held"), "{out}");
     env.wait_delivered(USER, "queue-marker-4");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(delivered_count(&env, USER, "queue-marker-1"), 0, "held");
 
     // release, then flush it.
-    let (ok, out) = tambo(&env, &["release", &ids[0]]);
+    let (ok, out) = env.queue(&["release", &ids[0]]);
     assert!(ok && out.contains("released"), "{out}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
@@ -134,11 +126,11 @@ fn every_queue_action_and_mailq() {
         0,
         "released, but its retry is an hour away"
     );
-    let (ok, out) = tambo(&env, &["flush", &ids[0]]);
+    let (ok, out) = env.queue(&["flush", &ids[0]]);
     assert!(ok, "{out}");
     env.wait_delivered(USER, "queue-marker-1");
     wait_for(Duration::from_secs(20), "an empty queue", || {
-        tambo(&env, &["list"]).1 == "Mail queue is empty\n"
+        env.queue(&["list"]).1 == "Mail queue is empty\n"
     });
     for (i, n) in [(1, 1), (2, 0), (3, 1), (4, 1)] {
         assert_eq!(
@@ -150,7 +142,7 @@ fn every_queue_action_and_mailq() {
     drop(server);
 
     // Stopped: a clear message, non-zero exit.
-    let (ok, out) = tambo(&env, &["list"]);
+    let (ok, out) = env.queue(&["list"]);
     assert!(!ok);
     let sock = env.tmp.path().join("run/control.sock");
     assert!(
@@ -220,7 +212,7 @@ fn control_socket_survives_a_silent_client_and_a_queued_restart() {
     let _silent: Vec<_> = (0..20)
         .map(|_| std::os::unix::net::UnixStream::connect(&sock).expect("connect"))
         .collect();
-    let (ok, out) = tambo(&env, &["list"]);
+    let (ok, out) = env.queue(&["list"]);
     assert!(ok && out.contains("Mail queue is empty"), "{out}");
     // SMTP still works meanwhile.
     send(env.smtp_port, USER, "while-silent-clients");
@@ -242,7 +234,7 @@ fn control_socket_survives_a_silent_client_and_a_queued_restart() {
     )
     .expect("kill");
     wait_for(Duration::from_secs(20), "queued restarted and answering", || {
-        tambo(&env, &["list"]).0
+        env.queue(&["list"]).0
     });
 }
 
@@ -478,13 +470,6 @@ fn kill_worker(server: &Server, name: &str) {
     });
 }
 
-fn wait_empty(env: &TestEnv) {
-    wait_for(Duration::from_secs(60), "the queue to drain", || {
-        let _ = tambo(env, &["flush"]);
-        tambo(env, &["list"]).1 == "Mail queue is empty\n"
-    });
-}
-
 #[test]
 fn kill_9_of_every_worker_during_a_stream_loses_and_duplicates_nothing() {
     let env = TestEnv::new("min_retry_delay: \"1s\"\nmax_queue_items: 5000");
@@ -512,7 +497,7 @@ fn kill_9_of_every_worker_during_a_stream_loses_and_duplicates_nothing() {
     let report = finish_stream(client);
     assert!(report.acked.len() >= 150, "most messages get through: {}", report.text);
     std::fs::write(&gate, b"").expect("open the gate");
-    wait_empty(&env);
+    env.wait_queue_empty();
     let got = env.delivered(USER).unwrap_or_default();
     assert_exactly_once(&report, |marker| got.matches(marker).count());
     eprintln!(
@@ -552,7 +537,7 @@ fn kill_during_deliveries(worker: &str, pause: &str) -> String {
     std::fs::write(&stop, b"").expect("stop file");
     let report = finish_stream(client);
     assert!(report.acked.len() >= 60, "most messages get through: {}", report.text);
-    wait_empty(&env);
+    env.wait_queue_empty();
     // A delivery agent adopted from a killed deliverd may still be ending.
     std::thread::sleep(Duration::from_millis(500));
     let counts = maildir_counts(&maildir);

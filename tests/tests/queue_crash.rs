@@ -96,14 +96,6 @@ fn add_user(env: &TestEnv, addr: &str) {
     assert!(ok, "{out}");
 }
 
-fn tambo_queue(env: &TestEnv, args: &[&str]) -> (bool, String) {
-    run(Command::new(bin("tambo"))
-        .arg("-C")
-        .arg(&env.config_dir)
-        .arg("queue")
-        .args(args))
-}
-
 /// The test MDA: carol's mailbox is broken (exit 1: permanent); everyone
 /// else's fails temporarily (exit 75) until `gate` exists, then the
 /// message is appended to out/<to>.
@@ -289,9 +281,9 @@ fn kill_9_of_queued_while_dsns_are_queued_sends_each_exactly_once() {
     std::fs::write(&gate, b"").expect("open the gate");
     let _server = env.start();
     wait_for(Duration::from_secs(60), "the queue to drain", || {
-        let _ = tambo_queue(&env, &["flush"]);
+        let _ = env.queue(&["flush"]);
         std::thread::sleep(Duration::from_millis(200));
-        tambo_queue(&env, &["list"]).1 == "Mail queue is empty\n"
+        env.queue(&["list"]).1 == "Mail queue is empty\n"
     });
     let got = env.delivered("bob@example.com").unwrap_or_default();
     let acked = acked.lock().expect("acked").clone();
@@ -367,9 +359,9 @@ fn max_queue_items_holds_under_concurrent_commits() {
     // Nothing accepted is lost; the refused ones are the client's to retry.
     std::fs::write(&gate, b"").expect("open the gate");
     wait_for(Duration::from_secs(30), "the queue to drain", || {
-        let _ = tambo_queue(&env, &["flush"]);
+        let _ = env.queue(&["flush"]);
         std::thread::sleep(Duration::from_millis(200));
-        tambo_queue(&env, &["list"]).1 == "Mail queue is empty\n"
+        env.queue(&["list"]).1 == "Mail queue is empty\n"
     });
     let got = env.delivered(USER).unwrap_or_default();
     for (s, r) in &results {

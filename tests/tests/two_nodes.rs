@@ -8,9 +8,10 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant, SystemTime};
 
+use tambo_tests::haproxy::Haproxy;
 use tambo_tests::netns::NetNs;
 use tambo_tests::stream;
 use tambo_tests::*;
@@ -74,25 +75,6 @@ impl Node {
         server.wait_ready(b"PROXY UNKNOWN\r\n");
         server
     }
-
-    fn queue(&self, args: &[&str]) -> (bool, String) {
-        run(Command::new(bin("tambo"))
-            .arg("-C")
-            .arg(&self.env.config_dir)
-            .arg("queue")
-            .args(args))
-    }
-
-    fn wait_empty(&self) {
-        wait_for(
-            Duration::from_secs(60),
-            &format!("{}'s queue to drain", self.name),
-            || {
-                let _ = self.queue(&["flush"]);
-                self.queue(&["list"]).1 == "Mail queue is empty\n"
-            },
-        );
-    }
 }
 
 /// Every process of a node (the supervisor and its descendants: workers,
@@ -132,40 +114,6 @@ fn kill_node(server: &mut Server) -> SystemTime {
     stopped
 }
 
-/// (pid, parent pid) of every process.
-fn processes() -> Vec<(u32, u32)> {
-    let mut out = Vec::new();
-    for de in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = de.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, after)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        // A zombie is dead already.
-        if fields.first() == Some(&"Z") {
-            continue;
-        }
-        if let Some(ppid) = fields.get(1).and_then(|p| p.parse().ok()) {
-            out.push((pid, ppid));
-        }
-    }
-    out
-}
-
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// HAProxy in front of both nodes: port 25 and submission, round robin,
 /// PROXY v2 to the nodes and on the health checks; a connection refused
 /// by a dead node is retried on the other (`option redispatch`).
@@ -181,37 +129,17 @@ fn start_haproxy(dir: &Path, nodes: &[&Node], smtp: u16, submission: u16) -> Hap
         }
         b
     };
-    let cfg = dir.join("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global\n  maxconn 500\n\
-             defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
-             \x20 retries 3\n  option redispatch 1\n\
-             frontend smtp\n  bind 127.0.0.1:{smtp}\n  default_backend smtp\n\
-             frontend submission\n  bind 127.0.0.1:{submission}\n  default_backend submission\n\
-             {}{}",
-            backend("smtp", &Node::smtp),
-            backend("submission", &Node::submission),
-        ),
-    )
-    .expect("write haproxy.cfg");
-    let child = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start haproxy");
-    let h = Haproxy(child);
-    for port in [smtp, submission] {
-        wait_for(Duration::from_secs(10), "haproxy listening", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-    }
-    h
+    let config = format!(
+        "global\n  maxconn 500\n\
+         defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
+         \x20 retries 3\n  option redispatch 1\n\
+         frontend smtp\n  bind 127.0.0.1:{smtp}\n  default_backend smtp\n\
+         frontend submission\n  bind 127.0.0.1:{submission}\n  default_backend submission\n\
+         {}{}",
+        backend("smtp", &Node::smtp),
+        backend("submission", &Node::submission),
+    );
+    Haproxy::start(dir, &config, &[smtp, submission])
 }
 
 /// Bound of what a node's death can deliver twice: deliveries finished
@@ -332,8 +260,8 @@ fn two_nodes_behind_haproxy_one_killed_in_a_stream() {
 
     let sent = stream::finish(clients);
     assert_eq!(sent.len(), MESSAGES as usize, "every message reported");
-    n1.wait_empty();
-    n2.wait_empty();
+    n1.env.wait_queue_empty();
+    n2.env.wait_queue_empty();
     let took = started.elapsed();
 
     // Every message got its 250 and is stored exactly once; the only
