@@ -32,3 +32,9 @@ pub fn storage_full_line() -> String {
     let (code, enhanced, text) = STORAGE_FULL;
     format!("{code} {enhanced} {text}")
 }
+
+/// Whether `s` can be a queue ID of queued's (letters and digits, at most
+/// 64): safe in a path and in one word of a log record.
+pub fn is_queue_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}

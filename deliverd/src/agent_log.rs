@@ -134,7 +134,7 @@ impl AgentLog {
     /// and the record of it. `None` for an ID that is not one of queued's
     /// (letters and digits).
     pub fn witness(&self, id: &str, index: u32) -> Option<(Witness, Witnessed)> {
-        if !plain_id(id) {
+        if !tambo_common::is_queue_id(id) {
             return None;
         }
         let file = self.file_for_run();
@@ -153,7 +153,7 @@ impl AgentLog {
     /// them, in one write; what keeps that record's file. Temporary
     /// failures are not recorded: they never answer a job.
     pub fn record_outcomes(&self, id: &str, results: &[(u32, DeliveryOutcome)]) -> Option<Keep> {
-        if !plain_id(id) {
+        if !tambo_common::is_queue_id(id) {
             return None;
         }
         let mut lines = String::new();
@@ -211,12 +211,6 @@ impl AgentLog {
             tracing::error!("agent log {}: {e}", file.path.display());
         }
     }
-}
-
-/// Whether `id` can be one of queued's IDs (letters and digits, at most
-/// 64), and so be written in a record.
-fn plain_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// File names sort by creation: `agents.<ms>.<pid>`.

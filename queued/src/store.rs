@@ -91,9 +91,7 @@ pub fn new_id() -> String {
 }
 
 /// Whether `s` looks like one of our IDs (safe to use in a path).
-pub fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
-}
+pub use tambo_common::is_queue_id as valid_id;
 
 impl Store {
     /// Open (creating) the queue directory, recover what it holds and start
